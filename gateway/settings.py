@@ -1,0 +1,164 @@
+"""One typed settings object for the whole gateway.
+
+Values come, highest priority first, from `MUGAIKA_*` environment variables, an optional
+TOML file (`--config` or `MUGAIKA_CONFIG`), then the defaults below. The object is built
+once at start-up and passed down; nothing reads the environment after that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+MiB = 1024 * 1024
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. The README's settings table mirrors this class."""
+
+    model_config = SettingsConfigDict(env_prefix="MUGAIKA_", extra="forbid", frozen=True)
+
+    # --- inbound SMTP ---------------------------------------------------------------
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    hostname: str = Field(default="mugaika.localdomain", description="HELO name and Received by")
+    accepted_domains: CommaList = Field(default_factory=lambda: ["example.lg.jp"])
+    max_message_bytes: int = 25 * MiB
+    max_recipients: int = 100
+    max_line_bytes: int = Field(
+        default=8192, description="DATA lines longer than this are refused (RFC 5322 says 998)"
+    )
+    smtp_timeout: float = 60.0
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+    max_commands_per_session: int = 1000
+
+    # --- delivery -------------------------------------------------------------------
+    downstream_host: str | None = None
+    downstream_port: int = 25
+    downstream_starttls: Literal["opportunistic", "required", "off"] = "opportunistic"
+    downstream_verify_cert: bool = True
+    downstream_timeout: float = 60.0
+    downstream_pool_size: int = 8
+    retry_first_seconds: float = 300.0
+    retry_max_seconds: float = 3600.0
+    max_queue_lifetime_seconds: float = 5 * 24 * 3600.0
+    postmaster: str = "postmaster@example.lg.jp"
+
+    # --- workers and data -----------------------------------------------------------
+    workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    data_dir: Path = Path("./var")
+    database_url: SecretStr | None = None
+
+    # --- HTTP API -------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8025
+    api_enabled: bool = True
+    metrics_public: bool = True
+    release_requires_approval: bool = True
+
+    # --- policy ---------------------------------------------------------------------
+    language: Literal["ja", "en"] = "ja"
+    subject_tag: str = "[無害化]"
+    defang_links: bool = True
+    prefer_html: bool = False
+    output_charset: Literal["utf-8", "iso-2022-jp"] = "utf-8"
+    max_mime_depth: int = 20
+    max_mime_parts: int = 500
+    pdf_dpi: int = 150
+    pdf_max_pages: int = 50
+    pdf_output: Literal["pdf", "png", "jpeg"] = "pdf"
+    pdf_extract_text: bool = True
+    archive_max_depth: int = 3
+    archive_max_members: int = 1000
+    archive_max_total_bytes: int = 200 * MiB
+    archive_max_ratio: int = 100
+    converter_timeout_seconds: float = 60.0
+    converter_memory_bytes: int = 1024 * MiB
+    allow_unsandboxed: bool = False
+    quarantine_retention_days: int = 30
+    notice_contact: str = "情報政策課 (内線 1234)"
+    templates_dir: Path | None = None
+
+    toml_path: ClassVar[Path | None] = None
+
+    @field_validator("accepted_domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [d.strip().lower() for d in value.split(",") if d.strip()]
+        if isinstance(value, list):
+            return [str(d).strip().lower() for d in value]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml = getattr(settings_cls, "toml_path", None)
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    # --- derived paths --------------------------------------------------------------
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def maildir(self) -> Path:
+        """Where delivery goes when no downstream host is set (a newcomer's first run)."""
+        return self.data_dir / "maildir"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'mugaika.db').resolve()}"
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from environment, TOML file (`config` or `MUGAIKA_CONFIG`) and defaults."""
+    path = config or (Path(os.environ["MUGAIKA_CONFIG"]) if os.environ.get("MUGAIKA_CONFIG") else None)
+    if path is None:
+        return Settings(**overrides)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    bound = type("TomlSettings", (Settings,), {"toml_path": path})
+    settings: Settings = bound(**overrides)
+    return settings
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain values with secrets masked (`check-config`)."""
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = "********"
+        elif isinstance(value, Path):
+            value = str(value)
+        out[name] = value
+    return out
