@@ -1,0 +1,32 @@
+"""The SMTP envelope of one message, as spooled and as logged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    client_addr: str = ""
+    helo: str = ""
+    received_at: float = 0.0
+    #: "inbound" (sanitize, then deliver), "release" (deliver the original unchanged,
+    #: approved by an operator) or "dsn" (our own bounce, deliver unchanged).
+    kind: str = "inbound"
+    #: Headers mugaika adds on delivery (e.g. who approved a release).
+    add_headers: tuple[tuple[str, str], ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Envelope:
+        data = json.loads(text)
+        data["rcpt_tos"] = tuple(data["rcpt_tos"])
+        data["add_headers"] = tuple(tuple(h) for h in data.get("add_headers", ()))
+        return cls(**data)
