@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     quarantine_retention_days: int = 30
     notice_contact: str = "情報政策課 (内線 1234)"
     templates_dir: Path | None = None
+    #: PPAP release: wrong passwords allowed per quarantine entry before it is locked.
+    ppap_max_password_attempts: int = Field(default=5, ge=1)
+    #: Interval of the server's scheduled quarantine purge (expired entries), in seconds.
+    quarantine_purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
     toml_path: ClassVar[Path | None] = None
 
