@@ -28,7 +28,7 @@ OUTCOMES = frozenset({"received", "delivered", "quarantined", "rejected", "defer
 ACTIONS = frozenset({"kept", "converted", "removed"})
 #: Converter and kind labels: short lowercase tokens; at most this many distinct values each.
 MAX_LABEL_VALUES = 40
-_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,39}$")
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.+/-]{0,79}$")  # "pdf", "application/pdf"
 _SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
 

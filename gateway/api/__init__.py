@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from gateway.api import audit, health, messages, quarantine
@@ -82,6 +84,7 @@ def create_app(
     app.state.context = context
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(QuarantineError, _quarantine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(health.router)
     app.include_router(health.metrics_router(settings.metrics_public))
     for router in (messages.router, quarantine.router, audit.router):
@@ -114,6 +117,22 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse({"code": exc.code, "message": exc.message}, exc.status, headers=headers)
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: renders whatever a client sent."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape without echoing the input: it may be a password, and a lone
+    surrogate in it would make the error response itself fail to encode."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"type": str(e.get("type", "")), "loc": [str(x) for x in e.get("loc", ())],
+               "msg": str(e.get("msg", ""))} for e in exc.errors()]
+    return _AsciiJSON({"detail": detail}, 422)
 
 
 async def _quarantine_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -34,8 +34,12 @@ def _utc(untrusted: datetime) -> datetime:
         raise ValueError("time out of range") from None
 
 
-SearchText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_safe_text)]
-FreeText = Annotated[str, Field(max_length=2000), AfterValidator(_safe_text)]
+#: Documented in the schema too, so clients (and schemathesis) know NUL is refused.
+_NO_NUL = r"^[^\x00]*$"
+SearchText = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=_NO_NUL), AfterValidator(_safe_text)
+]
+FreeText = Annotated[str, Field(max_length=2000, pattern=_NO_NUL), AfterValidator(_safe_text)]
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 EntryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 PartId = Annotated[str, Field(pattern=r"^[0-9]{1,4}(\.[0-9]{1,4}){0,20}$")]
@@ -197,7 +201,7 @@ class ReleaseIn(BaseModel):
     """A release request; with `password`, a PPAP release of the encrypted part(s)."""
 
     reason: FreeText = ""
-    password: Annotated[str, Field(min_length=1, max_length=256),
+    password: Annotated[str, Field(min_length=1, max_length=256, pattern=_NO_NUL),
                         AfterValidator(_safe_text)] | None = None
     part: PartId | None = Field(default=None, description="Only this encrypted part")
 
