@@ -16,10 +16,10 @@ import pytest
 import pyzipper
 
 from gateway.attachments import HeldOriginal
+from gateway.quarantine import WrongPassword
 from gateway.report import Action, ActionKind, Report, Verdict
 from gateway.settings import Settings
 from gateway.store import SqlStores
-from gateway.quarantine import WrongPassword
 from tests.api_helpers import Api, build_api
 from tests.store_helpers import envelope_for
 
