@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.policy
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import formatdate, make_msgid
 
 from gateway.settings import Settings
@@ -60,21 +60,26 @@ def build_dsn(
     return msg.as_bytes()
 
 
+def _fields(pairs: list[tuple[str, str]]) -> Message:
+    block = Message(policy=email.policy.SMTP)
+    for name, value in pairs:
+        block[name] = value
+    return block
+
+
 def _delivery_status(queue_id: str, failures: dict[str, str], arrival: float, remote: str,
-                     settings: Settings) -> str:
-    blocks = [
-        f"Reporting-MTA: dns; {settings.hostname}\r\n"
-        f"X-Mugaika-Queue-ID: {queue_id}\r\n"
-        f"Arrival-Date: {formatdate(arrival)}\r\n"
-    ]
+                     settings: Settings) -> list[Message | str]:
+    """The per-message block, then one block per failed recipient (RFC 3464 section 2)."""
+    blocks: list[Message | str] = [_fields([
+        ("Reporting-MTA", f"dns; {settings.hostname}"),
+        ("X-Mugaika-Queue-ID", queue_id),
+        ("Arrival-Date", formatdate(arrival)),
+    ])]
     for rcpt, reply in failures.items():
-        remote_line = f"Remote-MTA: dns; {remote}\r\n" if remote and ":" in remote else ""
-        one_line = " ".join(reply.split())
-        blocks.append(
-            f"Final-Recipient: rfc822; {rcpt}\r\n"
-            f"Action: failed\r\n"
-            f"Status: {_status(reply)}\r\n"
-            f"{remote_line}"
-            f"Diagnostic-Code: smtp; {one_line}\r\n"
-        )
-    return "\r\n".join(blocks)
+        pairs = [("Final-Recipient", f"rfc822; {rcpt}"), ("Action", "failed"),
+                 ("Status", _status(reply))]
+        if ":" in remote and not remote.startswith("maildir:"):
+            pairs.append(("Remote-MTA", f"dns; {remote.rsplit(':', 1)[0]}"))
+        pairs.append(("Diagnostic-Code", f"smtp; {' '.join(reply.split())}"))
+        blocks.append(_fields(pairs))
+    return blocks

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, Session
@@ -42,6 +42,7 @@ _ENHANCED = {
     b"503 Error: need MAIL command": b"503 5.5.1 Need MAIL command",
     b"503 Error: need RCPT command": b"503 5.5.1 Need RCPT command",
     b"500 Error: bad syntax": b"500 5.5.2 Syntax error",
+    b"503 Error: send HELO first": b"503 5.5.1 Send HELO/EHLO first",
 }
 
 _BARE_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
@@ -123,7 +124,7 @@ class IngressHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: SMTPEnvelope) -> str:
         untrusted = envelope.original_content or b""
         env = Envelope(
-            mail_from=envelope.mail_from or "",
+            mail_from=_null_sender(envelope.mail_from),
             rcpt_tos=tuple(envelope.rcpt_tos),
             client_addr=_peer(session),
             helo=session.host_name or "",
@@ -153,6 +154,11 @@ class IngressHandler:
         return REPLY_TEMPFAIL
 
 
+def _null_sender(mail_from: str | None) -> str:
+    """aiosmtpd reports `MAIL FROM:<>` as "<>"; mugaika stores the null sender as ""."""
+    return "" if not mail_from or mail_from == "<>" else mail_from
+
+
 def _peer(session: Session) -> str:
     peer: Any = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
@@ -177,8 +183,7 @@ class GatewaySMTP(SMTP):
             self._refused = True
             if self._timeout_handle is not None:
                 self._timeout_handle.cancel()
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(REPLY_TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+            cast(asyncio.WriteTransport, transport).write(REPLY_TOO_MANY_CONNECTIONS.encode() + b"\r\n")
             transport.close()
             return
         self._peer_addr = addr
@@ -193,10 +198,14 @@ class GatewaySMTP(SMTP):
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
-        if self._refused:
-            return False
-        result: bool | None = super().eof_received()
-        return result
+        """Client closed its side: close ours too, so connection_lost frees the slot.
+
+        aiosmtpd keeps a half-closed connection open, which would leak a connection-cap
+        slot per client that shuts down its write side (as probes and some MTAs do).
+        """
+        if not self._refused:
+            super().eof_received()
+        return False
 
     async def push(self, status: Any) -> None:
         raw = status.encode() if isinstance(status, str) else bytes(status)

@@ -49,7 +49,7 @@ def sanitize_stage(entry: Entry, settings: Settings, stores: Stores) -> Processe
     """
     try:
         result = sanitize(entry.data, entry.queue_id, settings)
-        output = rebuild(result, settings)
+        output = _own_trace(entry.data) + rebuild(result, settings)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         log.exception("pipeline_error", queue_id=entry.queue_id)
         report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
@@ -94,8 +94,19 @@ class Worker:
             queue_id = await self.queue.get()
             try:
                 await self.process(queue_id)
-            except Exception:  # a broken entry must not stop the worker; it stays spooled
+            except Exception:  # a broken entry must not stop the worker, nor be lost
                 log.exception("worker_error", queue_id=queue_id)
+                self._park(queue_id)
+
+    def _park(self, queue_id: str) -> None:
+        """Put an entry that hit a bug back in deferred/, to be tried again later."""
+        state = self.spool.read_state(queue_id)
+        state = replace(state, attempts=state.attempts + 1, last_error="internal error",
+                        next_try=time.time() + retry_delay(state.attempts + 1, self.settings))
+        try:
+            self.spool.defer(queue_id, state)
+        except OSError:
+            log.exception("park_failed", queue_id=queue_id)
 
     async def scheduler(self) -> None:
         """Recover claimed entries, enqueue what waits, and wake deferred ones when due."""
@@ -186,6 +197,17 @@ class Worker:
         dsn_id = await self._in_thread(self.spool.put, dsn, dsn_env)
         assert isinstance(dsn_id, str)
         self.enqueue(dsn_id)
+
+
+def _own_trace(data: bytes) -> bytes:
+    """Our own `Received:` line, which ingress wrote first; the rebuilt message keeps it."""
+    if not data.startswith(b"Received: "):
+        return b""
+    end = 0
+    while True:
+        end = data.index(b"\r\n", end) + 2
+        if data[end:end + 1] not in (b" ", b"\t"):
+            return data[:end]
 
 
 def _with_headers(data: bytes, headers: tuple[tuple[str, str], ...]) -> bytes:
