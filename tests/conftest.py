@@ -10,6 +10,7 @@ import email.policy
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -51,6 +52,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    tls: bool = False
 
     @property
     def message(self) -> EmailMessage:
@@ -81,7 +83,7 @@ class SinkHandler:
             return self.reply
         with self.cond:
             self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          envelope.original_content))
+                                          envelope.original_content, session.ssl is not None))
             self.cond.notify_all()
         return "250 2.0.0 accepted by sink"
 
@@ -95,14 +97,15 @@ class SinkHandler:
 class Sink:
     """An aiosmtpd server on 127.0.0.1 standing in for the LGWAN-side mail server."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, tls_context: ssl.SSLContext | None = None) -> None:
         self.port = port or free_port()
         self.handler = SinkHandler()
         self.controller: Controller | None = None
+        self.tls_context = tls_context
 
     def start(self) -> Sink:
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port,
-                                     data_size_limit=None)
+                                     data_size_limit=None, tls_context=self.tls_context)
         self.controller.start()
         return self
 
@@ -147,7 +150,7 @@ class Gateway:
         if downstream_port is not None:
             self.env["MUGAIKA_DOWNSTREAM_HOST"] = "127.0.0.1"
             self.env["MUGAIKA_DOWNSTREAM_PORT"] = str(downstream_port)
-            self.env["MUGAIKA_DOWNSTREAM_STARTTLS"] = "off"
+            self.env.setdefault("MUGAIKA_DOWNSTREAM_STARTTLS", "off")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "gateway.log"
 
