@@ -47,6 +47,7 @@ def sanitize_stage(entry: Entry, settings: Settings, stores: Stores) -> Processe
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
     message is then held whole and the recipient gets a notice instead.
     """
+    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     try:
         result = sanitize(entry.data, entry.queue_id, settings)
         output = _own_trace(entry.data) + rebuild(result, settings)
