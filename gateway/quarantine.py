@@ -182,6 +182,8 @@ class QuarantineService:
         )
         if queue_id is None:
             raise Conflict("the release request was decided meanwhile")
+        # The release shows in the tracking center as its own message, with its delivery.
+        self._stores.messages.record_received(queue_id, envelope, len(original))
         self._stores.audit.record(approver, "quarantine.release", entry.id,
                                   request_id=request_id, requested_by=requester,
                                   queue_id=queue_id, recipients=list(entry.recipients))
@@ -217,6 +219,7 @@ class QuarantineService:
                                        lambda: self._spool.put(message, envelope))
         if queue_id is None:
             raise Conflict("entry was released meanwhile")
+        self._stores.messages.record_received(queue_id, envelope, len(message))
         self._stores.audit.record(actor, "quarantine.release_password", entry_id,
                                   parts=sorted(decrypted), queue_id=queue_id)
         return ReleaseOutcome(entry_id, "released", None, queue_id)

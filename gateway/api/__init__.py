@@ -65,7 +65,7 @@ def create_app(
                          checks if checks is not None else default_checks(settings, stores, spool))
     metrics.watch_quarantine(lambda: stores.quarantine.stats().entries,
                              lambda: stores.quarantine.stats().bytes)
-    metrics.watch_spool(lambda: sum(spool.depth().values()),
+    metrics.watch_spool(lambda: sum(n for area, n in spool.depth().items() if area != "failed"),
                         lambda: spool.oldest_age(time.time()))
 
     @contextlib.asynccontextmanager
