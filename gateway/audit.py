@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select
 
-from gateway.store.common import Clock, Page, dumps, paged, utcnow
+from gateway.store.common import Clock, Page, dumps, paged, utcnow, write
 from gateway.store.schema import audit_log
 
 
@@ -54,7 +54,7 @@ class AuditLog:
         self._clock = clock
 
     def record(self, actor: Actor, action: str, target: str = "", **detail: Any) -> None:
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(insert(audit_log).values(
                 at=self._clock(), actor=actor.name[:128], role=actor.role[:16],
                 action=action[:64], target=target[:128], remote=actor.remote[:64],

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.store.common import Clock, utcnow
+from gateway.store.common import Clock, utcnow, write
 from gateway.store.schema import api_tokens
 
 TOKEN_PREFIX = "mgk_"  # noqa: S105 - a marker, not a secret
@@ -82,7 +82,7 @@ class TokenStore:
         label = name or f"{role.value}-{secrets.token_hex(4)}"
         now = self._clock()
         try:
-            with self._engine.begin() as conn:
+            with write(self._engine) as conn:
                 result = conn.execute(insert(api_tokens).values(
                     name=label[:128], role=role.value, token_sha256=hash_token(token),
                     created_at=now,
@@ -112,7 +112,7 @@ class TokenStore:
         return [_info(r._mapping) for r in rows]
 
     def revoke(self, name: str) -> bool:
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             return bool(conn.execute(
                 update(api_tokens)
                 .where(api_tokens.c.name == name, api_tokens.c.revoked_at.is_(None))

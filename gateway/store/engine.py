@@ -38,6 +38,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Durable writes switch to FULL per transaction: see gateway.store.common.write.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 

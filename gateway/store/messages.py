@@ -11,7 +11,16 @@ from sqlalchemy import Engine, insert, select, update
 
 from gateway.envelope import Envelope
 from gateway.report import Report
-from gateway.store.common import Clock, Page, dumps, join_addresses, paged, split_addresses, utcnow
+from gateway.store.common import (
+    Clock,
+    Page,
+    dumps,
+    join_addresses,
+    paged,
+    split_addresses,
+    utcnow,
+    write,
+)
 from gateway.store.schema import messages
 from gateway.stores import DeliveryStatus
 
@@ -76,7 +85,7 @@ class SqlMessageLog:
             "helo": envelope.helo[:255],
             "size": size,
         }
-        with self._engine.begin() as conn:
+        with write(self._engine, durable=False) as conn:
             found = conn.execute(
                 select(messages.c.queue_id).where(messages.c.queue_id == queue_id)
             ).first()
@@ -86,7 +95,7 @@ class SqlMessageLog:
                 conn.execute(insert(messages).values(queue_id=queue_id, **values))
 
     def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
-        with self._engine.begin() as conn:
+        with write(self._engine, durable=False) as conn:
             conn.execute(
                 update(messages)
                 .where(messages.c.queue_id == queue_id)
@@ -101,7 +110,7 @@ class SqlMessageLog:
     def record_delivery(
         self, queue_id: str, status: DeliveryStatus, attempts: int, detail: str
     ) -> None:
-        with self._engine.begin() as conn:
+        with write(self._engine, durable=False) as conn:
             conn.execute(
                 update(messages)
                 .where(messages.c.queue_id == queue_id)

@@ -22,7 +22,16 @@ from gateway.envelope import Envelope
 from gateway.parse import decode_header_value
 from gateway.report import Report, Verdict
 from gateway.store.blobs import delete_orphans, get_blob, put_blob
-from gateway.store.common import Clock, Page, dumps, join_addresses, paged, split_addresses, utcnow
+from gateway.store.common import (
+    Clock,
+    Page,
+    dumps,
+    join_addresses,
+    paged,
+    split_addresses,
+    utcnow,
+    write,
+)
 from gateway.store.messages import MAX_SUBJECT
 from gateway.store.schema import blobs, quarantine_entries, quarantine_parts, release_requests
 
@@ -125,7 +134,7 @@ class SqlQuarantine:
         """Keep the original and each held part; a repeated call for one id changes nothing."""
         derived = _derive(report, held)
         now = self._clock()
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             if conn.execute(
                 select(quarantine_entries.c.id).where(quarantine_entries.c.id == queue_id)
             ).first():
@@ -218,7 +227,7 @@ class SqlQuarantine:
     # --- changes ----------------------------------------------------------------------
     def delete(self, entry_id: str) -> bool:
         """Remove the entry, its parts and requests, and originals nothing else uses."""
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(delete(release_requests).where(release_requests.c.entry_id == entry_id))
             conn.execute(delete(quarantine_parts).where(quarantine_parts.c.entry_id == entry_id))
             gone = conn.execute(
@@ -239,7 +248,7 @@ class SqlQuarantine:
     def add_request(self, entry_id: str, actor: str, remote: str, reason: str) -> int | None:
         """A pending release request, or None when the entry is not in the `held` state."""
         now = self._clock()
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             moved = conn.execute(
                 update(quarantine_entries)
                 .where(quarantine_entries.c.id == entry_id, quarantine_entries.c.status == HELD)
@@ -265,7 +274,7 @@ class SqlQuarantine:
         at worst — the same at-least-once rule as SMTP.
         """
         now = self._clock()
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             won = conn.execute(
                 update(release_requests)
                 .where(release_requests.c.id == request_id,
@@ -284,7 +293,7 @@ class SqlQuarantine:
     def release_now(self, entry_id: str, actor: str, deliver: Callable[[], str]) -> str | None:
         """Release without a request (one-step policy, PPAP); None when not releasable."""
         now = self._clock()
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             won = conn.execute(
                 update(quarantine_entries)
                 .where(quarantine_entries.c.id == entry_id,
@@ -309,7 +318,7 @@ class SqlQuarantine:
 
     def count_password_failure(self, entry_id: str) -> int:
         """Add one wrong password to the entry's count and return the new count."""
-        with self._engine.begin() as conn:
+        with write(self._engine) as conn:
             conn.execute(
                 update(quarantine_entries).where(quarantine_entries.c.id == entry_id)
                 .values(password_failures=quarantine_entries.c.password_failures + 1)
