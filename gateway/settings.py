@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     #: Public URL of the API for the recipient's release link in the notice (off when unset).
     release_link_base_url: str | None = None
     #: HMAC key of those links; the same on every node. Links are off without it.
-    release_link_secret: SecretStr | None = None
+    release_link_key: SecretStr | None = None
 
     toml_path: ClassVar[Path | None] = None
 

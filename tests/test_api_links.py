@@ -22,7 +22,7 @@ pytest_plugins = ("tests.store_helpers", "tests.api_helpers")
 def link_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={
         "release_link_base_url": "https://mugaika.example.lg.jp/",
-        "release_link_secret": SecretStr("s3cret-key-for-tests"),
+        "release_link_key": SecretStr("s3cret-key-for-tests"),
     })
 
 
