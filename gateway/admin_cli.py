@@ -22,7 +22,8 @@ from gateway.quarantine import QuarantineError, QuarantineService
 from gateway.settings import Settings, load_settings
 from gateway.spool import Spool
 from gateway.store import SqlStores, open_stores
-from gateway.store.quarantine import STATUSES, QuarantineQuery
+from gateway.store.quarantine import STATUSES
+from gateway.store.records import QuarantineQuery
 from gateway.tokens import Role, TokenError
 
 EXIT_OK, EXIT_REFUSED = 0, 1

@@ -29,7 +29,8 @@ from gateway.envelope import Envelope
 from gateway.settings import Settings
 from gateway.store import SqlStores
 from gateway.store.common import Page
-from gateway.store.quarantine import HELD, RELEASED, QuarantineEntry, QuarantineQuery
+from gateway.store.quarantine import HELD, RELEASED
+from gateway.store.records import QuarantineEntry, QuarantineQuery
 
 RELEASED_BY_HEADER = "X-Mugaika-Released-By"
 REQUESTED_BY_HEADER = "X-Mugaika-Release-Requested-By"
