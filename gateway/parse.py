@@ -125,7 +125,7 @@ def parse(untrusted: bytes, max_depth: int = 20, max_parts: int = 500) -> Parsed
     header_defects: list[str] = []
     headers = tuple((k, decode_field(v, header_defects)) for k, v in top.fields)
     raw_headers = tuple((k, text_of(v)) for k, v in top.fields)
-    for code in [*top.defects, *header_defects]:
+    for code in [*top.defects, *header_defects, *_duplicates(headers)]:
         walk.defect(code)
     reason = ""
     try:
@@ -134,6 +134,22 @@ def parse(untrusted: bytes, max_depth: int = 20, max_parts: int = 500) -> Parsed
         reason = str(stop)
     leaves = () if reason else tuple(walk.leaves)
     return ParsedMessage(headers, leaves, tuple(walk.defects), reason, raw_headers)
+
+
+#: Fields a reader sees once; two different values mean clients may show either.
+_SINGLETONS = ("from", "sender", "to", "cc", "reply-to", "subject", "date", "message-id")
+
+
+def _duplicates(headers: tuple[tuple[str, str], ...]) -> list[str]:
+    seen: dict[str, str] = {}
+    found: list[str] = []
+    for name, value in headers:
+        key = name.lower()
+        if key in _SINGLETONS:
+            if key in seen and seen[key] != value:
+                found.append(f"{key}_duplicate")
+            seen.setdefault(key, value)
+    return found
 
 
 def _ascii(value: bytes) -> str:
@@ -146,7 +162,7 @@ def _walk(walk: _Walk, top: HeaderBlock) -> None:
         raise _TooComplex("header_fields_exceeded")
     # (header block, body end, part path, depth, default type, enclosing alternative)
     stack: list[tuple[HeaderBlock, int, str, int, str, str]] = [
-        (top, len(walk.data), "1", 0, "text/plain", "")
+        (top, len(walk.data), "0", 0, "text/plain", "")
     ]
     while stack:
         block, end, path, depth, default, alternative = stack.pop()
@@ -157,12 +173,14 @@ def _walk(walk: _Walk, top: HeaderBlock) -> None:
             raise _TooComplex("mime_depth_exceeded")
         ctype = _content_type(walk, block, default)
         if not ctype.value.startswith("multipart/"):
-            walk.leaves.append(_leaf(walk, block, end, path, ctype, alternative=alternative))
+            leaf_path = "1" if path == "0" else path  # a single-part message is part 1
+            walk.leaves.append(_leaf(walk, block, end, leaf_path, ctype, alternative=alternative))
             continue
         children = _split(walk, block, end, ctype)
         if isinstance(children, str):
             opaque = Params("application/octet-stream")
-            walk.leaves.append(_leaf(walk, block, end, path, opaque, alternative=alternative,
+            walk.leaves.append(_leaf(walk, block, end, "1" if path == "0" else path, opaque,
+                                     alternative=alternative,
                                      suspicious=children, raw_body=True))
             continue
         child_default = "message/rfc822" if ctype.value == "multipart/digest" else "text/plain"
