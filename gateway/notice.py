@@ -17,6 +17,7 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+from converters.html import defang_urls
 from gateway.report import Action, ActionKind, Report, Verdict
 from gateway.settings import Settings
 
@@ -91,12 +92,13 @@ def render_notice(report: Report, settings: Settings,
     if report.verdict is Verdict.QUARANTINED:
         lines.append(t.line("quarantined", reason=t.reason(report.reason, report.reason)))
         lines.append(t.line("held", qid=report.queue_id, part="0"))
-    lines.extend(_body_lines(report, t))
+    lines.extend(_body_lines(report, t, settings.defang_links))
     for action in report.actions:
         lines.extend(_attachment_lines(action, report.queue_id, t))
     if report.link_warnings:
         lines.append(t.line("link_warning_head"))
-        lines.extend(t.line("link_warning", text=w.text, target=w.target)
+        show = defang_urls if settings.defang_links else str
+        lines.extend(t.line("link_warning", text=show(w.text), target=show(w.target))
                      for w in report.link_warnings[:20])
     notable = sorted(NOTABLE_DEFECTS.intersection(report.defects))
     if notable:
@@ -106,11 +108,13 @@ def render_notice(report: Report, settings: Settings,
     return "\n".join(line for line in lines if line)
 
 
-def _body_lines(report: Report, t: NoticeTemplates) -> list[str]:
+def _body_lines(report: Report, t: NoticeTemplates, defang: bool) -> list[str]:
     codes = {a.code for a in report.actions}
     lines = []
     if "html_to_text" in codes:
         lines.append(t.line("html_converted"))
+        if defang:
+            lines.append(t.line("links_defanged"))
     elif "alternative_unused" in codes:
         lines.append(t.line("html_dropped"))
     return lines

@@ -104,3 +104,31 @@ def newsletter(target_bytes: int = 100_000) -> str:
         n += 1
     parts.append(tail)
     return "".join(parts)
+
+
+def deliver(raw: bytes, **overrides: object) -> tuple[object, bytes]:
+    """Run sanitize + rebuild like the worker does; return (Sanitized, delivered bytes)."""
+    from gateway.rebuild import rebuild
+    from gateway.sanitize import sanitize
+    from gateway.settings import Settings
+
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    result = sanitize(raw, "Q-TEST", settings)
+    return result, rebuild(result, settings)
+
+
+def delivered_message(raw: bytes, **overrides: object):  # type: ignore[no-untyped-def]
+    """The delivered message as a recipient's client would parse it."""
+    import email
+    import email.policy
+
+    _, out = deliver(raw, **overrides)
+    return email.message_from_bytes(out, policy=email.policy.default)
+
+
+def delivered_text(raw: bytes, **overrides: object) -> str:
+    """The decoded text/plain body the recipient reads (notice included)."""
+    msg = delivered_message(raw, **overrides)
+    part = msg.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content()).replace("\r\n", "\n")
