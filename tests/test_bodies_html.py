@@ -93,7 +93,8 @@ def test_hidden_styles_of_every_kind() -> None:
 
 
 def test_pre_and_ordered_lists_and_line_breaks() -> None:
-    text = html_to_text("<ol><li>一</li><li>二</li></ol><pre>  a\n    b</pre>行1<br>行2<br><br>行3").text
+    html = "<ol><li>一</li><li>二</li></ol><pre>  a\n    b</pre>行1<br>行2<br><br>行3"
+    text = html_to_text(html).text
     assert "1. 一\n2. 二" in text
     assert "  a\n    b" in text
     assert "行1\n行2\n\n行3" in text
