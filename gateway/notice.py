@@ -10,9 +10,10 @@ length and stripped of control characters before they reach the notice.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 from typing import Any
@@ -37,10 +38,12 @@ class NoticeTemplates:
 
     texts: dict[str, str]
     reasons: dict[str, str]
+    #: Values every line may use ($contact, $qid), set per message.
+    common: dict[str, str] = field(default_factory=dict)
 
     def line(self, key: str, **values: object) -> str:
-        return Template(self.texts.get(key, "")).safe_substitute(
-            {k: _safe(str(v)) for k, v in values.items()})
+        merged = {**self.common, **{k: _safe(str(v)) for k, v in values.items()}}
+        return Template(self.texts.get(key, "")).safe_substitute(merged)
 
     def reason(self, code: str, fallback: str) -> str:
         return self.reasons.get(code, fallback)
@@ -87,7 +90,8 @@ def render_notice(report: Report, settings: Settings,
     """Plain text, one line per fate; empty when nothing was changed."""
     if report.verdict is Verdict.CLEAN and not report.link_warnings:
         return ""
-    t = templates or load_templates(settings)
+    t = dataclasses.replace(templates or load_templates(settings), common={
+        "contact": _safe(settings.notice_contact), "qid": _safe(report.queue_id)})
     lines = [t.line("head")]
     if report.verdict is Verdict.QUARANTINED:
         lines.append(t.line("quarantined", reason=t.reason(report.reason, report.reason)))

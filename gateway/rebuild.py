@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, formatdate, make_msgid, parsedate_to_datetime
 
 from converters.charset import encode_iso2022jp
+from gateway.headers import decode_words
 from gateway.notice import render_notice
 from gateway.sanitize import Sanitized
 from gateway.settings import Settings
@@ -108,10 +109,17 @@ def _set_addresses(msg: EmailMessage, name: str, untrusted: str | None) -> None:
         parsed = getattr(header, "addresses", ())
     except Exception:  # an unparsable address header is dropped
         parsed = ()
-    addresses = [Address(display_name=clean(a.display_name)[:200], addr_spec=a.addr_spec)
+    addresses = [Address(display_name=_display_name(a.display_name), addr_spec=a.addr_spec)
                  for a in parsed[:200] if _ADDR_SPEC.fullmatch(a.addr_spec or "")]
     if addresses:
         _try_set(msg, name, addresses)
+
+
+def _display_name(untrusted: str) -> str:
+    """The stdlib leaves words it cannot decode (CP50220, CP932) encoded: we decode them."""
+    if "=?" in untrusted:
+        untrusted = decode_words(untrusted)
+    return clean(untrusted)[:200]
 
 
 def _set_subject(msg: EmailMessage, untrusted: str | None, settings: Settings) -> None:
