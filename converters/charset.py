@@ -84,28 +84,41 @@ def _strict(untrusted: bytes, codec: str) -> str | None:
 def decode_bytes(untrusted: bytes, declared: str | None = None) -> tuple[str, str]:
     """Decode `untrusted`; return the text and the decoder actually used.
 
-    The declared charset is tried strictly first; when it is missing, unknown, wrong, or
-    a permissive single-byte label over 8-bit bytes, the encoding is detected.
-    Undecodable bytes become U+FFFD only as a last resort.
+    Order: the declared charset strictly; a confident Japanese or UTF-8 reading (labels
+    lie); the declared charset with a few U+FFFD when only a few bytes are broken (one
+    bad byte must not turn a whole UTF-8 mail into mojibake); other scripts by
+    charset-normalizer; UTF-8 with U+FFFD as the last resort.
     """
     codec = normalize_label(declared)
-    eight_bit = not untrusted.isascii()
-    if codec is not None and not (codec in _PERMISSIVE and eight_bit):
+    if codec is not None and not (codec in _PERMISSIVE and not untrusted.isascii()):
         text = _strict(untrusted, codec)
         if text is not None:
             return text, codec
         if codec == "cp50220":  # ISO-2022-JP-2/2004 escapes our decoder does not know
             for alt in ("iso2022_jp_2", "iso2022_jp_2004"):
-                text = _strict(untrusted, alt)
-                if text is not None:
+                if (text := _strict(untrusted, alt)) is not None:
                     return text, alt
-    detected = detect(untrusted, trust_latin=codec not in _PERMISSIVE)
-    if detected is not None:
-        return detected
-    if codec is not None and (text := _strict(untrusted, codec)) is not None:
-        return text, codec  # a Latin label whose bytes did not look Japanese
-    fallback = codec if codec not in _OURS and codec is not None else "utf-8"
-    return untrusted.decode(fallback, errors="replace"), fallback
+    confident = detect(untrusted, trust_latin=False)
+    if confident is not None:
+        return confident
+    if codec is not None:
+        nearly = _strict(untrusted, codec) or _nearly(untrusted, codec)
+        if nearly is not None:
+            return nearly, codec
+    guess = detect(untrusted, trust_latin=True)
+    if guess is not None:
+        return guess
+    return untrusted.decode("utf-8", errors="replace"), "utf-8"
+
+
+def _nearly(untrusted: bytes, codec: str) -> str | None:
+    """The declared decoding with U+FFFD, if at most 2% of the characters are broken."""
+    python_codec = {"cp50220": "iso2022_jp_ext", "cp51932": "euc_jp"}.get(codec, codec)
+    try:
+        text = untrusted.decode(python_codec, errors="replace")
+    except LookupError:
+        return None
+    return text if text.count("\ufffd") <= max(1, len(text) // 50) else None
 
 
 def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None:

@@ -10,6 +10,7 @@ from converters.charset import decode_bytes, encode_iso2022jp
 from tests.bodies_helpers import (
     b_word,
     base_headers,
+    deliver,
     delivered_message,
     delivered_text,
     message,
@@ -172,3 +173,23 @@ def test_no_text_part_converts_html() -> None:
     text = delivered_text(raw)
     assert "HTMLだけの本文" in text
     assert "HTML形式の本文をテキストに変換しました" in text
+
+
+def test_one_broken_byte_does_not_turn_utf8_into_mojibake() -> None:
+    text = "日本語のテキストです。よろしくお願いします。"
+    data = text.encode()[:15] + b"\xff" + text.encode()[15:]
+    delivered = delivered_text(single(data, "text/plain; charset=utf-8"))
+    assert "日本語のテ" in delivered and "よろしくお願いします。" in delivered
+    assert delivered.count("\ufffd") == 1
+
+
+def test_iso2022jp_output_lines_stay_short_and_kana_is_widened() -> None:
+    """Long paragraphs are split below SMTP's 998-octet limit; ｶﾀｶﾅ becomes カタカナ."""
+    long_line = "長い段落です。" * 200 + "ﾊﾝｶｸｶﾀｶﾅ"
+    raw = single(long_line.encode(), "text/plain; charset=utf-8")
+    _, out = deliver(raw, output_charset="iso-2022-jp")
+    assert max(len(line) for line in out.split(b"\r\n")) <= 998
+    msg = delivered_message(raw, output_charset="iso-2022-jp")
+    payload = msg.get_body(preferencelist=("plain",)).get_payload(decode=True)
+    text = decode_bytes(payload, "iso-2022-jp")[0].replace("\r\n", "").replace("\n", "")
+    assert "長い段落です。" * 200 + "ハンカクカタカナ" in text
