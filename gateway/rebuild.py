@@ -22,7 +22,7 @@ from email.utils import format_datetime, formatdate, make_msgid, parsedate_to_da
 
 from converters.charset import encode_iso2022jp
 from gateway.headers import decode_words
-from gateway.notice import render_notice
+from gateway.notice import NoticeTemplates, render_notice
 from gateway.sanitize import Sanitized
 from gateway.settings import Settings
 
@@ -54,8 +54,12 @@ def clean(value: str) -> str:
     return _CONTROL.sub(" ", value).strip()
 
 
-def rebuild(s: Sanitized, settings: Settings) -> bytes:
-    """Serialize the sanitized message; raises ValueError only if our own output is unsafe."""
+def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None = None) -> bytes:
+    """Serialize the sanitized message; raises ValueError only if our own output is unsafe.
+
+    `templates` (from `gateway.notice.load_templates`) lets a long-running worker load
+    the notice wording once instead of per message.
+    """
     msg = EmailMessage(policy=OUTPUT_POLICY)
     for name in ADDRESS_HEADERS:
         _set_addresses(msg, name, s.parsed.raw_header(name))
@@ -72,7 +76,7 @@ def rebuild(s: Sanitized, settings: Settings) -> bytes:
     msg["X-Mugaika-Queue-Id"] = clean(s.report.queue_id)[:64]
     if s.report.link_warnings:
         msg["X-Mugaika-Link-Warnings"] = str(len(s.report.link_warnings))
-    _set_body(msg, s, settings)
+    _set_body(msg, s, settings, templates)
     for out in s.outputs:
         if out.content_type in SAFE_OUTPUT_TYPES:
             maintype, _, subtype = out.content_type.partition("/")
@@ -161,8 +165,9 @@ def _msg_ids(untrusted: str | None) -> list[str]:
     return _MSG_ID.findall(untrusted or "")
 
 
-def _set_body(msg: EmailMessage, s: Sanitized, settings: Settings) -> None:
-    notice = render_notice(s.report, settings)
+def _set_body(msg: EmailMessage, s: Sanitized, settings: Settings,
+              templates: NoticeTemplates | None) -> None:
+    notice = render_notice(s.report, settings, templates)
     text = f"{notice}\n\n{s.body}" if notice and s.body else (notice or s.body)
     text = text.rstrip("\n") + "\n"
     if settings.output_charset == "iso-2022-jp":
