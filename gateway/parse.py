@@ -199,7 +199,7 @@ def _content_type(walk: _Walk, block: HeaderBlock, default: str) -> Params:
     raws = block.all("Content-Type")
     if not raws:
         return Params(default)
-    parsed = [parse_params(_ascii(r)) for r in raws]
+    parsed = [parse_params(text_of(r)) for r in raws]
     first = parsed[0]
     for code in first.defects:
         walk.defect(code)
@@ -266,8 +266,10 @@ def _leaf(walk: _Walk, block: HeaderBlock, end: int, path: str, ctype: Params, *
         payload, cte_problem = walk.data[block.body_start:end], ""
     else:
         payload, cte_problem = _decode_payload(walk, block, end)
-    disposition = parse_params(_ascii(block.all("Content-Disposition")[0])) \
-        if block.all("Content-Disposition") else Params("")
+    # Raw 8-bit names (Shift_JIS straight in the header, against RFC, common in Japan)
+    # are detected like any text, not replaced by "?".
+    dispositions = block.all("Content-Disposition")
+    disposition = parse_params(text_of(dispositions[0])) if dispositions else Params("")
     names = _names(ctype, disposition)
     reason = suspicious or cte_problem or _ambiguity(walk, ctype, disposition, names)
     content_type = "application/octet-stream" if reason and ctype.value.startswith("text/") \

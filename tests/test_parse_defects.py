@@ -139,6 +139,13 @@ def test_rfc2231_and_rfc2047_japanese_names_decode() -> None:
     assert names == ["見積書.pdf", "報告書①.pdf"]
 
 
+def test_raw_shift_jis_filename_is_decoded() -> None:
+    """Some Japanese mailers put Shift_JIS bytes straight into the header."""
+    part = ('Content-Type: application/pdf\nContent-Disposition: attachment; '
+            'filename="御見積書①.pdf"\n\n%PDF').encode("cp932")
+    assert parse(mixed([part])).leaves[0].filename == "御見積書①.pdf"
+
+
 def test_unknown_transfer_encoding_is_held() -> None:
     part = b"Content-Type: text/plain\nContent-Transfer-Encoding: x-gzip64\n\nabc\n"
     result, _, _ = outcome(mixed([part]))
