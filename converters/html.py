@@ -96,6 +96,10 @@ _URLISH = re.compile(
     r"(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?((?:[a-z0-9-]+\.)+[a-z]{2,})(?:[:/?#]\S*)?",
     re.IGNORECASE,
 )
+_COMMON_TLDS = frozenset((
+    "jp", "com", "net", "org", "info", "biz", "io", "co", "gov", "edu", "us", "uk", "cn", "kr",
+    "tw", "hk", "de", "fr", "ru", "app", "dev", "xyz", "top", "online", "site", "me", "tv", "asia",
+))
 _DEFANGED = {"http": "hxxp", "https": "hxxps", "ftp": "fxp"}
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
 
@@ -260,8 +264,20 @@ def _links(tree: LexborHTMLParser) -> tuple[list[tuple[str, str]], int]:
 
 
 def _host(text: str) -> str | None:
-    m = _URLISH.fullmatch(text.strip().strip("<>()[]"))
-    return m[1].lower().removeprefix("www.") if m else None
+    """The host a link text names, if the text is a URL, `www.`-name or common domain.
+
+    A bare "name.ext" counts only with a usual top-level domain, so that a link titled
+    "report.pdf" is not taken for a host called report.pdf.
+    """
+    shown = text.strip().strip("<>()[]")
+    m = _URLISH.fullmatch(shown)
+    if m is None:
+        return None
+    host = m[1].lower()
+    explicit = "://" in shown or host.startswith("www.")
+    if not explicit and host.rsplit(".", 1)[-1] not in _COMMON_TLDS:
+        return None
+    return host.removeprefix("www.")
 
 
 def _mismatch(label: str, target: str) -> bool:

@@ -72,7 +72,8 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
         if ids:
             _try_set(msg, name, " ".join(ids))
     msg["X-Mugaika-Verdict"] = s.report.verdict.value
-    msg["X-Mugaika-Actions"] = actions_summary(s) or "none"
+    msg["X-Mugaika-Actions"] = actions_summary(s) or (
+        f"0=quarantined/{clean(s.report.reason)[:60]}" if s.report.reason else "none")
     msg["X-Mugaika-Queue-Id"] = clean(s.report.queue_id)[:64]
     if s.report.link_warnings:
         msg["X-Mugaika-Link-Warnings"] = str(len(s.report.link_warnings))

@@ -59,6 +59,13 @@ def test_mismatched_link_is_flagged_in_notice_and_report() -> None:
     assert msg["X-Mugaika-Link-Warnings"] == "1"
 
 
+def test_file_names_and_plain_words_are_not_taken_for_hosts() -> None:
+    html = ('<a href="https://files.example.com/r.pdf">report.pdf</a> '
+            '<a href="https://a.example.com/">example.com</a> '
+            '<a href="https://b.example.net/">詳しくはこちら</a>')
+    assert html_to_text(html).mismatched_links == (("example.com", "https://a.example.com/"),)
+
+
 def test_javascript_and_data_urls_are_removed() -> None:
     raw = html_mail('<a href="javascript:alert(1)">押す</a> <a href=" jav&#x09;ascript:x">二</a>'
                     ' <a href="data:text/html;base64,PHNjcmlwdD4=">三</a>'
