@@ -183,7 +183,7 @@ def _drop_hidden(tree: LexborHTMLParser) -> int:
     query, deepest first: a parent's removal frees its children, so removing in reverse
     document order never touches a freed node.
     """
-    selectors = ["[hidden]"]
+    selectors = ["[hidden]", "dialog:not([open])"]
     for style in tree.css("style"):
         selectors.extend(_hiding_selectors(style.text(deep=True)))
     for selector in selectors:

@@ -1,7 +1,7 @@
 """Property tests over generated MIME trees: whatever arrives, what leaves is safe.
 
-Properties: sanitize never raises; the rebuilt message parses; it never contains a
-text/html part; it never carries a header outside the allow-list.
+Properties: sanitize never raises; the rebuilt message parses without a single defect;
+it never contains a text/html part; it never carries a header outside the allow-list.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def check(raw: bytes) -> None:
     msg = email.message_from_bytes(out, policy=email.policy.default)
     for part in msg.walk():
         assert part.get_content_type() != "text/html"
+        assert not part.defects, part.defects
     for name in msg.keys():
         assert name.lower() in OUTPUT_HEADERS or name.lower().startswith("x-mugaika-")
 
