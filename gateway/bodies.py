@@ -125,7 +125,39 @@ def clean_text(text: str, defang: bool) -> str:
 def _plain(leaf: Leaf, settings: Settings, actions: list[Action]) -> str:
     text, _codec = decode_bytes(leaf.payload, leaf.charset)
     actions.append(_action(leaf, ActionKind.KEPT, "", "plain text body"))
+    params = dict(leaf.params)
+    if params.get("format", "").lower() == "flowed":
+        text = unflow(text.replace("\r\n", "\n"), params.get("delsp", "").lower() == "yes")
     return clean_text(text, settings.defang_links)
+
+
+def unflow(text: str, delsp: bool) -> str:
+    """Join RFC 3676 soft line breaks (a line ending in a space), since our output is not
+    flowed: without this a Japanese sentence stays cut where the sender's client wrapped
+    it. With delsp=yes the space marking the soft break is not part of the text.
+    Quote depth is kept; a change of depth ends a paragraph."""
+    out: list[str] = []
+    pending: tuple[int, str] | None = None
+    for raw in text.split("\n"):
+        depth = len(raw) - len(raw.lstrip(">"))
+        content = raw[depth:].removeprefix(" ")  # space-stuffing, or the space after ">"
+        flowed = content.endswith(" ") and content != "-- "
+        if flowed and delsp:
+            content = content[:-1]
+        if pending is not None and pending[0] == depth:
+            content = pending[1] + content
+        elif pending is not None:
+            out.append(_quoted(*pending))
+        pending = (depth, content) if flowed else None
+        if not flowed:
+            out.append(_quoted(depth, content))
+    if pending is not None:
+        out.append(_quoted(*pending))
+    return "\n".join(out)
+
+
+def _quoted(depth: int, content: str) -> str:
+    return f"{'>' * depth} {content}" if depth else content
 
 
 def _html(leaf: Leaf, settings: Settings, cid_names: dict[str, str],

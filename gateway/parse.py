@@ -58,6 +58,8 @@ class Leaf:
     alternative: str = ""
     #: Why the part was read restrictively (a defect code), "" when it was not.
     suspicious: str = ""
+    #: Content-Type parameters other than charset/name/boundary (e.g. format, delsp).
+    params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,8 @@ def _leaf(walk: _Walk, block: HeaderBlock, end: int, path: str, ctype: Params, *
         filename=names[0] if names else None,
         disposition=disposition.value or None,
         charset=ctype.params.get("charset"),
+        params=tuple((k, v[:100]) for k, v in ctype.params.items()
+                     if k not in ("charset", "name", "boundary"))[:10],
         payload=payload,
         content_id=decode_field(cid[0]).strip().strip("<>") if cid else None,
         names=names,

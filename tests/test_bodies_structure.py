@@ -70,3 +70,16 @@ def test_named_text_file_is_an_attachment_not_body() -> None:
                                   body))
     assert "SECRET-ATTACHMENT" not in text
     assert "memo.txt" in text
+
+
+def test_format_flowed_soft_breaks_are_joined() -> None:
+    """Thunderbird/Apple Mail wrap with trailing spaces; our output is not flowed."""
+    body = ("これは長い文章で、送信側のメールソフトが途中で \r\n折り返しています。\r\n"
+            "> 引用も \r\n> 続きます\r\n-- \r\n署名").encode()
+    raw = message(base_headers(Content_Type="text/plain; charset=utf-8; format=flowed"), body)
+    text = delivered_text(raw)
+    assert "これは長い文章で、送信側のメールソフトが途中で 折り返しています。\n" in text
+    assert "> 引用も 続きます\n-- \n署名" in text
+    delsp = message(base_headers(
+        Content_Type="text/plain; charset=utf-8; format=flowed; delsp=yes"), body)
+    assert "途中で折り返しています。" in delivered_text(delsp)
