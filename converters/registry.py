@@ -116,7 +116,10 @@ class Registry:
 
     def __init__(self, registrations: tuple[Registration, ...] = CONVERTERS) -> None:
         self.registrations = registrations
-        self._by_type = {t: r.name for r in registrations for t in r.types}
+        self._by_type: dict[str, str] = {}
+        for registration in registrations:  # the first registration of a type wins
+            for content_type in registration.types:
+                self._by_type.setdefault(content_type, registration.name)
         self._targets = {r.name: r.target for r in registrations}
 
     def targets(self) -> dict[str, str]:

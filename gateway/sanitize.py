@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from converters.base import Rendering
 from converters.charset import decode_bytes
-from gateway.attachments import HeldOriginal, sanitize_attachment
+from gateway.attachments import AttachmentContext, HeldOriginal, sanitize_attachment
 from gateway.parse import Leaf, ParsedMessage, parse
 from gateway.report import Action, ActionKind, Report, Verdict, verdict_for
 from gateway.settings import Settings
@@ -25,7 +25,13 @@ class Sanitized:
     held: tuple[HeldOriginal, ...] = ()
 
 
-def sanitize(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
+def sanitize(untrusted: bytes, queue_id: str, settings: Settings,
+             ctx: AttachmentContext | None = None) -> Sanitized:
+    """`ctx` is built once by the caller (the worker); without one, a context lives for this
+    message only (the CLI and tests), paying the converter start-up if it converts."""
+    if ctx is None:
+        with AttachmentContext.from_settings(settings) as own:
+            return sanitize(untrusted, queue_id, settings, own)
     parsed = parse(untrusted, settings.max_mime_depth, settings.max_mime_parts)
     if parsed.too_complex:
         report = Report(queue_id, Verdict.QUARANTINED, defects=parsed.defects,
@@ -42,7 +48,7 @@ def sanitize(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
             body = decode_bytes(leaf.payload, leaf.charset)[0]
             actions.append(_kept(leaf))
             continue
-        outcome = sanitize_attachment(leaf)
+        outcome = sanitize_attachment(leaf, ctx)
         actions.extend(outcome.actions)
         outputs.extend(outcome.outputs)
         held.extend(outcome.held)
