@@ -14,7 +14,7 @@ import time
 import zlib
 from email.message import EmailMessage
 
-from converters.base import Conversion, Rendering
+from converters.base import Conversion, Member, Rendering
 from converters.limits import ConversionPolicy
 from converters.registry import CONVERTERS, Registration, Registry
 
@@ -24,7 +24,8 @@ HOSTILE_TYPE = "text/plain"
 
 
 class Hostile:
-    """Misbehaves as its input asks: `sleep`, `alloc`, `connect PORT`, `write PATH`, `ok`."""
+    """Misbehaves as its input asks: `sleep`, `spin`, `alloc`, `connect PORT`, `write PATH`,
+    `nest` (a container holding itself), anything else: a harmless `ok.txt`."""
 
     name = "hostile"
 
@@ -44,6 +45,12 @@ class Hostile:
             with socket.create_connection(("127.0.0.1", int(arg)), timeout=3) as conn:
                 conn.sendall(b"leaked")
             return Conversion(outputs=(Rendering("leaked.txt", "text/plain", b"connected"),))
+        if verb == "nest":  # a container: a CSV, an executable, and itself again
+            return Conversion(members=(
+                Member("dir/inner.csv", b"=1+1,2\n"),
+                Member("dir/tool.exe", pe_bytes()),
+                Member("deeper/again.txt", b"nest"),
+            ), notes=("3 members",))
         if verb == "write":
             with open(arg, "wb") as out:
                 out.write(b"escaped")
@@ -181,7 +188,7 @@ def photo_jpeg(width: int = 640, height: int = 480, exif: bool = True) -> bytes:
 def animated_gif(frames: int = 5) -> bytes:
     from PIL import Image
 
-    images = [Image.new("P", (64, 64), i * 40) for i in range(frames)]
+    images = [Image.new("RGB", (64, 64), (i * 40, 0, 0)) for i in range(frames)]
     out = io.BytesIO()
     images[0].save(out, "GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
     return out.getvalue()
