@@ -89,6 +89,16 @@ class AttachmentContext:
         self.close()
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One file to handle: a top-level attachment or a container member."""
+
+    part: str
+    untrusted_name: str | None
+    declared: str
+    untrusted: bytes
+
+
 @dataclass
 class _Budget:
     """Members still allowed under one top-level attachment (nested bombs stop here)."""
@@ -100,62 +110,61 @@ class _Budget:
 def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext) -> AttachmentOutcome:
     """Convert `leaf` in the sandbox, or remove it; hold its original either way."""
     budget = _Budget(ctx.policy.limits.archive_max_members)
-    return _handle(leaf.part, leaf.filename, leaf.content_type, leaf.payload, ctx, 0, budget)
+    top = _Part(leaf.part, leaf.filename, leaf.content_type, leaf.payload)
+    return _handle(top, ctx, 0, budget)
 
 
-def _handle(part: str, untrusted_name: str | None, declared: str, untrusted: bytes,
-            ctx: AttachmentContext, depth: int, budget: _Budget) -> AttachmentOutcome:
-    found = ctx.registry.classify(untrusted, untrusted_name, declared)
+def _handle(item: _Part, ctx: AttachmentContext, depth: int, budget: _Budget
+            ) -> AttachmentOutcome:
+    found = ctx.registry.classify(item.untrusted, item.untrusted_name, item.declared)
     if found.refusal is not None or found.converter is None:
-        return _removed(part, untrusted_name, declared, untrusted, found,
-                        found.refusal or SandboxFailure("no converter"))
+        return _removed(item, found, found.refusal or SandboxFailure("no converter"))
     try:
-        conversion = ctx.pool.convert(found.converter, untrusted, found.clean_name, ctx.policy)
+        conversion = ctx.pool.convert(found.converter, item.untrusted, found.clean_name,
+                                      ctx.policy)
     except ConversionError as err:
-        return _removed(part, untrusted_name, declared, untrusted, found, err)
+        return _removed(item, found, err)
     except Exception:  # a bug must not deliver the file: map it to a closed failure
-        return _removed(part, untrusted_name, declared, untrusted, found,
-                        SandboxFailure("internal error"))
+        return _removed(item, found, SandboxFailure("internal error"))
     outputs = tuple(_unique(r, budget.names) for r in conversion.outputs)
     action = Action(
-        part=part, filename=found.clean_name, declared_type=declared,
+        part=item.part, filename=found.clean_name, declared_type=item.declared,
         detected_type=found.detected_type, action=ActionKind.CONVERTED,
         reason=f"converted by {found.converter}", outputs=tuple(r.filename for r in outputs),
         quarantined=True, findings=conversion.findings,
         notes=found.notes + conversion.notes, pages=conversion.pages,
     )
-    held = HeldOriginal(part, untrusted_name, found.detected_type, untrusted, "converted")
+    held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
+                        "converted")
     outcome = AttachmentOutcome((action,), outputs, (held,))
-    return _merge(outcome, _members(part, conversion, ctx, depth, budget))
+    return _merge(outcome, _members(item.part, conversion, ctx, depth, budget))
 
 
 def _members(part: str, conversion: Conversion, ctx: AttachmentContext, depth: int,
              budget: _Budget) -> list[AttachmentOutcome]:
     outcomes = []
     for member in conversion.members:
-        member_part = f"{part}/{member.path.lstrip('/')}"
         name = posixpath.basename(member.path) or None
+        item = _Part(f"{part}/{member.path.lstrip('/')}", name, MEMBER_DECLARED_TYPE, member.data)
         budget.members -= 1
         if depth + 1 > ctx.policy.limits.archive_max_depth or budget.members < 0:
             found = Classification("application/octet-stream", clean_name(name))
             why = "nesting" if depth + 1 > ctx.policy.limits.archive_max_depth else "members"
-            outcomes.append(_removed(member_part, name, MEMBER_DECLARED_TYPE, member.data, found,
-                                     LimitExceeded(f"container {why} cap")))
+            outcomes.append(_removed(item, found, LimitExceeded(f"container {why} cap")))
             continue
-        outcomes.append(_handle(member_part, name, MEMBER_DECLARED_TYPE, member.data, ctx,
-                                depth + 1, budget))
+        outcomes.append(_handle(item, ctx, depth + 1, budget))
     return outcomes
 
 
-def _removed(part: str, untrusted_name: str | None, declared: str, untrusted: bytes,
-             found: Classification, err: ConversionError) -> AttachmentOutcome:
+def _removed(item: _Part, found: Classification, err: ConversionError) -> AttachmentOutcome:
     action = Action(
-        part=part, filename=found.clean_name if untrusted_name else None,
-        declared_type=declared, detected_type=found.detected_type,
+        part=item.part, filename=found.clean_name if item.untrusted_name else None,
+        declared_type=item.declared, detected_type=found.detected_type,
         action=ActionKind.REMOVED, reason=err.message, code=err.code,
         quarantined=True, releasable=err.holdable, notes=found.notes,
     )
-    held = HeldOriginal(part, untrusted_name, found.detected_type, untrusted, err.code)
+    held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
+                        err.code)
     return AttachmentOutcome((action,), held=(held,))
 
 

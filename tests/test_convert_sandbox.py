@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from converters.errors import ConversionError, LimitExceeded, SandboxFailure, Timeout
-from converters.limits import MiB, ConversionPolicy, Limits
+from converters.limits import ConversionPolicy, Limits, MiB
 from converters.sandbox import (
     SandboxConfig,
     SandboxPool,
