@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from converters.base import Rendering
-from gateway.attachments import HeldOriginal, sanitize_attachment
+from gateway.attachments import AttachmentContext, HeldOriginal, sanitize_attachment
 from gateway.bodies import extract_body
 from gateway.parse import ParsedMessage, parse
 from gateway.report import Action, Report, Verdict, verdict_for
@@ -25,8 +25,17 @@ class Sanitized:
     held: tuple[HeldOriginal, ...] = ()
 
 
-def sanitize(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
-    """Sanitize one message; quarantine it whole when it cannot be read safely."""
+def sanitize(untrusted: bytes, queue_id: str, settings: Settings,
+             ctx: AttachmentContext | None = None) -> Sanitized:
+    """Sanitize one message; quarantine it whole when it cannot be read safely.
+
+    `ctx` (the converter sandbox pool) is built once by the caller (the worker); without
+    one, a context lives for this message only (the CLI and tests), paying the converter
+    start-up if it converts.
+    """
+    if ctx is None:
+        with AttachmentContext.from_settings(settings) as own:
+            return sanitize(untrusted, queue_id, settings, own)
     parsed = parse(untrusted, settings.max_mime_depth, settings.max_mime_parts)
     if parsed.too_complex:
         report = Report(queue_id, Verdict.QUARANTINED, defects=parsed.defects,
@@ -38,7 +47,7 @@ def sanitize(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
     outputs: list[Rendering] = []
     held: list[HeldOriginal] = []
     for leaf in body.attachments:
-        outcome = sanitize_attachment(leaf)
+        outcome = sanitize_attachment(leaf, ctx)
         actions.extend(outcome.actions)
         outputs.extend(outcome.outputs)
         held.extend(outcome.held)
