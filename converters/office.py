@@ -1,0 +1,89 @@
+"""Word, Excel, PowerPoint, OpenDocument and RTF -> PDF (LibreOffice, warm) -> page images.
+
+Order matters: the file is scanned first (findings, and encrypted files refused before
+LibreOffice ever sees them), then converted by a warm sandboxed instance from the pool,
+then rendered exactly like a PDF attachment. Spreadsheets print every visible sheet; the
+sheet names go into the notes so that staff know what the images contain.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from converters import errors
+from converters.base import Conversion
+from converters.limits import ConversionPolicy
+from converters.office_pool import OfficePool
+from converters.office_render import render_office_pdf
+from converters.office_scan import scan
+
+#: Extensions passed on to LibreOffice as a type hint; anything else goes without one
+#: (LibreOffice sniffs content anyway, the hint only helps ambiguous legacy formats).
+OFFICE_SUFFIXES = frozenset({
+    ".doc", ".docx", ".docm", ".dot", ".dotx", ".dotm",
+    ".xls", ".xlsx", ".xlsm", ".xlsb", ".xlt", ".xltx", ".xltm",
+    ".ppt", ".pptx", ".pptm", ".pot", ".potx", ".potm", ".pps", ".ppsx",
+    ".odt", ".ods", ".odp", ".ott", ".ots", ".otp", ".rtf",
+})
+
+#: Detected MIME types (libmagic on content) this converter accepts; see docs/office-archives.md.
+MIME_TYPES = (
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.template",
+    "application/vnd.ms-word.document.macroEnabled.12",
+    "application/vnd.ms-word.template.macroEnabled.12",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.template",
+    "application/vnd.ms-excel.sheet.macroEnabled.12",
+    "application/vnd.ms-excel.sheet.binary.macroEnabled.12",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.openxmlformats-officedocument.presentationml.slideshow",
+    "application/vnd.ms-powerpoint.presentation.macroEnabled.12",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+    "application/rtf",
+    "text/rtf",
+    "application/CDFV2",  # libmagic's name for OLE2 files it cannot tell apart (xls, ppt)
+)
+
+
+def safe_suffix(untrusted_filename: str) -> str:
+    """The extension as a LibreOffice hint, only from the allow-list (never a path part)."""
+    suffix = PurePosixPath(untrusted_filename.replace("\\", "/")).suffix.lower()
+    return suffix if suffix in OFFICE_SUFFIXES else ""
+
+
+class OfficeConverter:
+    """The Converter for Office-like documents. Holds (does not own) a warm `OfficePool`."""
+
+    name = "office"
+
+    def __init__(self, pool: OfficePool) -> None:
+        self.pool = pool
+
+    def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
+        """Scan, convert in the sandboxed pool, render; raise a ConversionError otherwise."""
+        if len(untrusted) > policy.limits.file_bytes:
+            raise errors.LimitExceeded("office file too large")
+        found = scan(untrusted)
+        pdf, reply = self.pool.convert(untrusted, safe_suffix(filename), policy.limits.max_pages)
+        if not reply.get("ok"):
+            if reply.get("error") == "encrypted":
+                raise errors.Encrypted("office")
+            raise errors.Corrupt("office document could not be opened")
+        rendered = render_office_pdf(pdf, filename, policy)
+        notes = list(rendered.notes)
+        sheets = [str(s) for s in reply.get("sheets") or []]
+        if sheets:
+            notes.insert(0, "sheets: " + ", ".join(sheets))
+        return Conversion(
+            outputs=rendered.outputs,
+            findings=found.findings,
+            notes=tuple(notes),
+            pages=rendered.pages,
+            extra={"office_kind": str(reply.get("kind", "")), "container": found.container},
+        )
