@@ -17,7 +17,9 @@ CONVERT = ArchiveConverter()
 MiB = 1024 * 1024
 
 
-def _convert_measured(data: bytes, policy: ConversionPolicy = POLICY) -> tuple[Exception, float, int]:
+def _convert_measured(
+    data: bytes, policy: ConversionPolicy = POLICY
+) -> tuple[Exception, float, int]:
     tracemalloc.start()
     started = time.monotonic()
     try:
