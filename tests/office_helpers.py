@@ -4,7 +4,8 @@ No tool on this machine writes a VBA project (LibreOffice keeps only ones it loa
 `vba_project_bin` writes one: a Compound File (MS-CFB, version 3, 512-byte sectors) with
 the storage layout MS-OVBA 2.2.1 requires — a PROJECT stream, a VBA storage holding
 _VBA_PROJECT, dir and a module stream with MS-OVBA-compressed source. Every stream is
-padded to the 4096-byte mini-stream cutoff so that only the regular FAT is needed.
+stored at its true size (small ones in the mini stream), so `compound_file` also builds
+the Outlook .msg files of the outlook tests.
 """
 
 from __future__ import annotations
@@ -41,73 +42,100 @@ def _entry(name: str, kind: int, child: int, right: int, start: int, size: int) 
             + struct.pack("<IQ", start, size))
 
 
-def _cfb_order(path: str) -> tuple[int, str]:
+def _cfb_order(name: str) -> tuple[int, str]:
     """CFB orders siblings by name length, then upper-case name."""
-    name = path.rsplit("/", 1)[-1]
     return len(name), name.upper()
 
 
-def compound_file(tree: dict[str, dict[str, bytes] | bytes]) -> bytes:
-    """A CFB file from {name: bytes | {name: bytes}} (one level of storages is enough here)."""
-    entries: list[tuple[str, int, list[str], bytes]] = [("Root Entry", 5, [], b"")]
-    index: dict[str, int] = {}
+Tree = dict[str, "Tree | bytes"]
 
-    def add(path: str, value: dict[str, bytes] | bytes) -> None:
-        index[path] = len(entries)
-        if isinstance(value, dict):
-            entries.append((path.rsplit("/", 1)[-1], 1, [f"{path}/{k}" for k in value], b""))
-            for key, sub in value.items():
-                add(f"{path}/{key}", sub)
+
+class _Sectors:
+    """Sector allocator: appends padded data and records its FAT chain."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data = bytearray()
+        self.fat: list[int] = []
+
+    def add(self, blob: bytes, marker: int | None = None) -> int:
+        start = len(self.fat)
+        count = max(1, -(-len(blob) // self.size))
+        self.data += blob.ljust(count * self.size, b"\0")
+        if marker is not None:
+            self.fat += [marker] * count
         else:
-            entries.append((path.rsplit("/", 1)[-1], 2, [], value.ljust(MINI_CUTOFF, b"\0")))
+            self.fat += [start + k + 1 for k in range(count - 1)] + [END]
+        return start
+
+
+def compound_file(tree: Tree) -> bytes:
+    """A CFB file from nested {name: bytes | {...}}; small streams live in the mini stream."""
+    names: list[str] = ["Root Entry"]
+    kinds: list[int] = [5]
+    blobs: list[bytes] = [b""]
+    kids: dict[int, list[int]] = {0: []}
+
+    def add(parent: int, key: str, value: Tree | bytes) -> None:
+        index = len(names)
+        names.append(key)
+        kids[parent].append(index)
+        if isinstance(value, dict):
+            kinds.append(1)
+            blobs.append(b"")
+            kids[index] = []
+            for k, v in value.items():
+                add(index, k, v)
+        else:
+            kinds.append(2)
+            blobs.append(value)
 
     for key, value in tree.items():
-        add(key, value)
-    children = {0: list(tree)} | {index[p]: kids for p, (_, _, kids, _) in
-                                  zip(index, [entries[i] for i in index.values()], strict=True)}
-    data = bytearray()
-    starts: dict[int, tuple[int, int]] = {}
-    for i, (_, kind, _, blob) in enumerate(entries):
-        if kind == 2:
-            starts[i] = (len(data) // SECTOR, len(blob))
-            data += blob.ljust(-(-len(blob) // SECTOR) * SECTOR, b"\0")
+        add(0, key, value)
+    regular, mini = _Sectors(SECTOR), _Sectors(64)
+    place: dict[int, tuple[int, int]] = {}
+    for i, blob in enumerate(blobs):
+        if kinds[i] == 2 and blob:
+            store = mini if len(blob) < MINI_CUTOFF else regular
+            place[i] = (store.add(blob), len(blob))
+        elif kinds[i] == 2:
+            place[i] = (END, 0)
+    if mini.data:
+        place[0] = (regular.add(bytes(mini.data)), len(mini.data))
+        minifat_start = regular.add(struct.pack(f"<{len(mini.fat)}I", *mini.fat))
+        minifat_count = len(regular.fat) - minifat_start
+    else:
+        place[0] = (END, 0)
+        minifat_start, minifat_count = END, 0
     right: dict[int, int] = {}
-    first_child: dict[int, int] = {}
-    for parent, kids in children.items():
+    child: dict[int, int] = {}
+    for parent, members in kids.items():
         # Siblings as a right-leaning chain in CFB order: a valid (if unbalanced) tree.
-        chain = [index[k] for k in sorted(kids, key=_cfb_order)]
+        chain = sorted(members, key=lambda i: _cfb_order(names[i]))
         if chain:
-            first_child[parent] = chain[0]
+            child[parent] = chain[0]
         for a, b in itertools.pairwise(chain):
             right[a] = b
     directory = b"".join(
-        _entry(name, kind, first_child.get(i, NOSTREAM), right.get(i, NOSTREAM),
-               starts.get(i, (END, 0))[0], starts.get(i, (END, 0))[1])
-        for i, (name, kind, _, _) in enumerate(entries))
-    directory = directory.ljust(-(-len(directory) // SECTOR) * SECTOR, b"\0")
-    data_sectors = len(data) // SECTOR
-    dir_sectors = len(directory) // SECTOR
-    fat_sectors = 1
-    while (data_sectors + dir_sectors + fat_sectors) > fat_sectors * 128:
-        fat_sectors += 1
-    fat = []
-    for i, (_, kind, _, blob) in enumerate(entries):
-        if kind == 2:
-            first, _ = starts[i]
-            n = -(-len(blob) // SECTOR)
-            fat += [first + k + 1 for k in range(n - 1)] + [END]
-    dir_start = data_sectors
-    fat += [dir_start + k + 1 for k in range(dir_sectors - 1)] + [END]
-    fat += [FATSECT] * fat_sectors
-    fat += [FREE] * (fat_sectors * 128 - len(fat))
-    fat_start = dir_start + dir_sectors
-    difat = [fat_start + k for k in range(fat_sectors)] + [FREE] * (109 - fat_sectors)
+        _entry(names[i], kinds[i], child.get(i, NOSTREAM), right.get(i, NOSTREAM),
+               *place.get(i, (0, 0)))
+        for i in range(len(names)))
+    dir_start = regular.add(directory)
+    fat_count = 1
+    while len(regular.fat) + fat_count > fat_count * (SECTOR // 4):
+        fat_count += 1
+    fat_start = regular.add(bytes(fat_count * SECTOR), marker=FATSECT)
+    fat = regular.fat + [FREE] * (fat_count * (SECTOR // 4) - len(regular.fat))
+    fat_bytes = struct.pack(f"<{len(fat)}I", *fat)
+    body = bytearray(regular.data)
+    body[fat_start * SECTOR:(fat_start + fat_count) * SECTOR] = fat_bytes
+    difat = [fat_start + k for k in range(fat_count)] + [FREE] * (109 - fat_count)
     header = (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(16)
               + struct.pack("<HHHHH", 0x3E, 3, 0xFFFE, 9, 6) + bytes(6)
-              + struct.pack("<IIIIIIIII", 0, fat_sectors, dir_start, 0, MINI_CUTOFF,
-                            END, 0, END, 0)
+              + struct.pack("<IIIIIIIII", 0, fat_count, dir_start, 0, MINI_CUTOFF,
+                            minifat_start, minifat_count, END, 0)
               + struct.pack("<109I", *difat))
-    return header + bytes(data) + directory + struct.pack(f"<{len(fat)}I", *fat)
+    return header + bytes(body)
 
 
 def vba_project_bin(source: str = 'Sub AutoOpen()\r\n  MsgBox "macro ran"\r\nEnd Sub\r\n') -> bytes:
