@@ -52,7 +52,7 @@ class InstanceDied(Exception):
     """The instance crashed, hung or closed its pipe; the pool restarts it."""
 
 
-def bwrap_command(job_dir: Path, config: OfficeConfig) -> list[str]:
+def sandbox_args(job_dir: Path, config: OfficeConfig) -> list[str]:
     """The sandbox: read-only root, private /tmp, /dev and /proc, no network, no caps."""
     return [
         "prlimit", f"--fsize={config.file_bytes}", "--core=0", "--",
@@ -63,8 +63,12 @@ def bwrap_command(job_dir: Path, config: OfficeConfig) -> list[str]:
         "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",  # noqa: S108 - private
         "--unsetenv", "DISPLAY", "--setenv", "SAL_USE_VCLPLUGIN", "svp",
         *config.extra_bwrap_args,
-        SYSTEM_PYTHON, "-I", str(BRIDGE),
     ]
+
+
+def bwrap_command(job_dir: Path, config: OfficeConfig) -> list[str]:
+    """The bridge (and the soffice it starts) inside the sandbox."""
+    return [*sandbox_args(job_dir, config), SYSTEM_PYTHON, "-I", str(BRIDGE)]
 
 
 class OfficeInstance:
