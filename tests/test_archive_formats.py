@@ -142,3 +142,21 @@ def test_zipfile_written_archives_round_trip() -> None:
     conv = CONVERT.convert(buf.getvalue(), "a.zip", POLICY)
     assert {m.path for m in conv.members} == {"dir/表.csv"}
     assert conv.notes[0] == "archive: zip, 1 files"
+
+
+def test_renderings_repacked_into_one_zip_keep_japanese_paths_and_unique_names() -> None:
+    from converters.archive_pack import pack_renderings
+    from converters.base import Rendering
+
+    packed = pack_renderings("資料一式.zip", [
+        Rendering("見積/令和7年度.pdf", "application/pdf", b"%PDF-a"),
+        Rendering("見積/令和7年度.pdf", "application/pdf", b"%PDF-b"),
+        Rendering("議事録.txt", "text/plain", "本文".encode()),
+    ])
+    assert packed.filename == "資料一式.zip" and packed.content_type == "application/zip"
+    # Our own reader (which would expose a missing UTF-8 flag as mojibake) reads it back.
+    assert members(packed.data) == {"見積/令和7年度.pdf": b"%PDF-a",
+                                    "見積/令和7年度 (2).pdf": b"%PDF-b",
+                                    "議事録.txt": "本文".encode()}
+    with zipfile.ZipFile(io.BytesIO(packed.data)) as z:
+        assert all(i.flag_bits & 0x800 for i in z.infolist())
