@@ -45,6 +45,10 @@ class OfficeConfig:
     start_timeout_seconds: float = 60.0
     #: RLIMIT_FSIZE inside the sandbox: no single written file (PDF, temp) may exceed this.
     file_bytes: int = 512 * 1024 * 1024
+    #: RLIMIT_AS per process: a runaway document crashes its instance (restart, then the
+    #: document fails closed) instead of the host. soffice maps ~1.2 GB before any document;
+    #: 2 GiB was enough for every test document, 3 GiB leaves room for large spreadsheets.
+    memory_bytes: int = 3 * 1024 * 1024 * 1024
     extra_bwrap_args: tuple[str, ...] = field(default=())
 
 
@@ -55,7 +59,8 @@ class InstanceDied(Exception):
 def sandbox_args(job_dir: Path, config: OfficeConfig) -> list[str]:
     """The sandbox: read-only root, private /tmp, /dev and /proc, no network, no caps."""
     return [
-        "prlimit", f"--fsize={config.file_bytes}", "--core=0", "--",
+        "prlimit", f"--fsize={config.file_bytes}", f"--as={config.memory_bytes}", "--core=0",
+        "--",
         "bwrap", "--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL",
         "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
         "--tmpfs", "/tmp",  # noqa: S108 - a fresh tmpfs, private to this sandbox
@@ -217,7 +222,11 @@ class OfficePool:
             return list(self._live)
 
     def _acquire(self) -> OfficeInstance:
-        instance = self._idle.get(timeout=self.config.timeout_seconds * 4)
+        try:
+            # Waiting for a busy pool: bounded by what two attempts of other callers can take.
+            instance = self._idle.get(timeout=self.config.timeout_seconds * 4)
+        except queue.Empty as exc:
+            raise errors.Timeout("no office converter became free") from exc
         if instance is not None and instance.alive():
             return instance
         if instance is not None:

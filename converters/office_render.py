@@ -37,7 +37,7 @@ def render_office_pdf(pdf: bytes, filename: str, policy: ConversionPolicy) -> Co
         doc.close()
     outputs = list(_package(pages, stem, policy))
     if text.strip():
-        outputs.append(Rendering(f"{stem}.txt", "text/plain; charset=utf-8", text.encode()))
+        outputs.append(Rendering(f"{stem}.txt", "text/plain", text.encode()))
     notes = (f"pages after {count} not rendered",) if total > count else ()
     return Conversion(outputs=tuple(outputs), notes=notes, pages=count)
 

@@ -185,3 +185,12 @@ def test_hung_libreoffice_is_killed_after_the_timeout_and_the_document_converted
                                               ConversionPolicy())
         assert conv.pages == 1
         assert short.restarts == 1
+
+
+def test_an_instance_that_cannot_start_fails_closed_quickly() -> None:
+    """Under a 96 MiB address-space cap soffice cannot even start: a reason, not a hang."""
+    config = OfficeConfig(memory_bytes=96 * 1024 * 1024, start_timeout_seconds=20)
+    with OfficePool(config) as starved:
+        with pytest.raises(errors.SandboxFailure):
+            OfficeConverter(starved).convert(japanese_docx(), "a.docx", ConversionPolicy())
+        assert starved.instances() == []
