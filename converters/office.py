@@ -8,6 +8,7 @@ sheet names go into the notes so that staff know what the images contain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 from converters import errors
@@ -15,7 +16,7 @@ from converters.base import Conversion
 from converters.limits import ConversionPolicy
 from converters.office_pool import OfficePool
 from converters.office_render import render_office_pdf
-from converters.office_scan import scan
+from converters.office_scan import ScanResult, scan
 
 #: Extensions passed on to LibreOffice as a type hint; anything else goes without one
 #: (LibreOffice sniffs content anyway, the hint only helps ambiguous legacy formats).
@@ -57,25 +58,40 @@ def safe_suffix(untrusted_filename: str) -> str:
     return suffix if suffix in OFFICE_SUFFIXES else ""
 
 
+Scanner = Callable[[bytes], ScanResult]
+Renderer = Callable[[bytes, str, ConversionPolicy], Conversion]
+
+
 class OfficeConverter:
-    """The Converter for Office-like documents. Holds (does not own) a warm `OfficePool`."""
+    """The Converter for Office-like documents. Holds (does not own) a warm `OfficePool`.
+
+    It runs in the gateway process, not in the per-attachment sandbox worker: the pool
+    must outlive single conversions, and LibreOffice is sandboxed by the pool itself. The
+    two steps that parse untrusted bytes in Python are seams: `scanner` (oletools) and
+    `renderer` (the PDF LibreOffice wrote) default to in-process calls; the gateway
+    passes functions that run them in the converter sandbox instead
+    (`office_scan:OfficeScanConverter` and the PDF converter).
+    """
 
     name = "office"
 
-    def __init__(self, pool: OfficePool) -> None:
+    def __init__(self, pool: OfficePool, scanner: Scanner = scan,
+                 renderer: Renderer = render_office_pdf) -> None:
         self.pool = pool
+        self.scanner = scanner
+        self.renderer = renderer
 
     def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
         """Scan, convert in the sandboxed pool, render; raise a ConversionError otherwise."""
         if len(untrusted) > policy.limits.file_bytes:
             raise errors.LimitExceeded("office file too large")
-        found = scan(untrusted)
+        found = self.scanner(untrusted)
         pdf, reply = self.pool.convert(untrusted, safe_suffix(filename), policy.limits.max_pages)
         if not reply.get("ok"):
             if reply.get("error") == "encrypted":
                 raise errors.Encrypted("office")
             raise errors.Corrupt("office document could not be opened")
-        rendered = render_office_pdf(pdf, filename, policy)
+        rendered = self.renderer(pdf, filename, policy)
         notes = list(rendered.notes)
         sheets = [str(s) for s in reply.get("sheets") or []]
         if sheets:

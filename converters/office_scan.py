@@ -24,6 +24,8 @@ from oletools import rtfobj
 from oletools.olevba import VBA_Parser
 
 from converters import errors
+from converters.base import Conversion
+from converters.limits import ConversionPolicy
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 #: Any one XML part read for scanning; real documents stay far below, bombs stop here.
@@ -42,6 +44,24 @@ class ScanResult:
 
     container: str
     findings: tuple[str, ...]
+
+
+class OfficeScanConverter:
+    """`scan` as a registry converter, so that it can run in the sandbox worker.
+
+    It renders nothing: its Conversion carries the findings and, in `extra`, the container
+    kind; `scan_result_from` turns that back into a ScanResult for `OfficeConverter`.
+    """
+
+    name = "office_scan"
+
+    def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
+        result = scan(untrusted)
+        return Conversion(findings=result.findings, extra={"container": result.container})
+
+
+def scan_result_from(conversion: Conversion) -> ScanResult:
+    return ScanResult(conversion.extra.get("container", ""), conversion.findings)
 
 
 def scan(untrusted: bytes) -> ScanResult:

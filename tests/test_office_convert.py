@@ -194,3 +194,23 @@ def test_an_instance_that_cannot_start_fails_closed_quickly() -> None:
         with pytest.raises(errors.SandboxFailure):
             OfficeConverter(starved).convert(japanese_docx(), "a.docx", ConversionPolicy())
         assert starved.instances() == []
+
+
+def test_scan_and_render_steps_can_be_run_elsewhere(pool: OfficePool) -> None:
+    """The gateway runs oletools and the PDF renderer in the converter sandbox: the seams."""
+    from converters.base import Rendering
+    from converters.office_scan import OfficeScanConverter, ScanResult, scan_result_from
+
+    seen: list[bytes] = []
+
+    def scanner(data: bytes) -> ScanResult:
+        return scan_result_from(OfficeScanConverter().convert(data, "x", ConversionPolicy()))
+
+    def renderer(pdf: bytes, name: str, policy: ConversionPolicy) -> Conversion:
+        seen.append(pdf)
+        return Conversion(outputs=(Rendering("r.pdf", "application/pdf", b"%PDF-"),), pages=7)
+
+    office = OfficeConverter(pool, scanner=scanner, renderer=renderer)
+    conv = office.convert(docm_with_vba(), "m.docm", ConversionPolicy())
+    assert seen and seen[0].startswith(b"%PDF")
+    assert conv.pages == 7 and conv.findings == ("office:vba-macro",)
