@@ -177,7 +177,7 @@ def _libarchive_members(untrusted: bytes, kind: str, budget: Budget) -> Iterator
     except libarchive.exception.ArchiveError as exc:
         text = str(exc).lower()
         if "encrypt" in text or "passphrase" in text or "password" in text:
-            raise errors.Encrypted("encrypted archive (PPAP)") from exc
+            raise errors.Encrypted("7z") from exc
         raise errors.Corrupt("archive damaged") from exc
 
 
