@@ -94,6 +94,9 @@ class OfficeConverter:
         rendered = self.renderer(pdf, filename, policy)
         notes = list(rendered.notes)
         sheets = [str(s) for s in reply.get("sheets") or []]
+        hidden = [str(s) for s in reply.get("hidden_sheets") or []]
+        if hidden:
+            notes.insert(0, "hidden sheets not rendered: " + ", ".join(hidden))
         if sheets:
             notes.insert(0, "sheets: " + ", ".join(sheets))
         return Conversion(

@@ -5,7 +5,7 @@ standalone script (stdlib + uno only, never `converters`). `converters.office` s
 inside the same bwrap as soffice and speaks JSON lines over stdin/stdout:
 
     request : {"src": "/job/in.docx", "dst": "/job/out.pdf", "max_pages": 50}
-    response: {"ok": true, "pages": 12, "exported": 12, "sheets": ["予算", "実績"], "kind": "calc"}
+    response: {"ok": true, "kind": "calc", "sheets": ["予算", "実績"], "hidden_sheets": []}
               {"ok": false, "error": "corrupt" | "encrypted"}
 
 The first line it writes is {"ready": true, "pid": N} once soffice answers. Documents are
@@ -116,20 +116,14 @@ def _kind(doc: object) -> tuple[str, str]:
     raise ValueError("unknown document kind")
 
 
-def _page_count(doc: object) -> int:
-    try:
-        return int(doc.getRendererCount(doc, _props(IsPrinter=True)))  # type: ignore[attr-defined]
-    except Exception:
-        return 0
-
-
-def _visible_sheets(doc: object) -> list[str]:
-    names = []
+def _sheets(doc: object) -> tuple[list[str], list[str]]:
+    """Visible and hidden sheet names: hidden sheets are not printed, so staff must know."""
+    visible: list[str] = []
+    hidden: list[str] = []
     sheets = doc.Sheets  # type: ignore[attr-defined]
     for name in sheets.ElementNames:
-        if sheets.getByName(name).IsVisible:
-            names.append(name)
-    return names
+        (visible if sheets.getByName(name).IsVisible else hidden).append(name)
+    return visible, hidden
 
 
 class OfficeGone(Exception):
@@ -158,14 +152,13 @@ def convert(proc: subprocess.Popen[bytes], desktop: object,
         return {"ok": False, "error": "corrupt"}
     try:
         kind, export = _kind(doc)
-        sheets = _visible_sheets(doc) if kind == "calc" else []
-        pages = _page_count(doc)
+        sheets, hidden = _sheets(doc) if kind == "calc" else ([], [])
         filter_data = uno.Any("[]com.sun.star.beans.PropertyValue", _props(
             # One page more than is rendered: its presence tells the caller "there is more".
             PageRange=f"1-{max_pages + 1}", ExportNotes=False, ExportLinksRelativeFsys=False,
             ExportFormFields=False, EmbedStandardFonts=True))
         doc.storeToURL(dst, _props(FilterName=export, FilterData=filter_data))
-        return {"ok": True, "kind": kind, "pages": pages, "sheets": sheets}
+        return {"ok": True, "kind": kind, "sheets": sheets, "hidden_sheets": hidden}
     except Exception as exc:
         _check_alive(proc, exc)
         return {"ok": False, "error": "corrupt"}

@@ -41,13 +41,17 @@ def _pixels(conv: Conversion) -> Image.Image:
     return Image.open(io.BytesIO(conv.outputs[0].data)).convert("L")
 
 
-def _xlsx_two_sheets() -> bytes:
+def _xlsx_two_sheets(hidden: str = "") -> bytes:
     wb = openpyxl.Workbook()
     ws = wb.active
     assert ws is not None
     ws.title = "予算"
     ws["A1"], ws["B1"] = "項目", "金額"
     wb.create_sheet("実績")["A1"] = "実績額"
+    if hidden:
+        sheet = wb.create_sheet(hidden)
+        sheet["A1"] = "secret"
+        sheet.sheet_state = "hidden"
     buf = io.BytesIO()
     wb.save(buf)
     return buf.getvalue()
@@ -72,6 +76,12 @@ def test_xlsx_renders_every_sheet_and_names_them(office: OfficeConverter) -> Non
     assert conv.notes[0] == "sheets: 予算, 実績"
     assert conv.pages == 2
     assert conv.outputs[0].filename == "予算.pdf" and conv.outputs[0].data.startswith(b"%PDF")
+
+
+def test_hidden_sheets_are_named_in_the_notes(office: OfficeConverter) -> None:
+    conv = office.convert(_xlsx_two_sheets(hidden="裏"), "a.xlsx", ConversionPolicy())
+    assert conv.notes[:2] == ("sheets: 予算, 実績", "hidden sheets not rendered: 裏")
+    assert conv.pages == 2
 
 
 def test_page_cap_is_stated_in_the_notes(office: OfficeConverter) -> None:
