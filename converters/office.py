@@ -8,6 +8,8 @@ sheet names go into the notes so that staff know what the images contain.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -49,7 +51,42 @@ MIME_TYPES = (
     "application/rtf",
     "text/rtf",
     "application/CDFV2",  # libmagic's name for OLE2 files it cannot tell apart (xls, ppt)
+    "application/x-ole-storage",
+    "application/encrypted",  # libmagic's name for password-protected OOXML: scan says so
 )
+
+#: First-level folders that make a ZIP an OOXML document, and the type each means.
+_OOXML_ROOTS = {
+    "word/": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xl/": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "ppt/": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+}
+_ODF_TYPES = (
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+)
+
+
+def refine_zip_type(untrusted: bytes) -> str | None:
+    """The Office type of a ZIP libmagic called application/zip, or None for a real archive.
+
+    libmagic recognises OOXML only when [Content_Types].xml is the first entry; other
+    writers put it elsewhere, and such a document must still be rendered, not unpacked.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(untrusted)) as z:
+            names = z.namelist()[:5000]
+            if "[Content_Types].xml" in names:
+                for prefix, mime in _OOXML_ROOTS.items():
+                    if any(n.startswith(prefix) for n in names):
+                        return mime
+            if "mimetype" in names:
+                declared = z.read("mimetype")[:100].decode("ascii", "replace").strip()
+                return declared if declared in _ODF_TYPES else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None
+    return None
 
 
 def safe_suffix(untrusted_filename: str) -> str:

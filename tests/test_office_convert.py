@@ -224,3 +224,16 @@ def test_scan_and_render_steps_can_be_run_elsewhere(pool: OfficePool) -> None:
     conv = office.convert(docm_with_vba(), "m.docm", ConversionPolicy())
     assert seen and seen[0].startswith(b"%PDF")
     assert conv.pages == 7 and conv.findings == ("office:vba-macro",)
+
+
+def test_docx_inside_a_cp932_zip_renders_under_its_japanese_name(office: OfficeConverter) -> None:
+    """The common case end to end: Japanese Windows zips a Word file, we render the member."""
+    from converters.archive import ArchiveConverter
+    from tests.archive_helpers import RawEntry, build_zip
+
+    archive = build_zip([RawEntry("提出書類/見積書.docx".encode("cp932"), japanese_docx(),
+                                  method=8)])
+    (member,) = ArchiveConverter().convert(archive, "資料.zip", ConversionPolicy()).members
+    assert member.path == "提出書類/見積書.docx"
+    conv = office.convert(member.data, member.path, ConversionPolicy())
+    assert conv.outputs[0].filename == "見積書.pdf" and conv.pages == 1

@@ -88,3 +88,20 @@ def test_rtf_object_dde_and_link_are_found() -> None:
     rtf = (b"{\\rtf1{\\field{\\*\\fldinst DDEAUTO cmd \"/c calc\"}}"
            b"{\\object\\objautlink{\\*\\objdata 0105}}}")
     assert scan(rtf).findings == ("office:dde", "office:external-link", "office:ole-object")
+
+
+def test_a_zip_that_is_really_an_office_document_is_recognised() -> None:
+    """libmagic needs [Content_Types].xml first; a reordered docx must still be a document."""
+    from converters.office import refine_zip_type
+
+    src = zipfile.ZipFile(io.BytesIO(japanese_docx()))
+    reordered = io.BytesIO()
+    with zipfile.ZipFile(reordered, "w") as z:
+        for item in reversed(src.infolist()):
+            z.writestr(item, src.read(item))
+    assert refine_zip_type(reordered.getvalue()) == (
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document")
+    plain = io.BytesIO()
+    with zipfile.ZipFile(plain, "w") as z:
+        z.writestr("word/readme.txt", "not a document")
+    assert refine_zip_type(plain.getvalue()) is None
