@@ -62,23 +62,27 @@ def _substg(variable: dict[int, bytes]) -> dict[str, bytes]:
     return {f"__substg1.0_{tag:08X}": data for tag, data in variable.items()}
 
 
-def build_msg(subject: str, body: str, sender: str, to: str,
-              attachments: list[tuple[str, bytes]]) -> bytes:
-    """A minimal IPM.Note .msg with one recipient and attachments by value."""
+def msg_tree(subject: str, body: str, sender: str, to: str,
+             attachments: list[tuple[str, bytes]], embedded: dict[str, dict[str, object]],
+             top_level: bool = True) -> dict[str, object]:
+    """The storages and streams of an IPM.Note; `embedded` maps names to inner msg_trees."""
     top = {0x001A001F: _utf16("IPM.Note"), 0x0037001F: _utf16(subject),
            0x1000001F: _utf16(body), 0x0C1A001F: _utf16(sender),
            0x0C1F001F: _utf16(sender), 0x0065001F: _utf16(sender),
            0x0E04001F: _utf16(to)}
-    header = struct.pack("<8sIIII8s", bytes(8), 1, len(attachments), 1, len(attachments),
-                         bytes(8))
+    count = len(attachments) + len(embedded)
+    # MS-OXMSG 2.4.1: 32-byte header at top level, 24 bytes in an embedded message.
+    header = struct.pack("<8sIIII", bytes(8), 1, count, 1, count)
+    header += bytes(8) if top_level else b""
     tree: dict[str, object] = {
         "__properties_version1.0": _props(header, [(0x0E070003, 1)], top),
         **_substg(top),
-        "__nameid_version1.0": {
+    }
+    if top_level:
+        tree["__nameid_version1.0"] = {
             "__substg1.0_00020102": b"", "__substg1.0_00030102": b"",
             "__substg1.0_00040102": b"",
-        },
-    }
+        }
     recip = {0x3001001F: _utf16(to), 0x3003001F: _utf16(to), 0x39FE001F: _utf16(to)}
     tree["__recip_version1.0_#00000000"] = {
         "__properties_version1.0": _props(bytes(8), [(0x0C150003, 1)], recip),
@@ -90,4 +94,19 @@ def build_msg(subject: str, body: str, sender: str, to: str,
             "__properties_version1.0": _props(bytes(8), [(0x37050003, 1)], att),
             **_substg(att),
         }
+    for n, (name, inner) in enumerate(embedded.items(), len(attachments)):
+        att = {0x3707001F: _utf16(name), 0x3001001F: _utf16(name)}
+        tree[f"__attach_version1.0_#{n:08X}"] = {
+            "__properties_version1.0": _props(bytes(8), [(0x37050003, 5)], att),
+            **_substg(att),
+            "__substg1.0_3701000D": inner,  # ATTACH_EMBEDDED_MSG
+        }
+    return tree
+
+
+def build_msg(subject: str, body: str, sender: str, to: str,
+              attachments: list[tuple[str, bytes]],
+              embedded: dict[str, dict[str, object]] | None = None) -> bytes:
+    """A minimal IPM.Note .msg with one recipient, attachments by value and embedded mail."""
+    tree = msg_tree(subject, body, sender, to, attachments, embedded or {})
     return compound_file(tree)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from compressed_rtf import compress
 from converters import errors
 from converters.limits import ConversionPolicy, Limits
 from converters.outlook import OutlookConverter, html_to_text
-from tests.outlook_helpers import build_msg, build_tnef, mapi_binary_props, tnef_attr
+from tests.outlook_helpers import build_msg, build_tnef, mapi_binary_props, msg_tree, tnef_attr
 
 POLICY = ConversionPolicy()
 CONVERT = OutlookConverter()
@@ -65,3 +65,15 @@ def test_garbage_is_refused_with_a_reason() -> None:
 def test_html_bodies_become_visible_text_only() -> None:
     html = "<html><head><style>p{}</style></head><body><p>本文</p><script>x()</script></body>"
     assert html_to_text(html) == "本文"
+
+
+def test_msg_forwarded_as_an_attachment_comes_back_as_a_msg_member_that_opens_again() -> None:
+    inner = msg_tree("元のメール", "転送元の本文", "a@example.com", "b@example.lg.jp",
+                     [("請求書.exe", b"MZ\x90\x00")], {}, top_level=False)
+    outer = build_msg("FW: 元のメール", "転送します", "c@example.jp", "d@example.lg.jp", [],
+                      {"元のメール": inner})
+    (member,) = CONVERT.convert(outer, "fw.msg", POLICY).members
+    assert member.path == "元のメール.msg"
+    again = CONVERT.convert(member.data, member.path, POLICY)
+    assert "Subject: 元のメール" in again.outputs[0].data.decode()
+    assert [(m.path, m.data) for m in again.members] == [("請求書.exe", b"MZ\x90\x00")]
