@@ -12,6 +12,7 @@ settings whose budget is one lower, so no global state is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -27,16 +28,22 @@ if TYPE_CHECKING:
 FORWARD_REASON = "forwarded mail sanitized"
 
 
-def sanitize_forwarded(leaf: Leaf, queue_id: str, settings: Settings) -> AttachmentOutcome:
-    """The forwarded message in `leaf.payload`, sanitized; the original held in quarantine."""
-    # gateway.sanitize imports gateway.attachments, which dispatches here: import late.
-    from gateway.sanitize import sanitize
+Resanitize = Callable[[bytes, str, Settings], "Sanitized"]
 
+
+def sanitize_forwarded(leaf: Leaf, queue_id: str, settings: Settings,
+                       resanitize: Resanitize | None = None) -> AttachmentOutcome:
+    """The forwarded message in `leaf.payload`, sanitized; the original held in quarantine.
+
+    `resanitize` is the pipeline to run on the inner message: by default
+    `gateway.sanitize.sanitize`; the attachment stage passes one bound to its converter
+    context, so that nested mail reuses the warm sandbox pool.
+    """
     if settings.forward_max_depth <= 0:
         return _held(leaf, "limit_exceeded", "forwarded mail nested too deeply")
     inner_settings = settings.model_copy(
         update={"forward_max_depth": settings.forward_max_depth - 1})
-    inner = sanitize(leaf.payload, queue_id, inner_settings)
+    inner = (resanitize or _default_pipeline)(leaf.payload, queue_id, inner_settings)
     if inner.report.verdict is Verdict.QUARANTINED:
         return _held(leaf, "too_complex", inner.report.reason or "forwarded mail unreadable")
     rendering = _render(inner, _stem(leaf), inner_settings)
@@ -52,6 +59,13 @@ def sanitize_forwarded(leaf: Leaf, queue_id: str, settings: Settings) -> Attachm
     held = (original, *(_nested_held(leaf, h) for h in inner.held))
     extra = () if settings.forward_output == "eml" else inner.outputs
     return AttachmentOutcome(actions=(own, *nested), outputs=(rendering, *extra), held=held)
+
+
+def _default_pipeline(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
+    # gateway.sanitize imports gateway.attachments, which dispatches here: import late.
+    from gateway.sanitize import sanitize
+
+    return sanitize(untrusted, queue_id, settings)
 
 
 def _render(inner: Sanitized, stem: str, settings: Settings) -> Rendering:

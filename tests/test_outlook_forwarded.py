@@ -76,3 +76,18 @@ def test_nesting_beyond_the_depth_budget_is_held_not_recursed() -> None:
     (action,) = outcome.actions
     assert action.action is ActionKind.REMOVED and action.code == "limit_exceeded"
     assert outcome.outputs == () and outcome.held[0].data == forwarded
+
+
+def test_the_inner_pipeline_is_injectable_and_gets_a_smaller_depth_budget() -> None:
+    """The attachment stage passes a pipeline bound to its warm converter context."""
+    from gateway.sanitize import Sanitized, sanitize
+
+    calls: list[int] = []
+
+    def pipeline(raw: bytes, queue_id: str, settings: Settings) -> Sanitized:
+        calls.append(settings.forward_max_depth)
+        return sanitize(raw, queue_id, settings)
+
+    outcome = sanitize_forwarded(_leaf(_forwarded_with_exe()), "Q1", Settings(), pipeline)
+    assert calls == [2]
+    assert outcome.outputs[0].filename == "転送メール.eml"
