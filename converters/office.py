@@ -129,7 +129,7 @@ class OfficeConverter:
                 raise errors.Encrypted("office")
             raise errors.Corrupt("office document could not be opened")
         rendered = self.renderer(pdf, filename, policy)
-        notes = list(rendered.notes)
+        notes = _page_cap_notes(rendered, policy.limits.max_pages)
         sheets = [str(s) for s in reply.get("sheets") or []]
         hidden = [str(s) for s in reply.get("hidden_sheets") or []]
         if hidden:
@@ -143,3 +143,17 @@ class OfficeConverter:
             pages=rendered.pages,
             extra={"office_kind": str(reply.get("kind", "")), "container": found.container},
         )
+
+
+def _page_cap_notes(rendered: Conversion, max_pages: int) -> list[str]:
+    """The renderer's notes, with its page-cap note replaced by an honest one.
+
+    LibreOffice exports at most max_pages + 1 pages (a 10,000-row sheet must not be
+    printed whole just to be cut), so the renderer's "of N pages" total is not the
+    document's: only "there is more" is known.
+    """
+    total = int(rendered.extra.get("total_pages", rendered.pages) or 0)
+    notes = [n for n in rendered.notes if not (n.startswith("pages ") and "not rendered" in n)]
+    if total > max_pages:
+        notes.append(f"pages after {max_pages} not rendered")
+    return notes

@@ -39,7 +39,8 @@ def render_office_pdf(pdf: bytes, filename: str, policy: ConversionPolicy) -> Co
     if text.strip():
         outputs.append(Rendering(f"{stem}.txt", "text/plain", text.encode()))
     notes = (f"pages after {count} not rendered",) if total > count else ()
-    return Conversion(outputs=tuple(outputs), notes=notes, pages=count)
+    return Conversion(outputs=tuple(outputs), notes=notes, pages=count,
+                      extra={"total_pages": str(total)})  # the key converters.pdf uses
 
 
 def _render(page: pdfium.PdfPage, policy: ConversionPolicy) -> Image.Image:
