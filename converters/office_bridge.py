@@ -25,8 +25,10 @@ import time
 import uno
 from com.sun.star.beans import PropertyValue
 
-PROFILE_DIR = "/tmp/lo-profile"  # noqa: S108 - the sandbox's private tmpfs
-PIPE_NAME = "mugaika_office"
+# Inside bwrap /tmp is a private tmpfs and these defaults are safe; unsandboxed (only when
+# the operator allowed it) the pool passes a per-instance profile dir and pipe name.
+PROFILE_DIR = os.environ.get("MUGAIKA_OFFICE_PROFILE", "/tmp/lo-profile")  # noqa: S108
+PIPE_NAME = os.environ.get("MUGAIKA_OFFICE_PIPE", "mugaika_office")
 CONNECT_SECONDS = 30.0
 
 # MacroSecurityLevel 3 = "very high" (only trusted locations, of which there are none);

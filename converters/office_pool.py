@@ -50,17 +50,25 @@ class OfficeConfig:
     #: 2 GiB was enough for every test document, 3 GiB leaves room for large spreadsheets.
     memory_bytes: int = 3 * 1024 * 1024 * 1024
     extra_bwrap_args: tuple[str, ...] = field(default=())
+    #: False only when the operator allowed unsandboxed conversion (no bubblewrap here):
+    #: then each instance still gets its own profile, pipe name and job directory.
+    sandboxed: bool = True
 
 
 class InstanceDied(Exception):
     """The instance crashed, hung or closed its pipe; the pool restarts it."""
 
 
+def rlimit_args(config: OfficeConfig) -> list[str]:
+    """File size and address-space caps, inherited by everything started inside."""
+    return ["prlimit", f"--fsize={config.file_bytes}", f"--as={config.memory_bytes}",
+            "--core=0", "--"]
+
+
 def sandbox_args(job_dir: Path, config: OfficeConfig) -> list[str]:
     """The sandbox: read-only root, private /tmp, /dev and /proc, no network, no caps."""
     return [
-        "prlimit", f"--fsize={config.file_bytes}", f"--as={config.memory_bytes}", "--core=0",
-        "--",
+        *rlimit_args(config),
         "bwrap", "--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL",
         "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
         "--tmpfs", "/tmp",  # noqa: S108 - a fresh tmpfs, private to this sandbox
@@ -84,8 +92,17 @@ class OfficeInstance:
         self.documents = 0
         self.job_dir = Path(tempfile.mkdtemp(prefix="mugaika-office-"))
         self._buffer = b""
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        if config.sandboxed:
+            command = bwrap_command(self.job_dir, config)
+            self.job_inside = JOB_DIR_INSIDE
+        else:
+            command = [*rlimit_args(config), SYSTEM_PYTHON, "-I", str(BRIDGE)]
+            self.job_inside = str(self.job_dir)
+            env |= {"HOME": str(self.job_dir), "MUGAIKA_OFFICE_PROFILE": str(self.job_dir / "p"),
+                    "MUGAIKA_OFFICE_PIPE": f"mugaika_office_{self.job_dir.name}"}
         self.proc = subprocess.Popen(
-            bwrap_command(self.job_dir, config),
+            command, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: one killpg ends it all
         )
@@ -114,8 +131,8 @@ class OfficeInstance:
         dst = self.job_dir / f"out-{self.documents}.pdf"
         src.write_bytes(untrusted)
         try:
-            request = {"src": f"{JOB_DIR_INSIDE}/{src.name}", "dst": f"{JOB_DIR_INSIDE}/{dst.name}",
-                       "max_pages": max_pages}
+            request = {"src": f"{self.job_inside}/{src.name}",
+                       "dst": f"{self.job_inside}/{dst.name}", "max_pages": max_pages}
             self._send(request)
             reply = self._read_reply(time.monotonic() + self.config.timeout_seconds)
             pdf = dst.read_bytes() if reply.get("ok") and dst.is_file() else b""

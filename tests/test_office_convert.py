@@ -237,3 +237,16 @@ def test_docx_inside_a_cp932_zip_renders_under_its_japanese_name(office: OfficeC
     assert member.path == "提出書類/見積書.docx"
     conv = office.convert(member.data, member.path, ConversionPolicy())
     assert conv.outputs[0].filename == "見積書.pdf" and conv.pages == 1
+
+
+def test_unsandboxed_pool_when_allowed_converts_and_leaves_no_process_behind() -> None:
+    """For hosts without bubblewrap (operator's explicit choice): own profile, own pipe."""
+    with OfficePool(OfficeConfig(sandboxed=False, timeout_seconds=20)) as plain:
+        conv = OfficeConverter(plain).convert(japanese_docx(), "a.docx", ConversionPolicy())
+        assert conv.pages == 1
+        (instance,) = plain.instances()
+        pids = _soffice_pids(instance.pid)
+        assert pids
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
+            f"/proc/{pid}/status").read_text()
