@@ -176,10 +176,13 @@ class OfficeInstance:
         return reply
 
     def close(self) -> None:
-        """Kill the whole sandbox (pid namespace: its init dies, everything inside dies)."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        """Kill the whole sandbox (pid namespace: its init dies, everything inside dies).
+
+        The group is killed even when the bridge has already exited: unsandboxed, soffice
+        could otherwise outlive it.
+        """
+        with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
