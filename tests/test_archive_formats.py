@@ -32,9 +32,13 @@ def test_zip_with_cp932_names_without_utf8_flag_shows_the_real_japanese_names() 
     data = build_zip([
         RawEntry("見積書/令和7年度_見積書.txt".encode("cp932"), "金額".encode()),
         RawEntry("議事録.txt".encode("cp932"), b"minutes", method=8),
+        # 表 and ソ end in byte 0x5C ("\"): decoding must come before separator handling.
+        RawEntry("集計表/ソフト.txt".encode("cp932"), b"5c"),
     ])
+    assert "表".encode("cp932")[1:] == b"\\"
     got = members(data)
-    assert got == {"見積書/令和7年度_見積書.txt": "金額".encode(), "議事録.txt": b"minutes"}
+    assert got == {"見積書/令和7年度_見積書.txt": "金額".encode(), "議事録.txt": b"minutes",
+                   "集計表/ソフト.txt": b"5c"}
 
 
 def test_zip_with_utf8_flag_and_mac_style_utf8_without_flag_both_decode() -> None:
@@ -86,8 +90,10 @@ def test_lone_gz_bz2_xz_files_unpack_to_the_name_without_the_suffix() -> None:
 
 def test_lzh_level0_with_cp932_name_unpacks_and_lhasa_agrees(tmp_path: Path) -> None:
     """The archive is hand-built; lhasa (a second, independent reader) must accept it too."""
-    data = build_lzh([("申請書.txt".encode("cp932"), b"shinsei"), (b"b.txt", b"second")])
-    assert members(data) == {"申請書.txt": b"shinsei", "b.txt": b"second"}
+    data = build_lzh([("申請書.txt".encode("cp932"), b"shinsei"), (b"b.txt", b"second"),
+                      ("集計表.csv".encode("cp932"), b"0x5C trail byte")])
+    assert members(data) == {"申請書.txt": b"shinsei", "b.txt": b"second",
+                             "集計表.csv": b"0x5C trail byte"}
     path = tmp_path / "a.lzh"
     path.write_bytes(data)
     check = subprocess.run(["lha", "t", str(path)], capture_output=True, timeout=30, check=False)
