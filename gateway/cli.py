@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sanitize)
     sub.add_parser("check-config", help="validate and print the effective settings").set_defaults(
         func=cmd_check_config)
+    from gateway import admin_cli
+
+    admin_cli.register(sub)
     return parser
 
 

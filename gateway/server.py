@@ -8,8 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from gateway.api import create_app
+from gateway.api.serve import NotifyingSpool, serve_api
 from gateway.egress import forwarder_from_settings
 from gateway.ingress import IngressHandler, server_factory
+from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.store import open_stores
@@ -32,14 +35,25 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     forwarder = forwarder_from_settings(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
-    worker = Worker(settings, spool, stores, forwarder, pipeline_pool)
-    handler = IngressHandler(settings, spool, spool_pool,
-                             on_queued=lambda qid, _size: worker.enqueue(qid))
+    metrics = Metrics()
+    worker = Worker(settings, spool, stores, forwarder, pipeline_pool,
+                    on_event=metrics.worker_event)
+
+    def queued(queue_id: str, _size: int) -> None:
+        metrics.message("received")
+        worker.enqueue(queue_id)
+
+    handler = IngressHandler(settings, spool, spool_pool, on_queued=queued)
     smtp = await loop.create_server(server_factory(settings, handler),
                                     settings.smtp_host, settings.smtp_port)
     consumers = settings.workers + settings.downstream_pool_size
     tasks = [asyncio.create_task(worker.scheduler(), name="scheduler")]
     tasks += [asyncio.create_task(worker.run(), name=f"worker-{i}") for i in range(consumers)]
+    if settings.api_enabled:
+        # Releases put into the spool by the API must wake a worker, not wait for a restart.
+        api_spool = NotifyingSpool(spool, loop, worker.enqueue)
+        app = create_app(settings, stores, api_spool, metrics)
+        tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
     log.info("serving", smtp=f"{settings.smtp_host}:{settings.smtp_port}",
              data_dir=str(settings.data_dir), downstream=settings.downstream_host or "maildir")
     try:

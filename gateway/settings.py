@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     forward_output: Literal["eml", "inline"] = Field(
         default="eml", description="forwarded mail as a sanitized .eml, or inlined as text")
     forward_max_depth: int = Field(default=3, description="mail-in-mail levels sanitized")
+    #: PPAP release: wrong passwords allowed per quarantine entry before it is locked.
+    ppap_max_password_attempts: int = Field(default=5, ge=1)
+    #: Interval of the server's scheduled quarantine purge (expired entries), in seconds.
+    quarantine_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    #: Public URL of the API for the recipient's release link in the notice (off when unset).
+    release_link_base_url: str | None = None
+    #: HMAC key of those links; the same on every node. Links are off without it.
+    release_link_key: SecretStr | None = None
 
     toml_path: ClassVar[Path | None] = None
 

@@ -1,61 +1,58 @@
-"""Persistence for the message log and the quarantine (interim file store; SQL lands with issue 6)."""
+"""Persistence for the message log, quarantine, audit log and API tokens.
+
+`open_stores(settings)` is the one entry point: it opens SQLite under `data_dir` (or
+PostgreSQL from `database_url`), upgrades the schema with Alembic and returns `SqlStores`,
+which satisfies `gateway.stores.Stores` for the worker and offers the rest to the API/CLI.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gateway.attachments import HeldOriginal
-from gateway.envelope import Envelope
-from gateway.report import Report
+from sqlalchemy import Engine, text
+
 from gateway.settings import Settings
-from gateway.stores import DeliveryStatus
+from gateway.store.common import Clock, utcnow
+from gateway.store.engine import make_engine, migrate
+from gateway.store.messages import SqlMessageLog
+from gateway.store.quarantine import SqlQuarantine
+
+if TYPE_CHECKING:  # gateway.audit and gateway.tokens import this package's modules
+    from gateway.audit import AuditLog
+    from gateway.tokens import TokenStore
 
 
-class FileMessageLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class SqlStores:
+    """All stores on one engine. Thread-safe: each call takes its own connection."""
 
-    def _append(self, record: dict[str, object]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    def __init__(self, engine: Engine, retention_days: int, clock: Clock = utcnow) -> None:
+        from gateway.audit import AuditLog
+        from gateway.tokens import TokenStore
 
-    def record_received(self, queue_id: str, envelope: Envelope, size: int) -> None:
-        self._append({"event": "received", "queue_id": queue_id, "size": size, "t": time.time()})
+        self.engine = engine
+        self.messages = SqlMessageLog(engine, clock)
+        self.quarantine = SqlQuarantine(engine, retention_days, clock)
+        self.audit: AuditLog = AuditLog(engine, clock)
+        self.tokens: TokenStore = TokenStore(engine, clock)
 
-    def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
-        self._append({"event": "processed", "queue_id": queue_id, "verdict": report.verdict.value})
-
-    def record_delivery(self, queue_id: str, status: DeliveryStatus, attempts: int,
-                        detail: str) -> None:
-        self._append({"event": status, "queue_id": queue_id, "attempts": attempts,
-                      "detail": detail})
-
-
-class FileQuarantine:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def hold(self, queue_id: str, envelope: Envelope, raw: bytes, report: Report,
-             held: tuple[HeldOriginal, ...]) -> None:
-        for blob in (raw, *(h.data for h in held)):
-            digest = hashlib.sha256(blob).hexdigest()
-            (self.root / digest).write_bytes(blob)
-        (self.root / f"{queue_id}.json").write_text(report.to_json(), encoding="utf-8")
-
-
-class FileStores:
-    def __init__(self, settings: Settings) -> None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.messages = FileMessageLog(settings.data_dir / "messages.jsonl")
-        self.quarantine = FileQuarantine(settings.quarantine_dir)
+    def ping(self) -> bool:
+        """True when the database answers (readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # any driver error means "not ready", never a crash
+            return False
+        return True
 
     def close(self) -> None:
-        return None
+        self.engine.dispose()
 
 
-def open_stores(settings: Settings) -> FileStores:
-    return FileStores(settings)
+def open_stores(settings: Settings, clock: Clock = utcnow) -> SqlStores:
+    """Open (and migrate) the database the settings name."""
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    return SqlStores(engine, settings.quarantine_retention_days, clock)
+
+
+__all__ = ["SqlStores", "open_stores"]
