@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import email.message
 import email.policy
 import re
 import time
@@ -52,12 +53,27 @@ class SinkState:
     started: float = field(default_factory=time.monotonic)
 
 
+def _token(data: bytes) -> str | None:
+    match = TOKEN_RE.search(data)
+    return f"lt.{match.group(1).decode()}.{match.group(2).decode()}" if match else None
+
+
+def _token_in_parts(msg: email.message.Message) -> str | None:
+    """The token inside an encoded part (a DSN may base64 the returned headers)."""
+    for part in msg.walk():
+        if part.is_multipart() or part.get_content_maintype() not in ("text", "message"):
+            continue
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes) and (token := _token(payload[:2**20])):
+            return token
+    return None
+
+
 def classify(untrusted: bytes, mail_from: str, received_at: float) -> Arrival:
     """Reduce one delivered message to an `Arrival`; never raises on odd input."""
     head = untrusted.split(b"\r\n\r\n", 1)[0]
     msg = email.message_from_bytes(untrusted, policy=email.policy.compat32)
-    match = TOKEN_RE.search(head) or TOKEN_RE.search(untrusted)
-    token = f"lt.{match.group(1).decode()}.{match.group(2).decode()}" if match else None
+    token = _token(head) or _token(untrusted) or _token_in_parts(msg)
     queue_id = (msg.get("X-Mugaika-Queue-Id") or "").strip() or None
     if queue_id is not None and not _QUEUE_ID.match(queue_id):
         queue_id = None
