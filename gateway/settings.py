@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     retry_first_seconds: float = 300.0
     retry_max_seconds: float = 3600.0
     max_queue_lifetime_seconds: float = 5 * 24 * 3600.0
-    postmaster: str = "postmaster@example.lg.jp"
 
     # --- workers and data -----------------------------------------------------------
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
