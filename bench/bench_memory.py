@@ -3,7 +3,9 @@
 The figure is the peak resident memory of the gateway's whole process tree (sampled every
 0.2 s from /proc, so converter children and LibreOffice count), while the load test sends
 the corpus' 20 MB mail at the gateway benchmark's concurrency (20). Target: < 1.5 GB.
-No baseline ratio: the target is absolute.
+No baseline ratio: the target is absolute. The run must lose nothing; verdict or
+attachment mismatches against the manifest are listed in the details but do not fail a
+memory figure (they are the load test's and the converters' business).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def run() -> dict[str, Any]:
     peak = memory.get("peak_tree_rss_bytes", 0)
     return result(
         "gateway peak RSS, 20 MB mails with 10 attachments", peak / 2**20, "MiB",
-        f"< {LIMIT / 2**20:.0f} MiB", bool(through["ok"] and 0 < peak < LIMIT),
+        f"< {LIMIT / 2**20:.0f} MiB", bool(through.get("lost") == 0 and 0 < peak < LIMIT),
         count=count, concurrency=CONCURRENCY, main_hwm_mib=memory.get("main_hwm_bytes", 0)
         / 2**20, delivered_per_s=through.get("delivered_per_s"),
         attachments_per_s=through.get("attachments_per_s"), lost=through.get("lost"),

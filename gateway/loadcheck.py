@@ -98,21 +98,23 @@ def _check_actions(arrival: Arrival, expect: dict[str, Any]) -> tuple[str | None
     return None, False
 
 
-def _check_arrival(s: Sent, arrival: Arrival, acc: Accounting) -> None:
+def _check_arrival(s: Sent, arrival: Arrival, acc: Accounting) -> bool:
+    """Record any contradiction with the manifest; True when the arrival matches it."""
     expect = s.outgoing.template.expect
     if expect is None or arrival.kind == "bounced":
-        return
+        return expect is None
     name = f"{s.outgoing.token} {s.outgoing.template.name}"
     if arrival.verdict not in expect["verdicts"]:
         acc.mismatches.append(f"{name}: verdict {arrival.verdict!r}, "
                               f"expected one of {expect['verdicts']}")
-        return
+        return False
     if arrival.kind == "quarantined_notice":
-        return
+        return True
     problem, verified = _check_actions(arrival, expect)
     acc.actions_verified += verified
     if problem:
         acc.mismatches.append(f"{name}: {problem}")
+    return problem is None
 
 
 def account(sent: list[Sent], arrivals: list[Arrival]) -> Accounting:
@@ -134,9 +136,11 @@ def account(sent: list[Sent], arrivals: list[Arrival]) -> Accounting:
         acc.duplicates += len(got) - 1
         if s.accepted_at is not None:
             acc.latencies.append(first.received_at - s.accepted_at)
-        if first.kind == "delivered":
-            acc.delivered_attachments += s.outgoing.template.attachments
-            acc.delivered_pages += s.outgoing.template.pages
         acc.last_arrival = max(acc.last_arrival or 0.0, first.received_at)
-        _check_arrival(s, first, acc)
+        as_expected = _check_arrival(s, first, acc)
+        if first.kind == "delivered":
+            # Attachments handled, whatever their fate; pages only when they were rendered
+            # as the manifest says (a removed PDF has no pages to count).
+            acc.delivered_attachments += s.outgoing.template.attachments
+            acc.delivered_pages += s.outgoing.template.pages if as_expected else 0
     return acc
