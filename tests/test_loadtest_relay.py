@@ -106,3 +106,25 @@ def test_cli_writes_json_and_exits_nonzero_on_loss(corpus, tmp_path):
     assert json.loads(good.read_text())["outcomes"] == {"delivered": 12}
     assert asyncio.run(serve_and_run(lambda n: n != 5, bad)) == 1
     assert json.loads(bad.read_text())["lost"] == 1
+
+
+def test_rate_and_duration_bound_the_submission(corpus):
+    """--rate paces submissions; --duration stops producing in time."""
+    async def go(count: int, rate: float | None, duration: float | None) -> dict[str, Any]:
+        relay = Relay(free_port())
+        port = free_port()
+        server = await start_relay(relay, port)
+        try:
+            cfg = LoadConfig(ClientOptions("127.0.0.1", port, concurrency=4, rate=rate,
+                                           duration=duration), count,
+                             tuple(load_templates(corpus, include={"plain-5kb"})),
+                             sink_port=relay.downstream_port, drain_timeout=10,
+                             progress=False)
+            return await run_loadtest(cfg)
+        finally:
+            server.close()
+
+    paced = asyncio.run(go(11, 20.0, None))
+    assert paced["ok"] and paced["sent"] == 11 and paced["send_seconds"] >= 0.45
+    timed = asyncio.run(go(10**6, 50.0, 0.5))
+    assert timed["ok"] and 10 <= timed["sent"] <= 40 and timed["send_seconds"] < 3

@@ -116,3 +116,19 @@ def test_rss_sampler_sees_this_process():
 def test_empty_selection_is_refused():
     with pytest.raises(ValueError, match="empty"):
         next(iter(plan([], "abcd0123", 1, "a@b", "c@d")))
+
+
+def test_register_adds_both_subcommands_to_a_cli():
+    import argparse
+
+    from gateway import loadtest, samples
+
+    parser = argparse.ArgumentParser(prog="mugaika")
+    sub = parser.add_subparsers(dest="command", required=True)
+    samples.register(sub)
+    loadtest.register(sub)
+    args = parser.parse_args(["loadtest", "--port", "2600", "--count", "5", "--sink", "2601",
+                              "--samples", "/x", "--exclude", "heavy,bomb"])
+    assert (args.port, args.count, args.sink, args.exclude) == (2600, 5, 2601, "heavy,bomb")
+    assert args.func is loadtest._run
+    assert parser.parse_args(["samples", "--out", "/tmp/x"]).func is samples._run
