@@ -40,16 +40,20 @@ class Arrival:
 
 @dataclass
 class SinkFaults:
-    """Temporary refusals: `tempfail_seconds` after start, or the first `tempfail_first`."""
+    """Injected refusals: 451 for `tempfail_seconds` after start or for the first
+    `tempfail_first` deliveries; 550 at RCPT for recipients containing `reject_rcpt`
+    (the gateway must then bounce them to the sender)."""
 
     tempfail_seconds: float = 0.0
     tempfail_first: int = 0
+    reject_rcpt: str | None = None
 
 
 @dataclass
 class SinkState:
     arrivals: list[Arrival] = field(default_factory=list)
     refused: int = 0
+    rejected_rcpts: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -104,6 +108,14 @@ class SinkHandler:
             return True
         elapsed = time.monotonic() - self.state.started
         return faults.tempfail_seconds > 0 and elapsed < faults.tempfail_seconds
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          options: list[str]) -> str:
+        if self.faults.reject_rcpt and self.faults.reject_rcpt in address:
+            self.state.rejected_rcpts += 1
+            return "550 5.1.1 no such mailbox (load test fault injection)"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self._refusing():

@@ -78,7 +78,7 @@ def summarize(cfg: LoadConfig, client: Client, sink: SinkState | None,
         "duplicates": acc.duplicates, "unmatched": acc.unmatched,
         "mismatch_count": len(acc.mismatches), "mismatches": acc.mismatches[:50],
         "actions_verified_by_header": acc.actions_verified,
-        "sink_refusals": sink.refused,
+        "sink_refusals": sink.refused, "sink_rejected_rcpts": sink.rejected_rcpts,
         "delivered_per_s": _rate(arrived, client.started, acc.last_arrival),
         "attachments_per_s": _rate(acc.delivered_attachments, client.started, acc.last_arrival),
         "pages_per_s": _rate(acc.delivered_pages, client.started, acc.last_arrival),
@@ -176,7 +176,8 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
                            args.new_connection, args.retries)
     count = args.count if args.count is not None else (10**9 if args.duration else 100)
     return LoadConfig(client, count, tuple(templates), args.mail_from, args.rcpt,
-                      args.sink_host, args.sink, SinkFaults(args.sink_tempfail_seconds),
+                      args.sink_host, args.sink,
+                      SinkFaults(args.sink_tempfail_seconds, reject_rcpt=args.sink_reject_rcpt),
                       args.drain_timeout, args.pid, not args.quiet)
 
 
@@ -208,6 +209,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink-host", default="127.0.0.1")
     p.add_argument("--sink-tempfail-seconds", type=float, default=0.0,
                    help="the sink answers 451 for this long first (fault injection)")
+    p.add_argument("--sink-reject-rcpt", metavar="TEXT",
+                   help="the sink refuses (550) recipients containing TEXT: the gateway "
+                   "must bounce them (fault injection)")
     p.add_argument("--drain-timeout", type=float, default=120.0,
                    help="seconds to wait for deliveries after the last message is sent")
     p.add_argument("--pid", type=int, help="gateway process id, for its peak memory")

@@ -56,3 +56,18 @@ def test_downstream_refusing_for_a_while_loses_nothing(corpus, make_gateway):
     assert result["ok"], (result["mismatches"], result["lost_tokens"], gw.log_text()[-2000:])
     assert result["lost"] == 0
     assert sum(result["outcomes"].values()) == result["accepted"] == 28
+
+
+def test_downstream_rejecting_a_recipient_is_accounted_as_bounced(corpus, make_gateway):
+    """The sink refuses the recipient (550): every message comes back as a DSN, matched."""
+    sink_port = free_port()
+    gw = make_gateway(sink_port)
+    cfg = LoadConfig(ClientOptions("127.0.0.1", gw.smtp_port, concurrency=4), 8,
+                     tuple(load_templates(corpus, include={"plain-5kb", "exe-as-pdf"})),
+                     rcpt="nobody@example.lg.jp", sink_port=sink_port,
+                     sink_faults=SinkFaults(reject_rcpt="nobody@"), drain_timeout=30.0,
+                     progress=False)
+    result = asyncio.run(run_loadtest(cfg))
+    assert result["ok"], (result["mismatches"], result["lost_tokens"], gw.log_text()[-2000:])
+    assert result["outcomes"] == {"bounced": 8}
+    assert result["sink_rejected_rcpts"] >= 8
