@@ -17,7 +17,7 @@ from typing import Any
 from gateway.loadmix import Outgoing
 from gateway.loadsink import Arrival
 
-_ACTION_WORD = re.compile(r"\b(kept|converted|removed)\b", re.I)
+_ACTION_WORD = re.compile(r"\b(kept|converted|removed)\b(?:/([\w.-]+))?", re.I)
 
 
 @dataclass
@@ -86,16 +86,33 @@ def _check_actions(arrival: Arrival, expect: dict[str, Any]) -> tuple[str | None
     """Compare the attachment fates; returns (problem, verified from the gateway's header)."""
     wanted = Counter(a["action"] for a in expect["attachments"])
     if arrival.actions_header:
-        seen = Counter(w.lower() for w in _ACTION_WORD.findall(arrival.actions_header))
+        found = [(w.lower(), code) for w, code in _ACTION_WORD.findall(arrival.actions_header)]
+        seen = Counter(w for w, _ in found)
         short = [k for k in ("converted", "removed") if seen[k] < wanted[k]]
         if short:
             return f"actions {dict(seen)} lack {short} (expected {dict(wanted)})", True
-        return None, True
+        return _missing_codes(expect, [c for w, c in found if w == "removed" and c]), True
     if wanted["converted"] == 0 and arrival.attachments:
         return f"{arrival.attachments} attachment(s) delivered, none expected", False
     if wanted["converted"] and not arrival.attachments:
         return f"no rendering delivered, {wanted['converted']} expected", False
     return None, False
+
+
+def _missing_codes(expect: dict[str, Any], codes: list[str]) -> str | None:
+    """Each removal the manifest gives reasons for must show one of them (when the gateway
+    names reasons at all); each reported code is used once."""
+    if not codes:
+        return None
+    pool = Counter(codes)
+    wanted = [a for a in expect["attachments"] if a["action"] == "removed" and a["codes"]]
+    for att in sorted(wanted, key=lambda a: len(a["codes"])):
+        code = next((c for c in att["codes"] if pool[c] > 0), None)
+        if code is None:
+            return f"{att['filename']!r} removed for {sorted(pool.elements())}, expected " \
+                f"one of {att['codes']}"
+        pool[code] -= 1
+    return None
 
 
 def _check_arrival(s: Sent, arrival: Arrival, acc: Accounting) -> bool:

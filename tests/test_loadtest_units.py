@@ -132,3 +132,18 @@ def test_register_adds_both_subcommands_to_a_cli():
     assert (args.port, args.count, args.sink, args.exclude) == (2600, 5, 2601, "heavy,bomb")
     assert args.func is loadtest._run
     assert parser.parse_args(["samples", "--out", "/tmp/x"]).func is samples._run
+
+
+def test_reason_codes_in_actions_header_must_match_the_manifest():
+    expect = {"smtp": 250, "verdicts": ["sanitized"], "pages": 0, "attachments": [
+        {"filename": "p.zip", "action": "removed", "codes": ["encrypted"]},
+        {"filename": "x.exe", "action": "removed", "codes": ["blocked_type"]}]}
+    outs = list(plan([Template("t", plain_5kb(), expect)], "abcd0123", 2, "a@b", "u@c"))
+    sent = [Sent(o, code=250, accepted_at=1.0) for o in outs]
+    good = _arrival(outs[0].token, actions="1=kept 2=removed/encrypted 3=removed/blocked_type",
+                    attachments=0)
+    bad = _arrival(outs[1].token, actions="1=kept 2=removed/unsupported_type "
+                   "3=removed/blocked_type", attachments=0)
+    acc = account(sent, [good, bad])
+    assert len(acc.mismatches) == 1
+    assert "'p.zip' removed for ['blocked_type', 'unsupported_type']" in acc.mismatches[0]

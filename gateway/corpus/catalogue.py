@@ -170,7 +170,8 @@ def _hostile_samples() -> list[Sample]:
         Sample("rtlo-name", "RTLO in the file name: shows as 'invoice_exe.pdf', is .exe",
                ("hostile",), _one("rtlo-name", "invoice", "invoice attached.", Attachment(
                    "invoice_\u202efdp.exe", pe, "application/pdf")),
-               attachments=(Expect("invoice_\u202efdp.exe", REMOVED, BLOCKED),)),
+               attachments=(Expect("invoice_\u202efdp.exe", REMOVED,
+                                   ("blocked_type", "deceptive_name")),)),
         Sample("html-attachment", "HTML attachment with a login form and HTML smuggling "
                "script (payload: text)", ("hostile",),
                _one("html-attachment", "請求書の確認", "添付のHTMLを開いてください。", Attachment(
