@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from gateway import admin_cli, loadtest, samples
 from gateway.logs import configure_logging
 from gateway.settings import Settings, describe, load_settings
 
@@ -76,9 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sanitize)
     sub.add_parser("check-config", help="validate and print the effective settings").set_defaults(
         func=cmd_check_config)
-    from gateway import admin_cli
-
-    admin_cli.register(sub)
+    for module in (admin_cli, samples, loadtest):
+        module.register(sub)
     return parser
 
 

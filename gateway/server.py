@@ -10,6 +10,7 @@ import structlog
 
 from gateway.api import create_app
 from gateway.api.serve import NotifyingSpool, serve_api
+from gateway.attachments import AttachmentContext
 from gateway.egress import forwarder_from_settings
 from gateway.ingress import IngressHandler, server_factory
 from gateway.metrics import Metrics
@@ -30,13 +31,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # First: refuses to start when bubblewrap cannot run, unless unsandboxed is allowed.
+    attachments = AttachmentContext.from_settings(settings)
     spool = Spool(settings.spool_dir)
     stores = open_stores(settings)
     forwarder = forwarder_from_settings(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
-    worker = Worker(settings, spool, stores, forwarder, pipeline_pool,
+    worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
                     on_event=metrics.worker_event)
 
     def queued(queue_id: str, _size: int) -> None:
@@ -68,3 +71,4 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
         spool_pool.shutdown(wait=True)
         stores.close()
+        attachments.close()

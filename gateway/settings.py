@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     quarantine_retention_days: int = 30
     notice_contact: str = "情報政策課 (内線 1234)"
     templates_dir: Path | None = None
+    # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~60 MB RSS.
+    converter_workers: int = 0
+    # issue 5: Office, archives, mail in mail (docs/office-archives.md)
+    office_pool_size: int = Field(default=1, description="warm LibreOffice instances, 340 MB each")
+    office_max_documents: int = Field(default=200, description="recycle an instance after N docs")
+    office_timeout_seconds: float = Field(default=60.0, description="per document; then restart")
+    archive_output: Literal["members", "zip"] = Field(
+        default="members", description="renderings attached one by one, or re-zipped into one")
+    forward_output: Literal["eml", "inline"] = Field(
+        default="eml", description="forwarded mail as a sanitized .eml, or inlined as text")
+    forward_max_depth: int = Field(default=3, description="mail-in-mail levels sanitized")
     #: PPAP release: wrong passwords allowed per quarantine entry before it is locked.
     ppap_max_password_attempts: int = Field(default=5, ge=1)
     #: Interval of the server's scheduled quarantine purge (expired entries), in seconds.

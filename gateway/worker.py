@@ -17,6 +17,7 @@ from email.header import Header
 
 import structlog
 
+from gateway.attachments import AttachmentContext
 from gateway.dsn import build_dsn
 from gateway.egress import DeliveryResult, Forwarder, retry_delay
 from gateway.envelope import Envelope
@@ -41,7 +42,8 @@ class Processed:
     report: Report
 
 
-def sanitize_stage(entry: Entry, settings: Settings, stores: Stores) -> Processed:
+def sanitize_stage(entry: Entry, settings: Settings, stores: Stores,
+                   attachments: AttachmentContext) -> Processed:
     """Sanitize and rebuild one message; record it; hold originals. Runs in a worker thread.
 
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
@@ -49,7 +51,7 @@ def sanitize_stage(entry: Entry, settings: Settings, stores: Stores) -> Processe
     """
     stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     try:
-        result = sanitize(entry.data, entry.queue_id, settings)
+        result = sanitize(entry.data, entry.queue_id, settings, attachments)
         output = _own_trace(entry.data) + rebuild(result, settings)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         log.exception("pipeline_error", queue_id=entry.queue_id)
@@ -73,9 +75,11 @@ class Worker:
         stores: Stores,
         forwarder: Forwarder,
         executor: Executor,
+        attachments: AttachmentContext,
         on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.attachments = attachments
         self.spool = spool
         self.stores = stores
         self.forwarder = forwarder
@@ -130,7 +134,8 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize(self, entry: Entry) -> None:
-        processed = await self._in_thread(sanitize_stage, entry, self.settings, self.stores)
+        processed = await self._in_thread(sanitize_stage, entry, self.settings, self.stores,
+                                          self.attachments)
         assert isinstance(processed, Processed)
         out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
         out_id = await self._in_thread(self.spool.put, processed.output, out_env)

@@ -7,8 +7,6 @@ are conditional updates so that two approvers clicking at once release a message
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +17,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 
 from gateway.attachments import HeldOriginal
 from gateway.envelope import Envelope
-from gateway.parse import decode_header_value
+from gateway.headers import decode_field, read_header_block
 from gateway.report import Report, Verdict
 from gateway.store.blobs import delete_orphans, get_blob, put_blob
 from gateway.store.common import (
@@ -284,12 +282,7 @@ def _derive(report: Report, held: tuple[HeldOriginal, ...]) -> _Held:
 
 
 def _subject(untrusted_raw: bytes) -> str | None:
-    """The decoded Subject, for listing; never fails on a broken header block."""
-    try:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-            untrusted_raw[:256 * 1024]
-        )
-        value = headers.get("Subject")
-        return decode_header_value(str(value))[:MAX_SUBJECT] if value is not None else None
-    except (ValueError, LookupError, TypeError):
-        return None
+    """The decoded Subject, for listing, with the same header logic as the pipeline."""
+    head = untrusted_raw[:256 * 1024].replace(b"\r\n", b"\n")
+    values = read_header_block(head, 0, len(head)).all("Subject")
+    return decode_field(values[0])[:MAX_SUBJECT] if values else None
