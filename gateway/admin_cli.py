@@ -102,11 +102,14 @@ class HandOffSpool:
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
 
-    def put(self, raw: bytes, envelope: Envelope) -> str:
-        queue_id = self._spool.put(raw, envelope)
+    def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str:
+        queue_id = self._spool.put(raw, envelope, queue_id)
         if self._spool.claim(queue_id) is not None:
             self._spool.defer(queue_id, RetryState(next_try=0.0))
         return queue_id
+
+    def wake(self, queue_id: str) -> None:
+        """Nothing to do: the running server's scan of deferred/ finds the entry."""
 
 
 def _service(settings: Settings, stores: SqlStores) -> QuarantineService:

@@ -24,10 +24,13 @@ from email.message import Message
 from hashlib import sha256
 from typing import Protocol
 
+from sqlalchemy import Connection
+
 from converters.errors import ConversionError
 from gateway.audit import Actor
 from gateway.envelope import Envelope
 from gateway.settings import Settings
+from gateway.spool import new_queue_id
 from gateway.store import SqlStores
 from gateway.store.common import Page
 from gateway.store.quarantine import HELD, RELEASED
@@ -39,9 +42,12 @@ PASSWORD_RELEASE_HEADER = "X-Mugaika-Password-Release-By"  # noqa: S105 - a head
 
 
 class SpoolWriter(Protocol):
-    """What release needs from `gateway.spool.Spool`."""
+    """What release needs: `gateway.spool.Spool.put`, and a way to wake the worker once
+    the release is committed (`gateway.api.serve.NotifyingSpool`)."""
 
-    def put(self, raw: bytes, envelope: Envelope) -> str: ...
+    def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str: ...
+
+    def wake(self, queue_id: str) -> None: ...
 
 
 class WrongPassword(Exception):
@@ -184,12 +190,11 @@ class QuarantineService:
             extra={"quarantine_id": entry.id},
         )
         queue_id = self._q.complete_release(
-            entry.id, request_id, approver.name, lambda: self._spool.put(original, envelope)
+            entry.id, request_id, approver.name, self._spooler(original, envelope)
         )
         if queue_id is None:
             raise Conflict("the release request was decided meanwhile")
-        # The release shows in the tracking center as its own message, with its delivery.
-        self._stores.messages.record_received(queue_id, envelope, len(original))
+        self._spool.wake(queue_id)  # only now: the worker must see the committed log row
         self._stores.audit.record(approver, "quarantine.release", entry.id,
                                   request_id=request_id, requested_by=requester,
                                   queue_id=queue_id, recipients=list(entry.recipients))
@@ -225,14 +230,24 @@ class QuarantineService:
             message = replace_parts(original, decrypted)
         except ValueError:
             raise Conflict("the encrypted part could not be located in the original") from None
-        queue_id = self._q.release_now(entry_id, actor.name,
-                                       lambda: self._spool.put(message, envelope))
+        queue_id = self._q.release_now(entry_id, actor.name, self._spooler(message, envelope))
         if queue_id is None:
             raise Conflict("entry was released meanwhile")
-        self._stores.messages.record_received(queue_id, envelope, len(message))
+        self._spool.wake(queue_id)
         self._stores.audit.record(actor, "quarantine.release_password", entry_id,
                                   parts=sorted(decrypted), queue_id=queue_id)
         return ReleaseOutcome(entry_id, "released", None, queue_id)
+
+    def _spooler(self, raw: bytes, envelope: Envelope) -> Callable[[Connection], str]:
+        """The store's `deliver` step: log the new message in the release transaction and
+        spool it under that id, so its delivery status always finds the row."""
+
+        def deliver(conn: Connection) -> str:
+            queue_id = new_queue_id()
+            self._stores.messages.record_received(queue_id, envelope, len(raw), conn=conn)
+            return self._spool.put(raw, envelope, queue_id)
+
+        return deliver
 
     def _decrypt_part(
         self, entry: QuarantineEntry, part: str, filename: str | None, password: str,
@@ -285,7 +300,8 @@ def replace_parts(untrusted_raw: bytes, replacements: dict[str, Replacement]) ->
         done.add(path)
     if done != set(replacements):
         raise ValueError("a held part was not found in the original")
-    return msg.as_bytes()
+    # The spool keeps CRLF line ends (ingress normalises them); so must this message.
+    return msg.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
 
 
 def _leaves(msg: Message) -> list[tuple[Message, str]]:

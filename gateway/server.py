@@ -14,6 +14,7 @@ from gateway.attachments import AttachmentContext
 from gateway.egress import forwarder_from_settings
 from gateway.ingress import IngressHandler, server_factory
 from gateway.metrics import Metrics
+from gateway.ppap import sandboxed_decrypter
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.store import open_stores
@@ -55,7 +56,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if settings.api_enabled:
         # Releases put into the spool by the API must wake a worker, not wait for a restart.
         api_spool = NotifyingSpool(spool, loop, worker.enqueue)
-        app = create_app(settings, stores, api_spool, metrics)
+        app = create_app(settings, stores, api_spool, metrics,
+                         decrypt=sandboxed_decrypter(settings))
         tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
     log.info("serving", smtp=f"{settings.smtp_host}:{settings.smtp_port}",
              data_dir=str(settings.data_dir), downstream=settings.downstream_host or "maildir")

@@ -29,11 +29,15 @@ pytest_plugins = ("tests.store_helpers",)
 @dataclass
 class RecordingSpool:
     put_calls: list[tuple[bytes, Envelope]] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
-    def put(self, raw: bytes, envelope: Envelope) -> str:
+    def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str:
         self.put_calls.append((raw, envelope))
-        return f"R{next(self._ids)}"
+        return queue_id or f"R{next(self._ids)}"
+
+    def wake(self, queue_id: str) -> None:
+        self.woken.append(queue_id)
 
     def writable(self) -> bool:
         return True

@@ -7,11 +7,15 @@ Tokens are made with the CLI while the server runs, on the same data dir.
 
 from __future__ import annotations
 
+import email
+import io
 import smtplib
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,3 +111,44 @@ def test_cli_approval_next_to_a_running_server_delivers(gateway: Gateway, sink: 
     released = sink.wait(2, timeout=20)[1]
     assert released.message["X-Mugaika-Released-By"].startswith("cli:")
     assert released.rcpt_tos == RCPTS[:1]
+
+
+def test_ppap_password_release_delivers_sanitized_content(
+    gateway: Gateway, sink: Sink, tmp_path: Path
+) -> None:
+    """PPAP: the sender's password opens the ZIP in the sandbox; the content is sanitized."""
+    wait_for_port(gateway.api_port, proc=gateway.proc)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{gateway.api_port}", timeout=30)
+    op = {"Authorization": f"Bearer {_token(gateway, 'operator', 'yamada')}"}
+    (tmp_path / "yosan.txt").write_bytes("令和8年度 予算案 総額 1,234 千円\n".encode())
+    subprocess.run(["7z", "a", "-tzip", "-pKz7-m2Qp", "-mem=ZipCrypto", str(tmp_path / "y.zip"),
+                    str(tmp_path / "yosan.txt")], check=True, capture_output=True, timeout=60)
+    raw = mail_with_attachment(subject="予算案", filename="yosan.zip",
+                               data=(tmp_path / "y.zip").read_bytes())
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("tanaka@example.com", RCPTS[:1], raw)
+    sink.wait(1)
+    entry = _poll(lambda: api.get("/api/quarantine", headers=op).json(),
+                  lambda page: page["total"] == 1)["items"][0]
+    wrong = api.post(f"/api/quarantine/{entry['id']}/release", headers=op,
+                     json={"password": "password"})
+    assert wrong.status_code == 400, wrong.text
+    right = api.post(f"/api/quarantine/{entry['id']}/release", headers=op,
+                     json={"password": "Kz7-m2Qp"})
+    assert right.status_code == 200, right.text
+    delivered = sink.wait(2, timeout=60)[1]
+    assert delivered.rcpt_tos == RCPTS[:1]
+    assert b"PK\x03\x04" not in delivered.data  # no archive reaches the recipient
+    texts = [p.get_content() for p in delivered.message.walk()
+             if p.get_content_maintype() == "text"]
+    if any("総額 1,234 千円" in t for t in texts):
+        return  # the archive converter rendered the decrypted content
+    # Without an archive converter the decrypted ZIP is held again, now without a password.
+    again = api.get(f"/api/quarantine/{right.json()['queue_id']}/original", headers=op)
+    assert again.status_code == 200, again.text
+    [part] = [p for p in email.message_from_bytes(again.content).walk()
+              if p.get_filename() == "yosan.zip"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+        assert zf.read("yosan.txt").decode() == "令和8年度 予算案 総額 1,234 千円\n"

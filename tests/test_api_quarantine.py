@@ -64,7 +64,11 @@ def test_four_eyes_release_delivers_original_to_original_recipients(
     assert again.status_code == 409
     approved = api.client.post("/api/quarantine/Q1/release/approve", headers=api.as_("approver"))
     assert approved.status_code == 200, approved.json()
-    assert approved.json()["status"] == "released" and approved.json()["queue_id"] == "R1"
+    assert approved.json()["status"] == "released"
+    release_log = api.client.get(f"/api/messages/{approved.json()['queue_id']}",
+                                 headers=api.as_("auditor")).json()
+    assert release_log["kind"] == "release" and release_log["status"] == "queued"
+    assert api.spool.woken == [approved.json()["queue_id"]]  # the worker is told after commit
     [(spooled, envelope)] = api.spool.put_calls
     assert spooled == raw
     assert envelope.kind == "release"

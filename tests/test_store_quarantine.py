@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from gateway.audit import Actor, AuditQuery
@@ -95,7 +95,7 @@ def test_release_is_carried_out_once(stores: SqlStores, settings: Settings) -> N
     assert stores.quarantine.add_request("Q1", "op2", "", "") is None  # already requested
     delivered: list[str] = []
 
-    def deliver() -> str:
+    def deliver(_conn: Connection) -> str:
         delivered.append("R1")
         return "R1"
 
@@ -112,7 +112,7 @@ def test_failed_delivery_leaves_request_pending(stores: SqlStores, settings: Set
     request_id = stores.quarantine.add_request("Q1", "op", "", "")
     assert request_id is not None
 
-    def broken() -> str:
+    def broken(_conn: Connection) -> str:
         raise OSError("disk full")
 
     with pytest.raises(OSError):

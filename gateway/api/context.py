@@ -8,6 +8,7 @@ from typing import Protocol
 
 from fastapi import Request
 
+from gateway.envelope import Envelope
 from gateway.metrics import Metrics
 from gateway.quarantine import QuarantineService, SpoolWriter
 from gateway.settings import Settings
@@ -17,14 +18,20 @@ from gateway.store import SqlStores
 Check = Callable[[], bool]
 
 
-class ApiSpool(SpoolWriter, Protocol):
-    """What the API uses of `gateway.spool.Spool`: release, readiness and the spool gauges."""
+class SpoolStore(Protocol):
+    """What the API uses of `gateway.spool.Spool`: writing, readiness, the spool gauges."""
+
+    def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str: ...
 
     def writable(self) -> bool: ...
 
     def depth(self) -> dict[str, int]: ...
 
     def oldest_age(self, now: float) -> float: ...
+
+
+class ApiSpool(SpoolStore, SpoolWriter, Protocol):
+    """The spool plus `wake` (see gateway.api.serve.NotifyingSpool)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.envelope import Envelope
 from gateway.report import Report
@@ -69,8 +70,13 @@ class SqlMessageLog:
         self._engine = engine
         self._clock = clock
 
-    def record_received(self, queue_id: str, envelope: Envelope, size: int) -> None:
-        """Log an accepted message; a second call for the same id (spool recovery) updates it."""
+    def record_received(
+        self, queue_id: str, envelope: Envelope, size: int, conn: Connection | None = None
+    ) -> None:
+        """Log an accepted message; a second call for the same id (spool recovery) updates it.
+
+        `conn` joins a transaction already open (a release logs its new message in the
+        same transaction that marks the entry released)."""
         received = (
             datetime.fromtimestamp(envelope.received_at, UTC)
             if envelope.received_at
@@ -85,14 +91,11 @@ class SqlMessageLog:
             "helo": envelope.helo[:255],
             "size": size,
         }
-        with write(self._engine, durable=False) as conn:
-            found = conn.execute(
-                select(messages.c.queue_id).where(messages.c.queue_id == queue_id)
-            ).first()
-            if found:
-                conn.execute(update(messages).where(messages.c.queue_id == queue_id).values(values))
-            else:
-                conn.execute(insert(messages).values(queue_id=queue_id, **values))
+        if conn is not None:
+            conn.execute(_upsert(conn.dialect.name, queue_id, values))
+            return
+        with write(self._engine, durable=False) as own:
+            own.execute(_upsert(own.dialect.name, queue_id, values))
 
     def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
         with write(self._engine, durable=False) as conn:
@@ -144,6 +147,14 @@ class SqlMessageLog:
             total, rows = paged(conn, query, order, q.limit, q.offset)
         items = tuple(_record(r._mapping) for r in rows)
         return Page(items, total, q.limit, q.offset)
+
+
+def _upsert(dialect: str, queue_id: str, values: dict[str, Any]) -> Any:
+    """INSERT, or UPDATE when the row exists, in one statement: the worker and the API may
+    log the same queue id at the same moment (a release is logged by both)."""
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(messages).values(queue_id=queue_id, **values)
+    return stmt.on_conflict_do_update(index_elements=[messages.c.queue_id], set_=values)
 
 
 def _record(row: Any) -> MessageRecord:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from gateway.attachments import HeldOriginal
 from gateway.envelope import Envelope
@@ -205,13 +205,15 @@ class SqlQuarantine:
             return int(key[0])
 
     def complete_release(
-        self, entry_id: str, request_id: int, approver: str, deliver: Callable[[], str]
+        self, entry_id: str, request_id: int, approver: str,
+        deliver: Callable[[Connection], str],
     ) -> str | None:
         """Approve `request_id` and deliver, atomically; None when it was no longer pending.
 
-        `deliver` (putting the original into the spool) runs inside the transaction: if it
-        fails, nothing changes; if the commit fails after it, the release happens once more
-        at worst — the same at-least-once rule as SMTP.
+        `deliver` (putting the original into the spool) runs inside the transaction and
+        gets its connection, to log the new message in it: if it fails, nothing changes;
+        if the commit fails after it, the release happens once more at worst — the same
+        at-least-once rule as SMTP.
         """
         now = self._clock()
         with write(self._engine) as conn:
@@ -224,13 +226,15 @@ class SqlQuarantine:
             ).rowcount
             if not won:
                 return None
-            queue_id = deliver()
+            queue_id = deliver(conn)
             conn.execute(update(release_requests).where(release_requests.c.id == request_id)
                          .values(queue_id=queue_id))
             self._mark_released(conn, entry_id, approver, queue_id, now)
             return queue_id
 
-    def release_now(self, entry_id: str, actor: str, deliver: Callable[[], str]) -> str | None:
+    def release_now(
+        self, entry_id: str, actor: str, deliver: Callable[[Connection], str]
+    ) -> str | None:
         """Release without a request (one-step policy, PPAP); None when not releasable."""
         now = self._clock()
         with write(self._engine) as conn:
@@ -242,7 +246,7 @@ class SqlQuarantine:
             ).rowcount
             if not won:
                 return None
-            queue_id = deliver()
+            queue_id = deliver(conn)
             self._mark_released(conn, entry_id, actor, queue_id, now)
             return queue_id
 
