@@ -59,15 +59,16 @@ def _ci(names: str) -> str:
 
 def _source_marks(case: Callable[[str], str]) -> tuple[tuple[re.Pattern[str], str], ...]:
     para = "|".join(f"h{n}" for n in range(1, 7)).join(_PARA_TAGS.split("h[1-6]"))
+    no_table = para.replace("table|", "")
+    line = _LINE_TAGS
     rules = (
-        (rf"<(?=(?:{case(para)})[\s/>])", _PARA + "<"),
-        (rf"</(?=(?:{case(para.replace('table|', ''))})\s*>)", _PARA + "</"),
+        # one pass per marker: the "<" is consumed and put back, so "</p" stays "</p"
+        (rf"<(?=(?:{case(para)})[\s/>]|/(?:{case(no_table)})[\s>])", _PARA + "<"),
         (rf"</{case('table')}\s*>", "</table>" + _PARA),
-        (rf"<(?=(?:{case(_LINE_TAGS)})[\s/>])", _NL + "<"),
-        (rf"</(?=(?:{case(_LINE_TAGS)})\s*>)", _NL + "</"),
+        (rf"<(?=/?(?:{case(line)})[\s/>])", _NL + "<"),
         (rf"<(?={case('li')}[\s/>])", _LI + "<"),
-        (rf"</(?=(?:{case('td|th')})\s*>)", _CELL + "</"),
-        (rf"</(?=(?:{case('td|th')})\s*>\s*</{case('tr')}\s*>)", _NL + "</"),
+        (rf"<(?=/(?:{case('td|th')})\s*>\s*</{case('tr')}\s*>)", _NL + "<"),
+        (rf"<(?=/(?:{case('td|th')})\s*>)", _CELL + "<"),
         (rf"<{case('br')}(?=[\s/>])[^>]*>", _BR),
         (rf"<{case('hr')}(?=[\s/>])[^>]*>", f"{_PARA}――――――――――{_PARA}"),
     )
