@@ -5,6 +5,8 @@ newsletter); a bare lexbor `text()` takes under 1 ms but loses layout and keeps 
 text. Here lexbor does the work in C: we drop what must not be shown, insert marker
 characters (Unicode private use) where blocks, line breaks and table cells start, and
 read the whole text in one `text()` call; a regex pass then turns markers into lines.
+(Cells are marked at their end tag: a table written without `</td>` keeps its rows but
+its cells run together.)
 Block and cell markers go into the source before parsing (C-speed regex substitutions,
 placed only where the HTML parser keeps text in place: never between table rows, where
 it would be moved out of the table); the DOM is touched only for elements that need a
@@ -33,7 +35,7 @@ from converters.charset import decode_bytes, normalize_label
 __all__ = ["HtmlText", "decode_html", "defang_urls", "html_to_text"]
 
 _NL = "\ue000"  # a line break we inserted (runs of them are one break)
-_CELL = "\ue001"  # a table cell starts
+_CELL = "\ue001"  # a table cell ends (placed before </td>, inside the cell)
 _SP = "\ue002"  # a space that must survive whitespace collapsing (in <pre>)
 _PARA = "\ue003"  # a paragraph boundary: a blank line
 _BR = "\ue004"  # a <br>: one line break each, never merged with its neighbours
