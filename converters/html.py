@@ -40,13 +40,14 @@ _SP = "\ue002"  # a space that must survive whitespace collapsing (in <pre>)
 _PARA = "\ue003"  # a paragraph boundary: a blank line
 _BR = "\ue004"  # a <br>: one line break each, never merged with its neighbours
 _LI = "\ue005"  # a list item starts
-_ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI)
+_QS, _QE = "\ue006", "\ue007"  # a blockquote starts / ends: its lines get "> "
+_ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI, _QS, _QE)
 
 _DROP = ["script", "style", "head", "title", "noscript", "template", "iframe", "object",
          "embed", "applet", "svg", "math", "select", "textarea", "input", "button",
          "frameset", "frame", "audio", "video", "canvas", "map"]
 _DROP_SELECTOR = ",".join(["[data-mugaika-hidden]", *_DROP])
-_PARA_TAGS = "p|h[1-6]|blockquote|table|dl|ul|ol|figure|address|center|fieldset|pre"
+_PARA_TAGS = "p|h[1-6]|table|dl|ul|ol|figure|address|center|fieldset|pre"
 _LINE_TAGS = "div|li|dt|dd|section|article|header|footer|nav|aside|main|caption|figcaption|form"
 # Every substitution consumes a literal "<" (fast search) and has a constant replacement
 # (no per-match template expansion). Closing markers go *before* the end tag, inside the
@@ -69,6 +70,8 @@ def _source_marks(case: Callable[[str], str]) -> tuple[tuple[re.Pattern[str], st
         (rf"</{case('table')}\s*>", "</table>" + _PARA),
         (rf"<(?=/?(?:{case(line)})[\s/>])", _NL + "<"),
         (rf"<(?={case('li')}[\s/>])", _LI + "<"),
+        (rf"<(?={case('blockquote')}[\s/>])", _PARA + _QS + "<"),
+        (rf"<(?=/{case('blockquote')}\s*>)", _PARA + _QE + "<"),
         (rf"<(?=/(?:{case('td|th')})\s*>\s*</{case('tr')}\s*>)", _NL + "<"),
         (rf"<(?=/(?:{case('td|th')})\s*>)", _CELL + "<"),
         (rf"<{case('br')}(?=[\s/>])[^>]*>", _BR),
@@ -85,6 +88,7 @@ _UPPER_TAG = re.compile(r"</?[A-Z]")
 _WHITESPACE = re.compile("[ \t\n\r\f\u00a0\u200b]+")
 _MARKER_RUN = re.compile("[\ue000\ue001\ue003-\ue005][\ue000\ue001\ue003-\ue005 ]*")
 _BLANK_RUNS = re.compile("\n{3,}")
+_QUOTE_MARK = re.compile("([\ue006\ue007])")
 #: Substrings of a whitespace-free, lower-cased style that hide the element outright.
 _HIDING = ("display:none", "visibility:hidden", "mso-hide:all", "color:transparent")
 _ZERO = re.compile(r"(?<![-\w])(?:font-size|opacity):0*\.?0+(?:px|pt|em|rem|%)?(?:;|!|$)")
@@ -364,5 +368,27 @@ def _lines(raw: str) -> str:
         return memo[key]
 
     text = _MARKER_RUN.sub(replace, _WHITESPACE.sub(" ", raw))
-    text = text.replace(" \n", "\n").replace("\n ", "\n").replace(_SP, " ")
-    return _BLANK_RUNS.sub("\n\n", text).strip("\n ")
+    text = text.replace(" \n", "\n").replace("\n ", "\n")
+    if _QS in text:
+        text = _quote(text)
+    return _BLANK_RUNS.sub("\n\n", text.replace(_SP, " ")).strip("\n ")
+
+
+def _quote(text: str) -> str:
+    """Prefix the lines of each <blockquote> with ">" per level, as mail clients quote."""
+    out: list[str] = []
+    depth = 0
+    at_line_start = True
+    for piece in _QUOTE_MARK.split(text):
+        if piece in (_QS, _QE):
+            depth = depth + 1 if piece == _QS else max(0, depth - 1)
+            continue
+        quoted = piece
+        if depth:
+            prefix = ">" * depth + " "
+            quoted = "\n".join(prefix + line if line.strip() and (i or at_line_start) else line
+                               for i, line in enumerate(piece.split("\n")))
+        if quoted:
+            at_line_start = quoted.endswith("\n")
+        out.append(quoted)
+    return "".join(out)

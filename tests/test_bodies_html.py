@@ -152,3 +152,10 @@ def test_html_to_text_speed_on_100kb_newsletter() -> None:
     for _ in range(5):
         html_to_text(html)
     assert (time.perf_counter() - start) / 5 < 0.1
+
+
+def test_blockquotes_are_quoted_like_a_mail_client_does() -> None:
+    html = ("<p>返信です</p><blockquote><p>元のメール</p><p>二段落目<br>改行</p>"
+            "<blockquote>さらに前</blockquote></blockquote><p>署名</p>")
+    assert html_to_text(html).text == (
+        "返信です\n\n> 元のメール\n\n> 二段落目\n> 改行\n\n>> さらに前\n\n署名")
