@@ -369,7 +369,7 @@ def _lines(raw: str) -> str:
 
     text = _MARKER_RUN.sub(replace, _WHITESPACE.sub(" ", raw))
     text = text.replace(" \n", "\n").replace("\n ", "\n")
-    if _QS in text:
+    if _QS in text or _QE in text:
         text = _quote(text)
     return _BLANK_RUNS.sub("\n\n", text.replace(_SP, " ")).strip("\n ")
 
