@@ -200,3 +200,11 @@ def test_depth_within_limits_is_delivered() -> None:
     result, _, text = outcome(nested(10))
     assert result.report.verdict.value == "clean"
     assert text.endswith("x\n")
+
+
+def test_header_folded_over_half_a_million_lines_is_refused_fast() -> None:
+    raw = b"From: a@example.com\nSubject: x\n" + b" y\n" * 500_000 + b"\nbody"
+    start = time.perf_counter()
+    result, _, _ = outcome(raw)
+    assert time.perf_counter() - start < 3
+    assert result.report.reason == "header_fields_exceeded"
