@@ -261,7 +261,7 @@ def _links(tree: LexborHTMLParser) -> tuple[list[tuple[str, str]], int]:
         if not lowered.startswith(("http://", "https://", "ftp://")):
             continue  # relative or in-page links have no target worth showing
         label = " ".join(a.text(deep=True, separator=" ").split())
-        if "." in label and _mismatch(label, target):
+        if ("." in label and _mismatch(label, target)) or _hides_host(target):
             mismatched.append((label[:200], target[:2000]))
         if not label:
             a.insert_after(f"<{target}>")
@@ -294,6 +294,12 @@ def _mismatch(label: str, target: str) -> bool:
         return False
     real = (urlsplit(target).hostname or "").lower().removeprefix("www.")
     return shown != real
+
+
+def _hides_host(target: str) -> bool:
+    """`https://www.city.example.lg.jp@evil.example/` goes to evil.example: always flagged."""
+    netloc = target.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return "@" in netloc
 
 
 def _bare(url: str) -> str:

@@ -59,6 +59,12 @@ def test_mismatched_link_is_flagged_in_notice_and_report() -> None:
     assert msg["X-Mugaika-Link-Warnings"] == "1"
 
 
+def test_link_with_user_info_hiding_the_real_host_is_flagged() -> None:
+    html = '<a href="https://www.city.example.lg.jp@evil.example/x">市のお知らせ</a>'
+    assert html_to_text(html).mismatched_links == (
+        ("市のお知らせ", "https://www.city.example.lg.jp@evil.example/x"),)
+
+
 def test_file_names_and_plain_words_are_not_taken_for_hosts() -> None:
     html = ('<a href="https://files.example.com/r.pdf">report.pdf</a> '
             '<a href="https://a.example.com/">example.com</a> '
