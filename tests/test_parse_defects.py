@@ -95,6 +95,7 @@ def test_two_content_types_on_a_multipart_quarantine_the_message() -> None:
     assert result.report.reason == "ambiguous_mime_structure"
     assert "content_type_duplicate" in result.report.defects
     assert "全体を隔離しました" in text and "二通りに読めます" in text
+    assert "隔離ID: Q-TEST）" in text
 
 
 def test_two_boundaries_quarantine_the_message() -> None:
