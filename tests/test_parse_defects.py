@@ -111,7 +111,8 @@ def test_two_content_types_on_a_leaf_make_it_an_attachment() -> None:
     result, _, text = outcome(mixed([text_part("本文", "utf-8"), part]))
     assert "script" not in text
     assert [h.part for h in result.held] == ["2"]
-    assert result.held[0].content_type == "application/octet-stream"
+    removed = next(a for a in result.report.actions if a.part == "2")
+    assert removed.action.value == "removed" and removed.code == "blocked_type"
 
 
 def test_filename_and_filename_star_disagreeing() -> None:

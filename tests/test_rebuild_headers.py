@@ -99,8 +99,9 @@ def test_operator_template_overrides_single_entries(tmp_path: Path) -> None:
     (tmp_path / "notice.ja.toml").write_text(
         'head = "【外部メール】$contact までご連絡ください"\n[reasons]\n'
         'unsupported_type = "市の規定で受け取れない形式です"\n', encoding="utf-8")
+    opaque = base64.b64encode(bytes(range(256)) * 4)  # no known format: unsupported_type
     att = (b"Content-Type: application/x-foo\nContent-Disposition: attachment; filename=a.foo"
-           b"\n\nxx\n")
+           b"\nContent-Transfer-Encoding: base64\n\n" + opaque + b"\n")
     body = (b"--b\nContent-Type: text/plain; charset=utf-8\n\n\xe6\x9c\xac\xe6\x96\x87\n--b\n"
             + att + b"--b--\n")
     raw = message(base_headers(Content_Type='multipart/mixed; boundary="b"'), body)
