@@ -137,12 +137,15 @@ def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None
     score, best = _best_japanese(untrusted)
     if best is not None and score >= 0.6:
         return best
-    if not trust_latin:
-        return None
+    return _detect_other_than_japanese(untrusted, score, best) if trust_latin else None
+
+
+def _detect_other_than_japanese(untrusted: bytes, score: float,
+                                best: tuple[str, str] | None) -> tuple[str, str] | None:
+    """Kanji-only Japanese (a CSV of names) scores 0.5: it beats the blind Latin fallback,
+    never a plausible Chinese or Korean reading."""
     other = _detect_other(untrusted)
     if best is not None and score >= 0.45 and (other is None or other[1] in ("cp1252", "latin_1")):
-        # Kanji-only Japanese (a CSV of names) scores 0.5; it beats the blind Latin
-        # fallback, never a plausible Chinese or Korean reading.
         return best
     return other or best
 
