@@ -170,8 +170,12 @@ def _split(value: str | None) -> set[str] | None:
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    if args.samples and not Path(args.samples).is_dir():
+        raise ValueError(f"--samples {args.samples}: not a directory")
     templates = (load_templates(Path(args.samples), _split(args.include), _split(args.exclude))
                  if args.samples else default_templates())
+    if not templates:
+        raise ValueError("no messages to send: the sample selection is empty")
     client = ClientOptions(args.host, args.port, args.concurrency, args.rate, args.duration,
                            args.new_connection, args.retries)
     count = args.count if args.count is not None else (10**9 if args.duration else 100)
