@@ -94,7 +94,10 @@ async def _progress(client: Client, sink: SinkState | None, total: int) -> None:
         await asyncio.sleep(0.5 if tty else 5.0)
         accepted = sum(1 for s in client.sent if s.accepted)
         arrived = f" arrived {len(sink.arrivals)}" if sink else ""
-        line = f"[loadtest] sent {len(client.sent)}/{total} accepted {accepted}{arrived}"
+        done = min(1.0, len(client.sent) / total) if total else 0.0
+        bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
+        line = (f"[loadtest] [{bar}] sent {len(client.sent)}/{total} accepted {accepted}"
+                f"{arrived}")
         print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
