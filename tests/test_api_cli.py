@@ -57,7 +57,7 @@ def test_quarantine_list_show_delete(
     code, out, _ = _run(capsys, "quarantine", "list", "--json")
     assert code == 0
     [row] = [json.loads(line) for line in out.splitlines()]
-    assert row["id"] == "Q1" and row["reasons"] == ["unsupported_type"]
+    assert row["id"] == "Q1" and row["reasons"] == ["blocked_type"]
     code, out, _ = _run(capsys, "quarantine", "show", "Q1")
     assert json.loads(out)["parts"][0]["filename"] == "invoice.exe"
     assert _run(capsys, "quarantine", "delete", "Q1")[0] == 0

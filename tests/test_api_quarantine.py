@@ -28,14 +28,14 @@ def test_list_and_detail_show_what_and_why(api: Api, settings: Settings) -> None
     item = next(i for i in listing["items"] if i["id"] == "Q1")
     assert item["sender"] == "tanaka@example.com"
     assert item["recipients"] == ["clerk@example.lg.jp", "chief@example.lg.jp"]
-    assert item["subject"] == "見積書" and item["reasons"] == ["unsupported_type"]
+    assert item["subject"] == "見積書" and item["reasons"] == ["blocked_type"]
     assert item["status"] == "held" and item["time"]
     found = api.client.get("/api/quarantine", params={"subject": "議事"},
                            headers=api.as_("auditor")).json()
     assert [i["id"] for i in found["items"]] == ["Q2"]
     detail = api.client.get("/api/quarantine/Q1", headers=api.as_("auditor")).json()
     assert [(p["filename"], p["reason"]) for p in detail["parts"]] == [
-        ("invoice.exe", "unsupported_type")]
+        ("invoice.exe", "blocked_type")]
     assert api.client.get("/api/quarantine/NOPE", headers=api.as_("auditor")).status_code == 404
 
 

@@ -122,10 +122,13 @@ def test_only_safe_rendering_types_are_attached() -> None:
     settings = Settings()
     result = sanitize(message(base_headers(), b"x"), "Q", settings)
     good = Rendering("page-1.png", "image/png", b"\x89PNG....")
+    text = Rendering("本文.txt", "text/plain; charset=utf-8", "抽出テキスト".encode())
     bad = Rendering("evil.html", "text/html", b"<script>x</script>")
-    out = rebuild(type(result)(result.parsed, result.report, result.body, (good, bad)), settings)
+    rendered = type(result)(result.parsed, result.report, result.body, (good, text, bad))
+    out = rebuild(rendered, settings)
     msg = email.message_from_bytes(out, policy=email.policy.default)
-    assert [p.get_filename() for p in msg.iter_attachments()] == ["page-1.png"]
+    assert [p.get_filename() for p in msg.iter_attachments()] == ["page-1.png", "本文.txt"]
+    assert list(msg.iter_attachments())[1].get_content() == "抽出テキスト"
     assert b"<script>" not in out
 
 

@@ -33,7 +33,7 @@ def test_hold_keeps_original_and_part_byte_for_byte(stores: SqlStores, settings:
     assert entry.original_sha256 == hashlib.sha256(raw).hexdigest()
     assert entry.subject == "請求書の送付"
     assert entry.recipients == ("clerk@example.lg.jp",)
-    assert entry.reasons == ("unsupported_type",)
+    assert entry.reasons == ("blocked_type",)
     assert [(p.filename, p.size) for p in entry.parts] == [("invoice.exe", len(EXE_BYTES))]
     assert stores.quarantine.original("Q1") == raw
     assert stores.quarantine.part_data("Q1", entry.parts[0].part) == EXE_BYTES
@@ -82,7 +82,7 @@ def test_search_by_reason_subject_and_status(stores: SqlStores, settings: Settin
     stores.quarantine.add_request("Q2", "op", "127.0.0.1", "needed")
     q = stores.quarantine.search
     assert [e.id for e in q(QuarantineQuery(subject="議事")).items] == ["Q2"]
-    assert q(QuarantineQuery(reason="unsupported_type")).total == 2
+    assert q(QuarantineQuery(reason="blocked_type")).total == 2
     assert q(QuarantineQuery(reason="encrypted")).total == 0
     assert [e.id for e in q(QuarantineQuery(status="release_requested")).items] == ["Q2"]
 
