@@ -17,8 +17,11 @@ from PIL import Image
 
 Kind = Literal["png", "jpeg"]
 
-#: A flat page has at most this many distinct colours on its thumbnail.
+#: A flat page has at most this many distinct colours on its thumbnail...
 FLAT_MAX_COLOURS = 2048
+#: ...and at most this share of mid-tone pixels (grey levels MIDTONE_LOW..MIDTONE_HIGH).
+FLAT_MAX_MIDTONES = 0.12  # measured: text and table pages 0.02-0.05, photo pages 0.2+
+MIDTONE_LOW, MIDTONE_HIGH = 48, 208
 #: Colours kept for flat colour pages (stamps, coloured headings, charts).
 FLAT_PALETTE = 64
 JPEG_QUALITY = 85
@@ -58,7 +61,11 @@ class Look:
 
 def look(img: Image.Image) -> Look:
     thumb = _thumbnail(img)
-    flat = thumb.getcolors(FLAT_MAX_COLOURS) is not None
+    # Few colours alone is not enough: a grey photo has only 256. Text and line art are
+    # mostly background and ink, with mid-tones only on glyph edges.
+    hist = thumb.convert("L").histogram()
+    midtones = sum(hist[MIDTONE_LOW:MIDTONE_HIGH]) / max(1, thumb.width * thumb.height)
+    flat = midtones <= FLAT_MAX_MIDTONES and thumb.getcolors(FLAT_MAX_COLOURS) is not None
     grey = thumb.mode == "L" or thumb.convert("L").convert("RGB").tobytes() == thumb.tobytes()
     return Look(flat, grey)
 

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     quarantine_retention_days: int = 30
     notice_contact: str = "情報政策課 (内線 1234)"
     templates_dir: Path | None = None
-    # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~60 MB RSS.
+    # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~30 MB RSS.
     converter_workers: int = 0
 
     toml_path: ClassVar[Path | None] = None
