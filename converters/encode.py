@@ -65,7 +65,10 @@ def look(img: Image.Image) -> Look:
     # mostly background and ink, with mid-tones only on glyph edges.
     hist = thumb.convert("L").histogram()
     midtones = sum(hist[MIDTONE_LOW:MIDTONE_HIGH]) / max(1, thumb.width * thumb.height)
-    flat = midtones <= FLAT_MAX_MIDTONES and thumb.getcolors(FLAT_MAX_COLOURS) is not None
+    if thumb.getcolors(FLAT_PALETTE) is not None:
+        flat = True  # so few colours that a palette holds them exactly
+    else:
+        flat = midtones <= FLAT_MAX_MIDTONES and thumb.getcolors(FLAT_MAX_COLOURS) is not None
     grey = thumb.mode == "L" or thumb.convert("L").convert("RGB").tobytes() == thumb.tobytes()
     return Look(flat, grey)
 
