@@ -186,3 +186,19 @@ def test_grey_photo_page_is_jpeg_and_text_page_is_palette_png() -> None:
     text = PdfConverter().convert(japanese_pdf(1), "t.pdf", ConversionPolicy(pdf_output="png"))
     page = Image.open(io.BytesIO(text.outputs[0].data))
     assert page.mode == "P" and len(page.getcolors() or []) <= 16  # 16 grey levels
+
+
+def test_link_targets_are_listed_in_the_text_file() -> None:
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.drawString(72, 720, "Click here")
+    pdf.linkURL("https://www.city.example.lg.jp/kurashi/", (72, 710, 200, 735))
+    pdf.showPage()
+    pdf.save()
+    conv = PdfConverter().convert(buf.getvalue(), "l.pdf", POLICY)
+    text = conv.outputs[1].data.decode()
+    assert "Click here" in text
+    assert "[links]\nhttps://www.city.example.lg.jp/kurashi/" in text
+    assert b"/URI" not in conv.outputs[0].data  # the rendering itself has no links
