@@ -155,7 +155,10 @@ def main(argv: list[str]) -> int:
             header, blobs = read_frame(inp, MAX_INPUT_BYTES)
         except EOFError:
             return 0
-        _serve_one(converters, header, blobs, out)
+        try:
+            _serve_one(converters, header, blobs, out)
+        except (KeyError, TypeError, ValueError):  # a malformed request from the gateway
+            write_frame(out, error_to_frame(SandboxFailure("bad request")))
 
 
 if __name__ == "__main__":

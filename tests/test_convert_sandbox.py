@@ -115,6 +115,21 @@ def test_killed_worker_leaves_no_process_behind() -> None:
         os.killpg(worker.proc.pid, 0)
 
 
+def test_crashing_converter_fails_closed_and_the_worker_survives(pool: SandboxPool) -> None:
+    with pytest.raises(SandboxFailure):
+        pool.convert("hostile", b"crash", "a.txt", QUICK)
+    conv = pool.convert("hostile", b"ok", "a.txt", QUICK)
+    assert conv.outputs[0].data == b"ok"
+    assert int(conv.extra["cpu_ms"]) >= 0 and int(conv.extra["max_rss_kb"]) > 0
+
+
+def test_output_beyond_the_cap_is_refused(pool: SandboxPool) -> None:
+    policy = ConversionPolicy(limits=Limits(wall_seconds=5, max_output_bytes=1_000_000))
+    assert len(pool.convert("hostile", b"big 900000", "a.txt", policy).outputs[0].data) == 900_000
+    with pytest.raises(LimitExceeded):
+        pool.convert("hostile", b"big 1100000", "a.txt", policy)
+
+
 def test_unknown_converter_name_fails_closed(pool: SandboxPool) -> None:
     with pytest.raises(SandboxFailure):
         pool.convert("no-such-converter", b"x", "a.txt", QUICK)
