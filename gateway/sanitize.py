@@ -47,7 +47,7 @@ def sanitize(untrusted: bytes, queue_id: str, settings: Settings,
     outputs: list[Rendering] = []
     held: list[HeldOriginal] = []
     for leaf in body.attachments:
-        outcome = sanitize_attachment(leaf, ctx)
+        outcome = sanitize_attachment(leaf, ctx, queue_id, settings)
         actions.extend(outcome.actions)
         outputs.extend(outcome.outputs)
         held.extend(outcome.held)
