@@ -47,6 +47,9 @@ class Hostile:
             with socket.create_connection(("127.0.0.1", int(arg)), timeout=3) as conn:
                 conn.sendall(b"leaked")
             return Conversion(outputs=(Rendering("leaked.txt", "text/plain", b"connected"),))
+        if verb == "killserver":  # a compromised child turning on its fork server
+            os.kill(os.getppid(), 9)
+            time.sleep(5)
         if verb == "crash":
             os.abort()
         if verb == "big":
