@@ -149,14 +149,17 @@ class _Walk:
 
 
 def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext, queue_id: str = "",
-                        settings: Settings | None = None) -> AttachmentOutcome:
+                        settings: Settings | None = None,
+                        used_names: set[str] | None = None) -> AttachmentOutcome:
     """Convert `leaf` in the sandbox, or remove it; hold its original either way.
 
     `settings` are the current message's (forwarded mail lowers its depth budget); they
-    default to the context's.
+    default to the context's. `used_names`, shared by all attachments of one message,
+    keeps output names unique across them (`報告 (2).pdf`).
     """
-    walk = _Walk(ctx, queue_id, settings or ctx.settings,
-                 _Budget(ctx.policy.limits.archive_max_members))
+    budget = _Budget(ctx.policy.limits.archive_max_members,
+                     used_names if used_names is not None else set())
+    walk = _Walk(ctx, queue_id, settings or ctx.settings, budget)
     top = _Part(leaf.part, leaf.filename, leaf.content_type, leaf.payload)
     return _handle(top, walk, 0)
 

@@ -181,3 +181,13 @@ def test_word_document_is_rendered_through_the_office_pool(ctx: AttachmentContex
     files = _attachments(_delivered(s))
     assert set(files) == {"案内.pdf", "案内.txt"}
     assert "予算説明会" in files["案内.txt"].decode()
+
+
+def test_output_names_are_unique_across_attachments(ctx: AttachmentContext) -> None:
+    pdf = japanese_pdf(1)
+    s = sanitize(mail([("報告.pdf", "application/pdf", pdf), ("報告.pdf", "application/pdf", pdf)]),
+                 "Q7", SETTINGS, ctx)
+    converted = [a.outputs for a in s.report.actions if a.action is ActionKind.CONVERTED]
+    assert converted == [("報告.pdf", "報告.txt"), ("報告 (2).pdf", "報告 (2).txt")]
+    assert set(_attachments(_delivered(s))) == {"報告.pdf", "報告.txt", "報告 (2).pdf",
+                                                 "報告 (2).txt"}
