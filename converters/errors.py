@@ -27,9 +27,16 @@ class Blocked(ConversionError):
     message = "this kind of file is never delivered"
 
 
+class DeceptiveName(Blocked):
+    code = "deceptive_name"
+    message = "the file name disguises the kind of file (hidden characters or a double extension)"
+
+
 class Unsupported(ConversionError):
     code = "unsupported_type"
     message = "no converter for this kind of file"
+    #: An unknown type may be legitimate (a CAD drawing): held for an operator's approval.
+    holdable = True
 
 
 class Corrupt(ConversionError):
@@ -66,7 +73,7 @@ class SandboxFailure(ConversionError):
 CATALOGUE: dict[str, type[ConversionError]] = {
     cls.code: cls
     for cls in (
-        ConversionError, Blocked, Unsupported, Corrupt, Encrypted,
+        ConversionError, Blocked, DeceptiveName, Unsupported, Corrupt, Encrypted,
         LimitExceeded, Bomb, Timeout, SandboxFailure,
     )
 }

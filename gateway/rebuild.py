@@ -1,59 +1,201 @@
 """A new message built from scratch: allow-listed headers, plain text, clean renderings.
 
-Nothing of the original's bytes is copied: every header value was decoded by the parser
-and is re-encoded here by the stdlib serializer, and the body is our own text.
+Nothing of the original's bytes is copied. Each allow-listed header is decoded by the
+parser and rebuilt here from parts we checked: addresses from the stdlib address parser
+(so an encoded display name can never smuggle in a second address), message ids from a
+strict `<id>` pattern, dates re-formatted, subjects stripped of control characters.
+
+Header injection: Python 3.11.7's serializer does not quote a CR/LF that reaches it
+inside a header value (CVE-2024-6923, fixed in 3.11.10). We never hand it one: every
+value loses its control characters first, and `assert_safe_headers` checks the bytes we
+produce, so a regression in either place fails closed instead of delivering.
 """
 
 from __future__ import annotations
 
+import base64
 import email.policy
 import re
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import format_datetime, formatdate, make_msgid, parsedate_to_datetime
 
-from gateway.notice import render_notice
+from converters.charset import encode_iso2022jp
+from gateway.headers import decode_words
+from gateway.notice import NoticeTemplates, render_notice
 from gateway.sanitize import Sanitized
 from gateway.settings import Settings
 
+ADDRESS_HEADERS = ("From", "To", "Cc", "Reply-To")
 ALLOWED_HEADERS = (
     "From", "To", "Cc", "Reply-To", "Subject", "Date", "Message-ID",
     "In-Reply-To", "References",
 )
-
+#: What a rebuilt message may carry: the allow-list, MIME structure, and our own fields.
+OUTPUT_HEADERS = frozenset(
+    h.lower() for h in (*ALLOWED_HEADERS, "MIME-Version", "Content-Type",
+                        "Content-Transfer-Encoding", "Content-Disposition")
+)
 #: CRLF line endings, 78-column folding, RFC 2047 for non-ASCII: safe for any downstream.
 OUTPUT_POLICY = email.policy.SMTP.clone(max_line_length=78)
+#: Renderings we attach. Anything else a converter might return (HTML, SVG, scripts) is
+#: not delivered, whatever produced it.
+SAFE_OUTPUT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp",
+                     "application/pdf", "text/plain", "text/csv")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
+_ADDR_SPEC = re.compile(r"[^\s<>()\[\]\\,;:\"@]{1,64}@[A-Za-z0-9.-]{1,253}")
+_MAX_SUBJECT = 500
 
 
-def _clean(value: str) -> str:
+def clean(value: str) -> str:
     """Drop control characters so that a decoded CR/LF can never start a new header."""
     return _CONTROL.sub(" ", value).strip()
 
 
-def rebuild(s: Sanitized, settings: Settings) -> bytes:
+def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None = None) -> bytes:
+    """Serialize the sanitized message; raises ValueError only if our own output is unsafe.
+
+    `templates` (from `gateway.notice.load_templates`) lets a long-running worker load
+    the notice wording once instead of per message.
+    """
     msg = EmailMessage(policy=OUTPUT_POLICY)
-    for name in ALLOWED_HEADERS:
-        value = s.parsed.header(name)
-        if value is None:
-            continue
-        value = _clean(value)
-        if name == "Subject" and settings.subject_tag and not value.startswith(settings.subject_tag):
-            value = f"{settings.subject_tag} {value}"
-        try:
-            msg[name] = value
-        except (ValueError, IndexError, TypeError):
-            msg[f"X-Mugaika-Invalid-{name}"] = "dropped"
-    if "Date" not in msg:
-        msg["Date"] = formatdate(localtime=True)
-    if "Message-ID" not in msg:
-        msg["Message-ID"] = make_msgid(domain=settings.hostname)
+    for name in ADDRESS_HEADERS:
+        _set_addresses(msg, name, s.parsed.raw_header(name))
+    _set_subject(msg, s.parsed.header("Subject"), settings)
+    _set_date(msg, s.parsed.header("Date"))
+    ids = _msg_ids(s.parsed.header("Message-ID"))
+    _try_set(msg, "Message-ID", ids[0] if ids else make_msgid(domain=settings.hostname))
+    for name in ("In-Reply-To", "References"):
+        ids = _msg_ids(s.parsed.header(name))[:50]
+        if ids:
+            _try_set(msg, name, " ".join(ids))
     msg["X-Mugaika-Verdict"] = s.report.verdict.value
-    msg["X-Mugaika-Queue-Id"] = s.report.queue_id
-    notice = render_notice(s.report, settings)
-    text = f"{notice}\n\n{s.body}" if notice else s.body
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+    msg["X-Mugaika-Actions"] = actions_summary(s) or (
+        f"0=quarantined/{clean(s.report.reason)[:60]}" if s.report.reason else "none")
+    msg["X-Mugaika-Queue-Id"] = clean(s.report.queue_id)[:64]
+    if s.report.link_warnings:
+        msg["X-Mugaika-Link-Warnings"] = str(len(s.report.link_warnings))
+    _set_body(msg, s, settings, templates)
     for out in s.outputs:
-        maintype, _, subtype = out.content_type.partition("/")
-        msg.add_attachment(out.data, maintype=maintype, subtype=subtype, filename=out.filename)
-    return msg.as_bytes()
+        if out.content_type in SAFE_OUTPUT_TYPES:
+            maintype, _, subtype = out.content_type.partition("/")
+            name = clean(out.filename).replace("/", "_").replace("\\", "_")[:150] or "file"
+            msg.add_attachment(out.data, maintype=maintype, subtype=subtype, filename=name)
+    data = msg.as_bytes()
+    assert_safe_headers(data)
+    return data
+
+
+def actions_summary(s: Sanitized) -> str:
+    """`part=action/code` for each action, ASCII only: what a filter downstream can read."""
+    items = [f"{a.part}={a.action.value}" + (f"/{a.code}" if a.code else "")
+             for a in s.report.actions[:30]]
+    return clean(" ".join(items)).encode("ascii", "replace").decode("ascii")
+
+
+def _try_set(msg: EmailMessage, name: str, value: object) -> bool:
+    """Set a header only if the serializer can also fold it; otherwise leave it out."""
+    try:
+        msg[name] = value
+        msg.policy.fold_binary(name, msg[name])
+    except Exception:  # any failure to serialize an untrusted value drops the header
+        del msg[name]
+        return False
+    return True
+
+
+def _set_addresses(msg: EmailMessage, name: str, untrusted: str | None) -> None:
+    if untrusted is None:
+        return
+    try:
+        header = email.policy.default.header_factory(name, clean(untrusted))
+        parsed = getattr(header, "addresses", ())
+    except Exception:  # an unparsable address header is dropped
+        parsed = ()
+    addresses = [Address(display_name=_display_name(a.display_name), addr_spec=a.addr_spec)
+                 for a in parsed[:200] if _ADDR_SPEC.fullmatch(a.addr_spec or "")]
+    if addresses:
+        _try_set(msg, name, addresses)
+
+
+def _display_name(untrusted: str) -> str:
+    """The stdlib leaves words it cannot decode (CP50220, CP932) encoded: we decode them."""
+    if "=?" in untrusted:
+        untrusted = decode_words(untrusted)
+    return clean(untrusted)[:200]
+
+
+def _set_subject(msg: EmailMessage, untrusted: str | None, settings: Settings) -> None:
+    subject = clean(untrusted or "")[:_MAX_SUBJECT]
+    tag = settings.subject_tag
+    if tag and not subject.startswith(tag):
+        subject = f"{tag} {subject}".strip()
+    if not subject:
+        return
+    if settings.output_charset == "iso-2022-jp" and not subject.isascii():
+        words = _iso2022jp_words(subject)
+        if words is not None:
+            msg.set_raw("Subject", words)
+            return
+    _try_set(msg, "Subject", subject)
+
+
+def _iso2022jp_words(text: str) -> str | None:
+    """RFC 2047 words in ISO-2022-JP, each short enough for a 78-column line."""
+    words: list[str] = []
+    for start in range(0, len(text), 12):
+        raw = encode_iso2022jp(text[start:start + 12])
+        if raw is None:
+            return None
+        words.append(f"=?ISO-2022-JP?B?{base64.b64encode(raw).decode('ascii')}?=")
+    return "\r\n ".join(words)
+
+
+def _set_date(msg: EmailMessage, untrusted: str | None) -> None:
+    try:
+        when = parsedate_to_datetime(clean(untrusted or ""))
+        value = format_datetime(when)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        value = formatdate(localtime=True)
+    _try_set(msg, "Date", value)
+
+
+def _msg_ids(untrusted: str | None) -> list[str]:
+    return _MSG_ID.findall(untrusted or "")
+
+
+def _set_body(msg: EmailMessage, s: Sanitized, settings: Settings,
+              templates: NoticeTemplates | None) -> None:
+    notice = render_notice(s.report, settings, templates)
+    text = f"{notice}\n\n{s.body}" if notice and s.body else (notice or s.body)
+    text = text.rstrip("\n") + "\n"
+    if settings.output_charset == "iso-2022-jp":
+        encoded = encode_iso2022jp(_wrap_long_lines(text))
+        if encoded is not None:  # otherwise keep UTF-8 rather than lose characters
+            msg.set_content(encoded.replace(b"\n", b"\r\n"), maintype="text",
+                            subtype="plain", cte="7bit", params={"charset": "ISO-2022-JP"})
+            return
+    msg.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+
+
+def _wrap_long_lines(text: str, width: int = 300) -> str:
+    """Split lines that would exceed SMTP's 998-octet limit once 7-bit encoded."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        out.extend(line[i:i + width] for i in range(0, max(len(line), 1), width))
+    return "\n".join(out)
+
+
+def assert_safe_headers(data: bytes) -> None:
+    """Every header line is an output field or a fold; no bare CR or LF anywhere."""
+    head, _, _ = data.partition(b"\r\n\r\n")
+    if re.search(rb"\r(?!\n)|(?<!\r)\n", head):
+        raise ValueError("rebuilt header has a bare CR or LF")
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            continue
+        name = line.split(b":", 1)[0].decode("ascii", "replace").lower()
+        if name not in OUTPUT_HEADERS and not name.startswith("x-mugaika-"):
+            raise ValueError("rebuilt message has a header outside the allow-list")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from converters.base import Rendering
-from converters.charset import decode_bytes
-from gateway.attachments import HeldOriginal, sanitize_attachment
-from gateway.parse import Leaf, ParsedMessage, parse
-from gateway.report import Action, ActionKind, Report, Verdict, verdict_for
+from gateway.attachments import AttachmentContext, HeldOriginal, sanitize_attachment
+from gateway.bodies import extract_body
+from gateway.parse import ParsedMessage, parse
+from gateway.report import Action, Report, Verdict, verdict_for
 from gateway.settings import Settings
 
 
@@ -25,38 +25,33 @@ class Sanitized:
     held: tuple[HeldOriginal, ...] = ()
 
 
-def sanitize(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
+def sanitize(untrusted: bytes, queue_id: str, settings: Settings,
+             ctx: AttachmentContext | None = None) -> Sanitized:
+    """Sanitize one message; quarantine it whole when it cannot be read safely.
+
+    `ctx` (the converter sandbox pool) is built once by the caller (the worker); without
+    one, a context lives for this message only (the CLI and tests), paying the converter
+    start-up if it converts.
+    """
+    if ctx is None:
+        with AttachmentContext.from_settings(settings) as own:
+            return sanitize(untrusted, queue_id, settings, own)
     parsed = parse(untrusted, settings.max_mime_depth, settings.max_mime_parts)
     if parsed.too_complex:
         report = Report(queue_id, Verdict.QUARANTINED, defects=parsed.defects,
                         reason=parsed.too_complex)
         whole = HeldOriginal("0", None, "message/rfc822", untrusted, parsed.too_complex)
         return Sanitized(parsed, report, "", held=(whole,))
-    body_leaf = _body_leaf(parsed.leaves)
-    actions: list[Action] = []
+    body = extract_body(parsed.leaves, settings)
+    actions: list[Action] = list(body.actions)
     outputs: list[Rendering] = []
     held: list[HeldOriginal] = []
-    body = ""
-    for leaf in parsed.leaves:
-        if leaf is body_leaf:
-            body = decode_bytes(leaf.payload, leaf.charset)[0]
-            actions.append(_kept(leaf))
-            continue
-        outcome = sanitize_attachment(leaf)
+    for leaf in body.attachments:
+        outcome = sanitize_attachment(leaf, ctx)
         actions.extend(outcome.actions)
         outputs.extend(outcome.outputs)
         held.extend(outcome.held)
-    report = Report(queue_id, verdict_for(tuple(actions)), tuple(actions), parsed.defects)
-    return Sanitized(parsed, report, body, tuple(outputs), tuple(held))
-
-
-def _body_leaf(leaves: tuple[Leaf, ...]) -> Leaf | None:
-    for leaf in leaves:
-        if leaf.content_type == "text/plain" and leaf.disposition != "attachment":
-            return leaf
-    return None
-
-
-def _kept(leaf: Leaf) -> Action:
-    return Action(leaf.part, leaf.filename, leaf.content_type, leaf.content_type,
-                  ActionKind.KEPT, "plain text body")
+    actions.sort(key=lambda a: [int(x) if x.isdigit() else 0 for x in a.part.split(".")])
+    report = Report(queue_id, verdict_for(tuple(actions)), tuple(actions),
+                    parsed.defects + body.defects, body.link_warnings)
+    return Sanitized(parsed, report, body.text, tuple(outputs), tuple(held))

@@ -55,7 +55,6 @@ class Settings(BaseSettings):
     retry_first_seconds: float = 300.0
     retry_max_seconds: float = 3600.0
     max_queue_lifetime_seconds: float = 5 * 24 * 3600.0
-    postmaster: str = "postmaster@example.lg.jp"
 
     # --- workers and data -----------------------------------------------------------
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
@@ -91,6 +90,8 @@ class Settings(BaseSettings):
     quarantine_retention_days: int = 30
     notice_contact: str = "情報政策課 (内線 1234)"
     templates_dir: Path | None = None
+    # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~60 MB RSS.
+    converter_workers: int = 0
     # issue 5: Office, archives, mail in mail (docs/office-archives.md)
     office_pool_size: int = Field(default=1, description="warm LibreOffice instances, 340 MB each")
     office_max_documents: int = Field(default=200, description="recycle an instance after N docs")
@@ -100,6 +101,14 @@ class Settings(BaseSettings):
     forward_output: Literal["eml", "inline"] = Field(
         default="eml", description="forwarded mail as a sanitized .eml, or inlined as text")
     forward_max_depth: int = Field(default=3, description="mail-in-mail levels sanitized")
+    #: PPAP release: wrong passwords allowed per quarantine entry before it is locked.
+    ppap_max_password_attempts: int = Field(default=5, ge=1)
+    #: Interval of the server's scheduled quarantine purge (expired entries), in seconds.
+    quarantine_purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    #: Public URL of the API for the recipient's release link in the notice (off when unset).
+    release_link_base_url: str | None = None
+    #: HMAC key of those links; the same on every node. Links are off without it.
+    release_link_key: SecretStr | None = None
 
     toml_path: ClassVar[Path | None] = None
 

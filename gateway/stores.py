@@ -39,7 +39,10 @@ class QuarantineStore(Protocol):
 
 
 class Stores(Protocol):
-    messages: MessageLog
-    quarantine: QuarantineStore
+    @property
+    def messages(self) -> MessageLog: ...
+
+    @property
+    def quarantine(self) -> QuarantineStore: ...
 
     def close(self) -> None: ...

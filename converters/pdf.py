@@ -1,0 +1,188 @@
+"""PDF → page images (an image-only PDF by default), plus the text layer as UTF-8.
+
+pypdfium2 renders (the pdfium in its wheels has no JavaScript or XFA engine, so nothing
+in the file runs). Pages are rendered at the policy DPI by as many forked processes as
+there are CPUs, each encoding its own pages (`converters.encode`): encoding is what
+costs, and it parallelises cleanly. Text comes from pdfium too: about 800 pages/s
+against pdfminer.six's 24 on the same Japanese PDF with the same text (bench/bench_pdf.py).
+
+Caps: `max_pages` pages are rendered, the rest are named in a note; a page whose pixels
+at the policy DPI would exceed `max_page_pixels` is rendered at a lower DPI (and noted).
+Active content (JavaScript, OpenAction, Launch, ...) is reported, never carried over:
+only pixels leave.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+
+from converters import pdfscan
+from converters.base import Conversion, Rendering
+from converters.encode import Encoded, Kind, encode
+from converters.errors import Corrupt, Encrypted, LimitExceeded, SandboxFailure
+from converters.framing import read_frame, write_frame
+from converters.limits import ConversionPolicy
+from converters.names import stem
+from converters.pdfwrite import Page, write_pdf
+
+#: Renderer processes per PDF; two cores measured 1.9-2.0x one (docs/MEASURED.md).
+MAX_RENDER_PROCESSES = 4
+
+
+@dataclass(frozen=True)
+class RenderedPage:
+    index: int
+    image: Encoded
+    width_pt: float
+    height_pt: float
+    text: str
+    reduced: bool
+
+
+def open_document(untrusted: bytes) -> pdfium.PdfDocument:
+    """Open or raise `Encrypted` (a user password is set) or `Corrupt`."""
+    try:
+        return pdfium.PdfDocument(untrusted)
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
+            raise Encrypted("PDF needs a password") from exc
+        raise Corrupt("PDF could not be opened") from exc
+
+
+def page_scale(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> tuple[float, bool]:
+    """Render scale for a page, reduced so the bitmap stays within `max_pixels`."""
+    scale = dpi / 72.0
+    pixels = (width_pt * scale) * (height_pt * scale)
+    if pixels <= max_pixels:
+        return scale, False
+    return scale * math.sqrt(max_pixels / pixels) * 0.999, True
+
+
+def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
+                prefer: Kind | None) -> RenderedPage:
+    page = doc[index]
+    width_pt, height_pt = page.get_size()
+    if width_pt <= 0 or height_pt <= 0:
+        raise Corrupt("page without size")
+    scale, reduced = page_scale(width_pt, height_pt, policy.dpi, policy.limits.max_page_pixels)
+    image = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True).to_pil()
+    text = page.get_textpage().get_text_bounded() if policy.extract_text else ""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return RenderedPage(index, encode(image, prefer), width_pt, height_pt, text, reduced)
+
+
+def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPolicy,
+                  prefer: Kind | None, write_fd: int) -> None:
+    """In a forked renderer: render our pages and stream them back as frames."""
+    code = 0
+    try:
+        with os.fdopen(write_fd, "wb") as out:
+            for index in indexes:
+                p = render_page(doc, index, policy, prefer)
+                header = {"index": p.index, "kind": p.image.kind, "w": p.image.width,
+                          "h": p.image.height, "grey": p.image.grey, "wpt": p.width_pt,
+                          "hpt": p.height_pt, "reduced": p.reduced}
+                write_frame(out, header, (p.image.data, p.text.encode("utf-8")))
+    except BaseException:  # a renderer reports failure by its exit status
+        code = 1
+    os._exit(code)
+
+
+def _collect(read_fd: int, policy: ConversionPolicy) -> list[RenderedPage]:
+    pages: list[RenderedPage] = []
+    with os.fdopen(read_fd, "rb") as inp:
+        while True:
+            try:
+                h, (data, text) = read_frame(inp, policy.limits.max_output_bytes)
+            except EOFError:
+                return pages
+            image = Encoded(h["kind"], data, h["w"], h["h"], h["grey"])
+            pages.append(RenderedPage(h["index"], image, h["wpt"], h["hpt"],
+                                      text.decode("utf-8"), h["reduced"]))
+
+
+def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
+               prefer: Kind | None) -> list[RenderedPage]:
+    """Render pages 0..count-1 in parallel forked processes, in page order."""
+    procs = max(1, min(count, len(os.sched_getaffinity(0)), MAX_RENDER_PROCESSES))
+    if procs == 1:
+        return [render_page(doc, i, policy, prefer) for i in range(count)]
+    children: list[tuple[int, int]] = []
+    for k in range(procs):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            for _, other_fd in children:
+                os.close(other_fd)
+            _render_share(doc, range(k, count, procs), policy, prefer, write_fd)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+    pages: list[RenderedPage] = []
+    failed = False
+    for pid, read_fd in children:  # sequential reads cannot deadlock: shares are independent
+        pages.extend(_collect(read_fd, policy))
+        _, status = os.waitpid(pid, 0)
+        failed = failed or status != 0
+    if failed or len(pages) != count:
+        raise SandboxFailure("a PDF renderer failed")
+    return sorted(pages, key=lambda p: p.index)
+
+
+class PdfConverter:
+    """PDF to an image-only PDF (or PNG/JPEG per page) and a UTF-8 text file."""
+
+    name = "pdf"
+
+    def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
+        findings = pdfscan.active_features(untrusted)
+        doc = open_document(untrusted)
+        findings = pdfscan.merge(findings, pdfscan.document_features(doc))
+        total = len(doc)
+        if total == 0:
+            raise Corrupt("PDF without pages")
+        count = min(total, policy.limits.max_pages)
+        if policy.limits.max_pages <= 0:
+            raise LimitExceeded("page cap is zero")
+        doc.init_forms()
+        prefer: Kind | None = None if policy.pdf_output == "pdf" else policy.pdf_output
+        pages = render_all(doc, count, policy, prefer)
+        notes = _notes(pages, count, total)
+        outputs = _outputs(pages, stem(filename), policy)
+        return Conversion(outputs=outputs, findings=findings, notes=notes, pages=count,
+                          extra={"total_pages": str(total)})
+
+
+def _notes(pages: list[RenderedPage], count: int, total: int) -> tuple[str, ...]:
+    notes = []
+    if total > count:
+        notes.append(f"pages {count + 1}-{total} of {total} not rendered (page cap {count})")
+    reduced = [str(p.index + 1) for p in pages if p.reduced]
+    if reduced:
+        notes.append(f"pages rendered at reduced resolution (pixel cap): {', '.join(reduced)}")
+    return tuple(notes)
+
+
+def _outputs(pages: list[RenderedPage], base: str, policy: ConversionPolicy
+             ) -> tuple[Rendering, ...]:
+    outputs: list[Rendering] = []
+    if policy.pdf_output == "pdf":
+        doc = write_pdf([Page(p.image, p.width_pt, p.height_pt) for p in pages])
+        outputs.append(Rendering(f"{base}.pdf", "application/pdf", doc))
+    else:
+        for p in pages:
+            ext = "png" if p.image.kind == "png" else "jpg"
+            outputs.append(Rendering(f"{base}_p{p.index + 1:03d}.{ext}",
+                                     f"image/{p.image.kind}", p.image.data))
+    if policy.extract_text:
+        text = io.StringIO()
+        for p in pages:
+            text.write(f"--- page {p.index + 1} ---\n{p.text.strip()}\n\n")
+        outputs.append(Rendering(f"{base}.txt", "text/plain", text.getvalue().encode("utf-8")))
+    return tuple(outputs)

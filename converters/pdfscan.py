@@ -1,0 +1,80 @@
+"""Which active PDF features a file carries, for the report (they never reach the output).
+
+Two views, because each misses things: a scan of the name tokens in the file and in its
+object streams (where PDF 1.5+ hides dictionaries, compressed), with `#xx` escapes
+decoded so `/J#61vaScript` counts; and pdfium's own counts (JavaScript actions, embedded
+files, XFA forms) on the parsed document. The scan is bounded in bytes inflated.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+
+_NAMES = {
+    b"JavaScript": "pdf:JavaScript", b"JS": "pdf:JavaScript",
+    b"OpenAction": "pdf:OpenAction", b"Launch": "pdf:Launch",
+    b"EmbeddedFile": "pdf:EmbeddedFile", b"EmbeddedFiles": "pdf:EmbeddedFile",
+    b"XFA": "pdf:XFA", b"RichMedia": "pdf:RichMedia", b"AA": "pdf:AA",
+}
+_NAME_TOKEN = re.compile(rb"/([^\s/<>\[\]()%{}]{1,64})")
+_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
+_OBJSTM = re.compile(rb"/Type\s*/ObjStm\b[^>]*?>*\s*stream\r?\n", re.S)
+#: Inflate at most this much of object streams in total (a bomb gets nowhere).
+MAX_INFLATED = 64 * 1024 * 1024
+#: Object streams are scanned in at most this many bytes of the file.
+MAX_SCANNED = 256 * 1024 * 1024
+
+
+def _names_in(data: bytes) -> set[str]:
+    found: set[str] = set()
+    for match in _NAME_TOKEN.finditer(data):
+        name = _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), match.group(1))
+        label = _NAMES.get(name)
+        if label is not None:
+            found.add(label)
+    return found
+
+
+def _object_streams(untrusted: bytes) -> list[bytes]:
+    """Inflated object streams, within the inflation budget."""
+    budget = MAX_INFLATED
+    streams: list[bytes] = []
+    for match in _OBJSTM.finditer(untrusted[:MAX_SCANNED]):
+        if budget <= 0:
+            break
+        inflater = zlib.decompressobj()
+        try:
+            chunk = inflater.decompress(untrusted[match.end():match.end() + budget], budget)
+        except zlib.error:
+            continue
+        budget -= len(chunk)
+        streams.append(chunk)
+    return streams
+
+
+def active_features(untrusted: bytes) -> tuple[str, ...]:
+    """Features named anywhere in the file or its object streams (may over-report)."""
+    found = _names_in(untrusted[:MAX_SCANNED])
+    for stream in _object_streams(untrusted):
+        found |= _names_in(stream)
+    return tuple(sorted(found))
+
+
+def document_features(doc: pdfium.PdfDocument) -> tuple[str, ...]:
+    """Features pdfium itself sees in the parsed document."""
+    found: set[str] = set()
+    if pdfium_c.FPDFDoc_GetJavaScriptActionCount(doc.raw) > 0:
+        found.add("pdf:JavaScript")
+    if doc.count_attachments() > 0:
+        found.add("pdf:EmbeddedFile")
+    if doc.get_formtype() in (pdfium_c.FORMTYPE_XFA_FULL, pdfium_c.FORMTYPE_XFA_FOREGROUND):
+        found.add("pdf:XFA")
+    return tuple(sorted(found))
+
+
+def merge(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({f for group in groups for f in group}))

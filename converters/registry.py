@@ -1,0 +1,176 @@
+"""Detected type → converter, in one place.
+
+Type detection reads the content (libmagic plus a few sniffers for what libmagic misses),
+never the declared type or the file name. Dispatch follows the stdlib's content manager:
+the exact type, then the main type (`text/*`), then refuse. Before that, a fixed list of
+kinds is always blocked, by content and by name.
+
+Adding a converter is one line in `CONVERTERS`: its name (what the sandbox and the report
+call it), the `module:Class` the sandboxed worker imports, and the types it takes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import magic
+
+from converters.base import Converter
+from converters.errors import Blocked, ConversionError, DeceptiveName, Unsupported
+from converters.names import blocked_extension, clean_name, extensions, name_trick
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One converter: `target` is imported inside the sandbox, never in the gateway."""
+
+    name: str
+    target: str
+    types: tuple[str, ...]
+
+
+CONVERTERS: tuple[Registration, ...] = (
+    Registration("pdf", "converters.pdf:PdfConverter", ("application/pdf",)),
+    Registration("image", "converters.image:ImageConverter", (
+        "image/jpeg", "image/png", "image/gif", "image/bmp", "image/x-ms-bmp",
+        "image/tiff", "image/webp",
+    )),
+    Registration("text", "converters.text:TextConverter", (
+        "text/plain", "text/csv", "text/tab-separated-values", "text/*",
+    )),
+)
+
+#: Content kinds that are removed whatever they are called (original quarantined).
+BLOCKED_TYPES = frozenset({
+    # executables and libraries: PE, ELF, Mach-O
+    "application/x-dosexec", "application/vnd.microsoft.portable-executable",
+    "application/x-msdownload", "application/x-executable", "application/x-sharedlib",
+    "application/x-pie-executable", "application/x-object", "application/x-mach-binary",
+    "application/x-mach-o-executable",
+    # scripts
+    "text/x-shellscript", "text/x-msdos-batch", "text/x-python", "text/x-perl",
+    "text/x-php", "text/x-ruby", "text/x-tcl", "text/x-lua", "text/x-awk",
+    "application/javascript", "text/javascript", "application/x-javascript",
+    "application/hta", "application/x-ms-application",
+    # shortcuts
+    "application/x-ms-shortcut", "application/x-mswinurl",
+    # disk images and installers
+    "application/x-iso9660-image", "application/x-virtualbox-vhd", "application/x-vhdx",
+    "application/x-virtualbox-vmdk", "application/x-qemu-disk", "application/x-raw-disk-image",
+    "application/x-apple-diskimage", "application/x-msi", "application/x-ms-installer",
+    # OneNote, Java and Android packages, compiled help
+    "application/onenote", "application/java-archive", "application/x-java-archive",
+    "application/x-java-applet", "application/vnd.android.package-archive",
+    "application/vnd.ms-htmlhelp",
+    # HTML smuggling and scriptable vector images
+    "text/html", "application/xhtml+xml", "image/svg+xml",
+})
+
+#: Declared types that say nothing, so a difference from them is not a mismatch.
+_GENERIC_DECLARED = frozenset({
+    "", "application/octet-stream", "binary/octet-stream", "application/x-download",
+    "application/download", "application/force-download", "application/unknown",
+})
+_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png",
+            "image/x-ms-bmp": "image/bmp", "application/x-pdf": "application/pdf"}
+#: What a name's extension promises, for the mismatch note only.
+_EXTENSION_TYPES = {
+    "pdf": "application/pdf", "jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png",
+    "gif": "image/gif", "bmp": "image/bmp", "tif": "image/tiff", "tiff": "image/tiff",
+    "webp": "image/webp",
+}
+#: libmagic reads only the start of a file; a prefix keeps detection O(1) in size.
+DETECT_PREFIX = 1024 * 1024
+_ONENOTE_GUID = bytes.fromhex("E4525C7B8CD8A74DAEB15378D02996D3")
+
+
+def detect_type(untrusted: bytes) -> str:
+    """The MIME type of the content, with sniffers for blocked kinds libmagic misses."""
+    head = untrusted[:DETECT_PREFIX]
+    if head.startswith(b"MZ"):
+        return "application/x-dosexec"  # any DOS/PE stub: libmagic calls short ones octet-stream
+    if head.startswith(_ONENOTE_GUID):
+        return "application/onenote"
+    if head.startswith(b"vhdxfile"):
+        return "application/x-vhdx"
+    detected = str(magic.from_buffer(head, mime=True)).lower()
+    if detected == "application/zip" and b"META-INF/MANIFEST.MF" in head:
+        return "application/java-archive"
+    return _ALIASES.get(detected, detected)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What the registry decided for one file, before any conversion."""
+
+    detected_type: str
+    clean_name: str
+    converter: str | None = None
+    refusal: ConversionError | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+class Registry:
+    """An immutable lookup over registrations; tests build one with extra converters."""
+
+    def __init__(self, registrations: tuple[Registration, ...] = CONVERTERS) -> None:
+        self.registrations = registrations
+        self._by_type: dict[str, str] = {}
+        for registration in registrations:  # the first registration of a type wins
+            for content_type in registration.types:
+                self._by_type.setdefault(content_type, registration.name)
+        self._targets = {r.name: r.target for r in registrations}
+
+    def targets(self) -> dict[str, str]:
+        """name → `module:Class`, handed to sandboxed workers at start-up."""
+        return dict(self._targets)
+
+    def converter_for(self, detected_type: str) -> str | None:
+        """Exact type, then main type, then None (refuse)."""
+        exact = self._by_type.get(detected_type)
+        if exact is not None:
+            return exact
+        return self._by_type.get(detected_type.partition("/")[0] + "/*")
+
+    def classify(
+        self, untrusted: bytes, untrusted_name: str | None, declared_type: str
+    ) -> Classification:
+        """Detect, check the block lists and the name, and pick a converter."""
+        detected = detect_type(untrusted)
+        name = clean_name(untrusted_name)
+        notes = _mismatch_notes(declared_type, untrusted_name, detected)
+        refusal: ConversionError | None = None
+        trick = name_trick(untrusted_name)
+        if trick is not None:
+            refusal = DeceptiveName(trick)
+        elif detected in BLOCKED_TYPES:
+            refusal = Blocked(f"detected {detected}")
+        elif (ext := blocked_extension(untrusted_name)) is not None:
+            refusal = Blocked(f"blocked extension .{ext}")
+        if refusal is not None:
+            return Classification(detected, name, refusal=refusal, notes=notes)
+        converter = self.converter_for(detected)
+        if converter is None:
+            return Classification(detected, name, refusal=Unsupported(detected), notes=notes)
+        return Classification(detected, name, converter=converter, notes=notes)
+
+
+def _mismatch_notes(declared: str, untrusted_name: str | None, detected: str) -> tuple[str, ...]:
+    notes: list[str] = []
+    declared = _ALIASES.get(declared.lower(), declared.lower())
+    if declared not in _GENERIC_DECLARED and declared != detected:
+        notes.append(f"declared type {declared} but the content is {detected}")
+    exts = extensions(untrusted_name or "")
+    promised = _EXTENSION_TYPES.get(exts[-1]) if exts else None
+    if promised is not None and promised != detected:
+        notes.append(f"the name ends in .{exts[-1]} but the content is {detected}")
+    return tuple(notes)
+
+
+def load_converter(target: str) -> Converter:
+    """Import `module:Class` and instantiate it (inside the sandbox worker)."""
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    converter: Converter = getattr(module, attr)()
+    return converter

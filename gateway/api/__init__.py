@@ -1,0 +1,143 @@
+"""The operator HTTP API: `create_app(settings, stores, spool, metrics) -> FastAPI`.
+
+Built by a factory, never at import time: tests and `mugaika serve` each make their own.
+Authentication is on every route except /healthz and /readyz (and /metrics when
+`metrics_public`); see gateway/api/auth.py and docs/quarantine-api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from gateway.api import audit, health, links, messages, quarantine
+from gateway.api.context import ApiContext, ApiError, ApiSpool, Check
+from gateway.audit import Actor
+from gateway.metrics import Metrics
+from gateway.quarantine import (
+    BadPassword,
+    Conflict,
+    Decrypter,
+    FourEyes,
+    NotFound,
+    PasswordLimit,
+    PpapUnavailable,
+    QuarantineError,
+    QuarantineService,
+)
+from gateway.readiness import converters_check, downstream_check
+from gateway.settings import Settings
+from gateway.store import SqlStores
+
+log = logging.getLogger(__name__)
+
+_STATUS: Mapping[type[QuarantineError], int] = {
+    NotFound: 404, Conflict: 409, FourEyes: 403, BadPassword: 400, PasswordLimit: 429,
+    PpapUnavailable: 409,
+}
+#: Who the scheduled purge is in the audit log.
+SYSTEM_ACTOR = Actor("system", "admin", "scheduler")
+
+
+def create_app(
+    settings: Settings,
+    stores: SqlStores,
+    spool: ApiSpool,
+    metrics: Metrics,
+    *,
+    decrypt: Decrypter | None = None,
+    checks: Mapping[str, Check] | None = None,
+    purge_in_background: bool = True,
+) -> FastAPI:
+    """The app. `decrypt` enables PPAP release; `checks` replaces the default readiness
+    checks (database, spool, downstream, converters); the purge task runs while the app
+    is served (lifespan) every `quarantine_purge_interval_seconds`."""
+    service = QuarantineService(stores, spool, settings, decrypt)
+    context = ApiContext(settings, stores, spool, metrics, service,
+                         checks if checks is not None else default_checks(settings, stores, spool))
+    metrics.watch_quarantine(lambda: stores.quarantine.stats().entries,
+                             lambda: stores.quarantine.stats().bytes)
+    metrics.watch_spool(lambda: sum(n for area, n in spool.depth().items() if area != "failed"),
+                        lambda: spool.oldest_age(time.time()))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_purge_loop(service, settings)) if purge_in_background else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(title="mugaika operator API", version="1", lifespan=lifespan,
+                  description="Quarantine review and release, message tracking, audit, metrics.")
+    app.state.context = context
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(QuarantineError, _quarantine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(health.router)
+    app.include_router(health.metrics_router(settings.metrics_public))
+    for router in (messages.router, quarantine.router, audit.router, links.router):
+        app.include_router(router)
+    return app
+
+
+def default_checks(settings: Settings, stores: SqlStores, spool: ApiSpool) -> dict[str, Check]:
+    return {
+        "database": stores.ping,
+        "spool": spool.writable,
+        "downstream": downstream_check(settings),
+        "converters": converters_check(settings),
+    }
+
+
+async def _purge_loop(service: QuarantineService, settings: Settings) -> None:
+    """Purge expired entries now and then every interval; errors are logged, not fatal."""
+    while True:
+        try:
+            gone = await asyncio.to_thread(service.purge, SYSTEM_ACTOR)
+            if gone:
+                log.info("quarantine purge removed %d expired entries", len(gone))
+        except Exception:  # a database hiccup must not end the loop
+            log.exception("quarantine purge failed")
+        await asyncio.sleep(settings.quarantine_purge_interval_seconds)
+
+
+async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"code": exc.code, "message": exc.message}, exc.status, headers=headers)
+
+
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: renders whatever a client sent."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape without echoing the input: it may be a password, and a lone
+    surrogate in it would make the error response itself fail to encode."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{"type": str(e.get("type", "")), "loc": [str(x) for x in e.get("loc", ())],
+               "msg": str(e.get("msg", ""))} for e in exc.errors()]
+    return _AsciiJSON({"detail": detail}, 422)
+
+
+async def _quarantine_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QuarantineError)
+    return JSONResponse({"code": exc.code, "message": exc.message}, _STATUS.get(type(exc), 409))
+
+
+__all__ = ["SYSTEM_ACTOR", "create_app"]

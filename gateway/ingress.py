@@ -1,0 +1,231 @@
+"""Where mail enters: the aiosmtpd handler and the SMTP server class around it.
+
+The handler is the one place where SMTP meets the pipeline: it enforces the relay policy
+at RCPT, and at DATA it answers `250` only after the message is fsynced in the spool.
+Everything that can go wrong internally answers `451 4.3.0` with no detail, so the
+sending MTA keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Executor
+from email.utils import formatdate
+from typing import Any, cast
+
+import structlog
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as SMTPEnvelope
+
+from gateway.envelope import Envelope
+from gateway.settings import Settings
+from gateway.spool import Spool, new_queue_id
+
+log = structlog.get_logger("mugaika.ingress")
+
+REPLY_QUEUED = "250 2.0.0 queued as {queue_id}"
+REPLY_TEMPFAIL = "451 4.3.0 Temporary local problem, try again later"
+REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address"
+
+# aiosmtpd's own replies carry no enhanced status codes (RFC 3463); mugaika answers with them.
+_ENHANCED = {
+    b"552 Error: message size exceeds fixed maximum message size":
+        b"552 5.3.4 Message size exceeds fixed maximum message size",
+    b"552 Error: Too much mail data": b"552 5.3.4 Message size exceeds fixed maximum message size",
+    b"500 Line too long (see RFC5321 4.5.3.1.6)": b"500 5.5.6 Message line too long",
+    b"503 Error: need MAIL command": b"503 5.5.1 Need MAIL command",
+    b"503 Error: need RCPT command": b"503 5.5.1 Need RCPT command",
+    b"500 Error: bad syntax": b"500 5.5.2 Syntax error",
+    b"503 Error: send HELO first": b"503 5.5.1 Send HELO/EHLO first",
+}
+
+_BARE_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
+def normalize_line_ends(untrusted: bytes) -> bytes:
+    """Every bare CR and bare LF becomes CRLF (Postfix's `normalize`): no smuggling survives."""
+    return _BARE_LINE_ENDS.sub(b"\r\n", untrusted)
+
+
+def relay_refusal(address: str, accepted_domains: list[str]) -> str | None:
+    """Why `address` may not be a recipient here, or None when it may.
+
+    Source routes (`%`, `!`), quoted local parts that hide an `@`, and address literals
+    are how open-relay probes slip past domain checks: all refused.
+    """
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or not domain:
+        return "no domain"
+    if any(c in local for c in "%!@") or any(c in domain for c in "%!@"):
+        return "source route or hidden @"
+    if domain.startswith("["):
+        return "address literal"
+    if domain.lower().rstrip(".") not in accepted_domains:
+        return "domain not accepted"
+    return None
+
+
+class ConnectionLimiter:
+    """Counts open SMTP connections per client address (the 421 cap)."""
+
+    def __init__(self, per_client: int, total: int) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.open: Counter[str] = Counter()
+
+    def acquire(self, addr: str) -> bool:
+        if self.open[addr] >= self.per_client or sum(self.open.values()) >= self.total:
+            return False
+        self.open[addr] += 1
+        return True
+
+    def release(self, addr: str) -> None:
+        self.open[addr] -= 1
+        if self.open[addr] <= 0:
+            del self.open[addr]
+
+
+class IngressHandler:
+    """aiosmtpd hooks: RCPT policy, then DATA → spool → `250 queued as ID`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        executor: Executor | None = None,
+        on_queued: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.executor = executor
+        self.on_queued = on_queued or (lambda _qid, _size: None)
+        self.rejected = 0
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.settings.max_recipients:
+            return REPLY_TOO_MANY_RCPTS
+        reason = relay_refusal(address, self.settings.accepted_domains)
+        if reason is not None:
+            self.rejected += 1
+            log.info("rcpt_refused", client=_peer(session), reason=reason)
+            return REPLY_RELAY_DENIED
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: SMTPEnvelope) -> str:
+        untrusted = envelope.original_content or b""
+        env = Envelope(
+            mail_from=_null_sender(envelope.mail_from),
+            rcpt_tos=tuple(envelope.rcpt_tos),
+            client_addr=_peer(session),
+            helo=session.host_name or "",
+            received_at=time.time(),
+        )
+        loop = asyncio.get_running_loop()
+        queue_id = await loop.run_in_executor(self.executor, self._store, untrusted, env)
+        log.info("queued", queue_id=queue_id, client=env.client_addr, size=len(untrusted),
+                 rcpts=len(env.rcpt_tos))
+        self.on_queued(queue_id, len(untrusted))
+        return REPLY_QUEUED.format(queue_id=queue_id)
+
+    def _store(self, untrusted: bytes, env: Envelope) -> str:
+        queue_id = new_queue_id()
+        trace = self._received(env, queue_id)
+        return self.spool.put(trace + normalize_line_ends(untrusted), env, queue_id)
+
+    def _received(self, env: Envelope, queue_id: str) -> bytes:
+        helo = re.sub(r"[^A-Za-z0-9.\-\[\]:]", "?", env.helo)[:255]
+        for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
+        line = (f"Received: from {helo} ([{env.client_addr}])\r\n\tby {self.settings.hostname}"
+                f" (mugaika) with ESMTP id {queue_id}{for_clause};\r\n\t{formatdate()}\r\n")
+        return line.encode("ascii", "replace")
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("smtp_internal_error", error=type(error).__name__)
+        return REPLY_TEMPFAIL
+
+
+def _null_sender(mail_from: str | None) -> str:
+    """aiosmtpd reports `MAIL FROM:<>` as "<>"; mugaika stores the null sender as ""."""
+    return "" if not mail_from or mail_from == "<>" else mail_from
+
+
+def _peer(session: Session) -> str:
+    peer: Any = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's server with enhanced status codes and a per-client connection cap."""
+
+    def __init__(self, handler: IngressHandler, limiter: ConnectionLimiter,
+                 **kwargs: Any) -> None:
+        # Read by SMTP.__init__ as the StreamReader limit: it must be set before.
+        self.line_length_limit = handler.settings.max_line_bytes
+        super().__init__(handler, **kwargs)
+        self.limiter = limiter
+        self._peer_addr: str | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        addr = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if not self.limiter.acquire(addr):
+            self._refused = True
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
+            cast(asyncio.WriteTransport, transport).write(REPLY_TOO_MANY_CONNECTIONS.encode() + b"\r\n")
+            transport.close()
+            return
+        self._peer_addr = addr
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._peer_addr is not None:
+            self.limiter.release(self._peer_addr)
+            self._peer_addr = None
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """Client closed its side: close ours too, so connection_lost frees the slot.
+
+        aiosmtpd keeps a half-closed connection open, which would leak a connection-cap
+        slot per client that shuts down its write side (as probes and some MTAs do).
+        """
+        if not self._refused:
+            super().eof_received()
+        return False
+
+    async def push(self, status: Any) -> None:
+        raw = status.encode() if isinstance(status, str) else bytes(status)
+        await super().push(_ENHANCED.get(raw, raw))
+
+
+def server_factory(settings: Settings, handler: IngressHandler) -> Callable[[], GatewaySMTP]:
+    """The protocol factory for `loop.create_server`: one GatewaySMTP per connection."""
+    limiter = ConnectionLimiter(settings.max_connections_per_client, settings.max_connections)
+
+    def make() -> GatewaySMTP:
+        return GatewaySMTP(
+            handler,
+            limiter,
+            data_size_limit=settings.max_message_bytes,
+            hostname=settings.hostname,
+            ident="mugaika ESMTP",
+            timeout=settings.smtp_timeout,
+            command_call_limit=settings.max_commands_per_session,
+            enable_SMTPUTF8=False,
+        )
+
+    return make

@@ -1,0 +1,41 @@
+"""Structured logs: one JSON object per line on stderr, with a redaction step.
+
+Subjects, bodies and file names are personal data: they are never logged by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+#: Keys that may carry personal data or untrusted text; dropped before rendering.
+REDACTED_KEYS = frozenset({"subject", "body", "filename", "from_header", "to_header"})
+
+
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in REDACTED_KEYS & event.keys():
+        event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
+    # aiosmtpd logs every peer and command line at INFO: too chatty and includes addresses.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(ensure_ascii=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,51 @@
+"""The default readiness checks behind /readyz: can the gateway take and pass on mail?"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.settings import Settings
+
+#: Kept short: a load balancer polls /readyz often and must not pile up waiting threads.
+CONNECT_TIMEOUT = 2.0
+
+
+def downstream_check(settings: Settings) -> Callable[[], bool]:
+    """TCP connect to the downstream MTA, or a writable maildir when there is none."""
+    host = settings.downstream_host
+    if host is None:
+        return lambda: _writable_dir(settings.maildir)
+
+    def check() -> bool:
+        try:
+            with socket.create_connection((host, settings.downstream_port), CONNECT_TIMEOUT):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def converters_check(settings: Settings) -> Callable[[], bool]:
+    """The sandbox tool is installed (or explicitly not required) and libmagic loads."""
+
+    def check() -> bool:
+        if shutil.which("bwrap") is None and not settings.allow_unsandboxed:
+            return False
+        import magic
+
+        return bool(magic.from_buffer(b"%PDF-1.4\n", mime=True))
+
+    return check
+
+
+def _writable_dir(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)

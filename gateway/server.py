@@ -1,0 +1,74 @@
+"""`mugaika serve`: SMTP listener, workers and the HTTP API in one process and one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from gateway.api import create_app
+from gateway.api.serve import NotifyingSpool, serve_api
+from gateway.attachments import AttachmentContext
+from gateway.egress import forwarder_from_settings
+from gateway.ingress import IngressHandler, server_factory
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.store import open_stores
+from gateway.worker import Worker
+
+log = structlog.get_logger("mugaika.server")
+
+#: fsync is serial on one disk: more writer threads made it slower here (MEASURED.md).
+SPOOL_WRITERS = 2
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # First: refuses to start when bubblewrap cannot run, unless unsandboxed is allowed.
+    attachments = AttachmentContext.from_settings(settings)
+    spool = Spool(settings.spool_dir)
+    stores = open_stores(settings)
+    forwarder = forwarder_from_settings(settings)
+    pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
+    spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
+    metrics = Metrics()
+    worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
+                    on_event=metrics.worker_event)
+
+    def queued(queue_id: str, _size: int) -> None:
+        metrics.message("received")
+        worker.enqueue(queue_id)
+
+    handler = IngressHandler(settings, spool, spool_pool, on_queued=queued)
+    smtp = await loop.create_server(server_factory(settings, handler),
+                                    settings.smtp_host, settings.smtp_port)
+    consumers = settings.workers + settings.downstream_pool_size
+    tasks = [asyncio.create_task(worker.scheduler(), name="scheduler")]
+    tasks += [asyncio.create_task(worker.run(), name=f"worker-{i}") for i in range(consumers)]
+    if settings.api_enabled:
+        # Releases put into the spool by the API must wake a worker, not wait for a restart.
+        api_spool = NotifyingSpool(spool, loop, worker.enqueue)
+        app = create_app(settings, stores, api_spool, metrics)
+        tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
+    log.info("serving", smtp=f"{settings.smtp_host}:{settings.smtp_port}",
+             data_dir=str(settings.data_dir), downstream=settings.downstream_host or "maildir")
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        smtp.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await forwarder.close()
+        pipeline_pool.shutdown(wait=True, cancel_futures=True)
+        spool_pool.shutdown(wait=True)
+        stores.close()
+        attachments.close()

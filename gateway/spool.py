@@ -1,0 +1,201 @@
+"""The durable queue between SMTP and everything after it.
+
+Layout under the spool root (one file per message, like Postfix's queue files):
+
+    tmp/        being written; never read
+    incoming/   complete and fsynced; waiting for a worker
+    active/     claimed by a worker (claim = rename, so two workers never share one)
+    deferred/   waiting for a retry; `state/ID.json` says when
+    hold/       the original of a sanitized message, kept until its output is delivered
+    failed/     bounced or undeliverable; kept for operators, never deleted by mugaika
+    state/      retry bookkeeping (attempts, next try, recipients still pending)
+
+A file is `MAGIC + envelope JSON + "\\n" + message bytes`. It reaches `incoming/` only by
+`rename` after `fsync` of the file, and the rename is made durable with `fsync` of the
+directory: the SMTP `250` is sent after that, never before. On start every file in
+`active/` goes back to `incoming/`: a crash may deliver a message twice, never lose it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gateway.envelope import Envelope
+
+MAGIC = b"MUGAIKA1 "
+DIRS = ("tmp", "incoming", "active", "deferred", "hold", "failed", "state")
+
+
+class SpoolError(Exception):
+    """The spool could not store or read an entry (disk full, permissions, corruption)."""
+
+
+@dataclass
+class RetryState:
+    """Bookkeeping for an entry whose delivery failed temporarily."""
+
+    attempts: int = 0
+    first_attempt: float = 0.0
+    next_try: float = 0.0
+    last_error: str = ""
+    #: Recipients not yet delivered; empty means "all of the envelope's".
+    pending: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A claimed spool entry: its id, envelope and message bytes."""
+
+    queue_id: str
+    envelope: Envelope
+    data: bytes
+    state: RetryState
+
+
+def new_queue_id() -> str:
+    """Time-ordered and unguessable: microseconds since the epoch, then 24 random bits."""
+    return f"{time.time_ns() // 1000:013X}{secrets.token_hex(3).upper()}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        try:
+            for name in DIRS:
+                (root / name).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool under {root}: {exc.strerror}") from exc
+
+    def _path(self, area: str, queue_id: str) -> Path:
+        return self.root / area / queue_id
+
+    # --- writing -------------------------------------------------------------------
+    def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str:
+        """Store a message durably in `incoming/` and return its queue id."""
+        queue_id = queue_id or new_queue_id()
+        tmp = self._path("tmp", queue_id)
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(MAGIC + envelope.to_json().encode() + b"\n")
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, self._path("incoming", queue_id))
+            _fsync_dir(self.root / "incoming")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
+        return queue_id
+
+    # --- claiming ------------------------------------------------------------------
+    def incoming_ids(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "incoming").iterdir())
+
+    def claim(self, queue_id: str) -> Entry | None:
+        """Move `queue_id` from incoming/ to active/; None if another worker took it."""
+        active = self._path("active", queue_id)
+        try:
+            os.rename(self._path("incoming", queue_id), active)
+        except FileNotFoundError:
+            return None
+        envelope, data = self._read(active)
+        return Entry(queue_id, envelope, data, self.read_state(queue_id))
+
+    def _read(self, path: Path) -> tuple[Envelope, bytes]:
+        blob = path.read_bytes()
+        head, sep, data = blob.partition(b"\n")
+        if not head.startswith(MAGIC) or not sep:
+            raise SpoolError(f"corrupt spool file {path.name}")
+        return Envelope.from_json(head[len(MAGIC):]), data
+
+    # --- outcomes ------------------------------------------------------------------
+    def done(self, queue_id: str) -> None:
+        """Delivered (or handed on as a new entry): forget the entry."""
+        self._path("active", queue_id).unlink(missing_ok=True)
+        self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
+
+    def to_hold(self, queue_id: str) -> None:
+        """Keep a sanitized message's original until its output is delivered or bounced."""
+        os.rename(self._path("active", queue_id), self._path("hold", queue_id))
+
+    def release_hold(self, queue_id: str, failed: bool) -> None:
+        """The output of `queue_id` is settled: drop its original, or keep it in failed/."""
+        held = self._path("hold", queue_id)
+        if failed:
+            if held.exists():
+                os.rename(held, self._path("failed", f"{queue_id}.original"))
+        else:
+            held.unlink(missing_ok=True)
+
+    def defer(self, queue_id: str, state: RetryState) -> None:
+        self.write_state(queue_id, state)
+        os.rename(self._path("active", queue_id), self._path("deferred", queue_id))
+
+    def fail(self, queue_id: str) -> None:
+        """Bounced or undeliverable: kept in failed/ for operators."""
+        os.rename(self._path("active", queue_id), self._path("failed", queue_id))
+        self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
+
+    # --- retry bookkeeping ---------------------------------------------------------
+    def read_state(self, queue_id: str) -> RetryState:
+        try:
+            return RetryState(**json.loads(self._path("state", f"{queue_id}.json").read_text()))
+        except FileNotFoundError:
+            return RetryState()
+
+    def write_state(self, queue_id: str, state: RetryState) -> None:
+        path = self._path("state", f"{queue_id}.json")
+        tmp = self._path("tmp", f"{queue_id}.state")
+        with open(tmp, "w") as fh:
+            json.dump(asdict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, path)
+
+    def due_deferred(self, now: float) -> Iterator[str]:
+        """Deferred entries whose next try has come, moved back to incoming/."""
+        for path in sorted((self.root / "deferred").iterdir()):
+            if self.read_state(path.name).next_try <= now:
+                try:
+                    os.rename(path, self._path("incoming", path.name))
+                except FileNotFoundError:
+                    continue
+                yield path.name
+
+    def recover(self) -> int:
+        """After a crash or restart: claimed entries go back to incoming/. Returns how many."""
+        count = 0
+        for path in (self.root / "active").iterdir():
+            os.rename(path, self._path("incoming", path.name))
+            count += 1
+        for path in (self.root / "tmp").iterdir():
+            path.unlink()  # never acknowledged with 250: the client still has it
+        return count
+
+    # --- figures for metrics and readiness -----------------------------------------
+    def depth(self) -> dict[str, int]:
+        return {area: sum(1 for _ in (self.root / area).iterdir())
+                for area in ("incoming", "active", "deferred", "failed")}
+
+    def oldest_age(self, now: float) -> float:
+        """Seconds since the oldest waiting entry was written (0 when empty)."""
+        mtimes = [p.stat().st_mtime for area in ("incoming", "active", "deferred")
+                  for p in (self.root / area).iterdir()]
+        return max(0.0, now - min(mtimes)) if mtimes else 0.0
+
+    def writable(self) -> bool:
+        return os.access(self.root / "tmp", os.W_OK) and os.access(self.root / "incoming", os.W_OK)

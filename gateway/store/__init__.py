@@ -1,0 +1,58 @@
+"""Persistence for the message log, quarantine, audit log and API tokens.
+
+`open_stores(settings)` is the one entry point: it opens SQLite under `data_dir` (or
+PostgreSQL from `database_url`), upgrades the schema with Alembic and returns `SqlStores`,
+which satisfies `gateway.stores.Stores` for the worker and offers the rest to the API/CLI.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, text
+
+from gateway.settings import Settings
+from gateway.store.common import Clock, utcnow
+from gateway.store.engine import make_engine, migrate
+from gateway.store.messages import SqlMessageLog
+from gateway.store.quarantine import SqlQuarantine
+
+if TYPE_CHECKING:  # gateway.audit and gateway.tokens import this package's modules
+    from gateway.audit import AuditLog
+    from gateway.tokens import TokenStore
+
+
+class SqlStores:
+    """All stores on one engine. Thread-safe: each call takes its own connection."""
+
+    def __init__(self, engine: Engine, retention_days: int, clock: Clock = utcnow) -> None:
+        from gateway.audit import AuditLog
+        from gateway.tokens import TokenStore
+
+        self.engine = engine
+        self.messages = SqlMessageLog(engine, clock)
+        self.quarantine = SqlQuarantine(engine, retention_days, clock)
+        self.audit: AuditLog = AuditLog(engine, clock)
+        self.tokens: TokenStore = TokenStore(engine, clock)
+
+    def ping(self) -> bool:
+        """True when the database answers (readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:  # any driver error means "not ready", never a crash
+            return False
+        return True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_stores(settings: Settings, clock: Clock = utcnow) -> SqlStores:
+    """Open (and migrate) the database the settings name."""
+    engine = make_engine(settings.effective_database_url)
+    migrate(engine)
+    return SqlStores(engine, settings.quarantine_retention_days, clock)
+
+
+__all__ = ["SqlStores", "open_stores"]

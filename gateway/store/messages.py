@@ -1,0 +1,167 @@
+"""The message log ("tracking center"): what arrived, what was done, whether it was delivered."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from gateway.envelope import Envelope
+from gateway.report import Report
+from gateway.store.common import (
+    Clock,
+    Page,
+    dumps,
+    join_addresses,
+    paged,
+    split_addresses,
+    utcnow,
+    write,
+)
+from gateway.store.schema import messages
+from gateway.stores import DeliveryStatus
+
+#: Header values longer than this are cut before storage (RFC 5322 lines are 998).
+MAX_SUBJECT = 998
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    queue_id: str
+    received_at: datetime
+    kind: str
+    mail_from: str
+    recipients: tuple[str, ...]
+    client_addr: str
+    size: int
+    subject: str | None
+    verdict: str | None
+    processed_at: datetime | None
+    status: str
+    attempts: int
+    status_detail: str
+    status_at: datetime | None
+    report: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class MessageQuery:
+    """Search filters; every field is optional, text fields match case-insensitive substrings."""
+
+    sender: str | None = None
+    recipient: str | None = None
+    subject: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    verdict: str | None = None
+    status: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+class SqlMessageLog:
+    """`gateway.stores.MessageLog` on SQLAlchemy, plus the search the API needs."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def record_received(self, queue_id: str, envelope: Envelope, size: int) -> None:
+        """Log an accepted message; a second call for the same id (spool recovery) updates it."""
+        received = (
+            datetime.fromtimestamp(envelope.received_at, UTC)
+            if envelope.received_at
+            else self._clock()
+        )
+        values = {
+            "received_at": received,
+            "kind": envelope.kind,
+            "mail_from": envelope.mail_from[:512],
+            "recipients": join_addresses(envelope.rcpt_tos),
+            "client_addr": envelope.client_addr[:64],
+            "helo": envelope.helo[:255],
+            "size": size,
+        }
+        with write(self._engine, durable=False) as conn:
+            found = conn.execute(
+                select(messages.c.queue_id).where(messages.c.queue_id == queue_id)
+            ).first()
+            if found:
+                conn.execute(update(messages).where(messages.c.queue_id == queue_id).values(values))
+            else:
+                conn.execute(insert(messages).values(queue_id=queue_id, **values))
+
+    def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
+        with write(self._engine, durable=False) as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.queue_id == queue_id)
+                .values(
+                    subject=subject[:MAX_SUBJECT] if subject is not None else None,
+                    verdict=report.verdict.value,
+                    processed_at=self._clock(),
+                    report_json=dumps(report.to_dict()),
+                )
+            )
+
+    def record_delivery(
+        self, queue_id: str, status: DeliveryStatus, attempts: int, detail: str
+    ) -> None:
+        with write(self._engine, durable=False) as conn:
+            conn.execute(
+                update(messages)
+                .where(messages.c.queue_id == queue_id)
+                .values(status=status, attempts=attempts, status_detail=detail[:2000],
+                        status_at=self._clock())
+            )
+
+    def get(self, queue_id: str) -> MessageRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(messages).where(messages.c.queue_id == queue_id)).first()
+        return _record(row._mapping) if row else None
+
+    def search(self, q: MessageQuery) -> Page[MessageRecord]:
+        query = select(messages)
+        if q.sender:
+            query = query.where(messages.c.mail_from.icontains(q.sender, autoescape=True))
+        if q.recipient:
+            query = query.where(messages.c.recipients.icontains(q.recipient, autoescape=True))
+        if q.subject:
+            query = query.where(messages.c.subject.icontains(q.subject, autoescape=True))
+        if q.since:
+            query = query.where(messages.c.received_at >= q.since)
+        if q.until:
+            query = query.where(messages.c.received_at < q.until)
+        if q.verdict:
+            query = query.where(messages.c.verdict == q.verdict)
+        if q.status:
+            query = query.where(messages.c.status == q.status)
+        order = (messages.c.received_at.desc(), messages.c.queue_id.desc())
+        with self._engine.connect() as conn:
+            total, rows = paged(conn, query, order, q.limit, q.offset)
+        items = tuple(_record(r._mapping) for r in rows)
+        return Page(items, total, q.limit, q.offset)
+
+
+def _record(row: Any) -> MessageRecord:
+    report = json.loads(row["report_json"]) if row["report_json"] else None
+    return MessageRecord(
+        queue_id=row["queue_id"],
+        received_at=row["received_at"],
+        kind=row["kind"],
+        mail_from=row["mail_from"],
+        recipients=split_addresses(row["recipients"]),
+        client_addr=row["client_addr"],
+        size=row["size"],
+        subject=row["subject"],
+        verdict=row["verdict"],
+        processed_at=row["processed_at"],
+        status=row["status"],
+        attempts=row["attempts"],
+        status_detail=row["status_detail"],
+        status_at=row["status_at"],
+        report=report,
+    )

@@ -1,0 +1,374 @@
+"""The quarantine: whole originals and held parts, release requests, retention purge.
+
+Policy (who may release, four eyes, password limits) lives in `gateway.quarantine`; this
+module only keeps state consistent: each change is one transaction, and state transitions
+are conditional updates so that two approvers clicking at once release a message once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+
+from gateway.attachments import HeldOriginal
+from gateway.envelope import Envelope
+from gateway.headers import decode_field, read_header_block
+from gateway.report import Report, Verdict
+from gateway.store.blobs import delete_orphans, get_blob, put_blob
+from gateway.store.common import (
+    Clock,
+    Page,
+    dumps,
+    join_addresses,
+    paged,
+    split_addresses,
+    utcnow,
+    write,
+)
+from gateway.store.messages import MAX_SUBJECT
+from gateway.store.schema import blobs, quarantine_entries, quarantine_parts, release_requests
+
+HELD = "held"
+RELEASE_REQUESTED = "release_requested"
+RELEASED = "released"
+STATUSES = (HELD, RELEASE_REQUESTED, RELEASED)
+
+
+@dataclass(frozen=True)
+class QuarantinePart:
+    part: str
+    filename: str | None
+    content_type: str
+    sha256: str
+    size: int
+    reason: str
+    releasable: bool
+
+
+@dataclass(frozen=True)
+class ReleaseRequest:
+    id: int
+    entry_id: str
+    requested_by: str
+    requested_at: datetime
+    requested_from: str
+    reason: str
+    status: str
+    decided_by: str | None
+    decided_at: datetime | None
+    queue_id: str | None
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    id: str
+    created_at: datetime
+    expires_at: datetime
+    mail_from: str
+    recipients: tuple[str, ...]
+    subject: str | None
+    size: int
+    verdict: str
+    reasons: tuple[str, ...]
+    original_sha256: str
+    status: str
+    released_at: datetime | None
+    released_by: str | None
+    release_queue_id: str | None
+    password_failures: int
+    parts: tuple[QuarantinePart, ...] = ()
+    requests: tuple[ReleaseRequest, ...] = ()
+
+
+@dataclass(frozen=True)
+class QuarantineQuery:
+    sender: str | None = None
+    recipient: str | None = None
+    subject: str | None = None
+    reason: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class QuarantineStats:
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What `hold` derives from its arguments before writing."""
+
+    reasons: tuple[str, ...]
+    releasable: frozenset[str] = field(default_factory=frozenset)
+
+
+class SqlQuarantine:
+    """`gateway.stores.QuarantineStore` on SQLAlchemy, plus what the operator service needs."""
+
+    def __init__(self, engine: Engine, retention_days: int, clock: Clock = utcnow) -> None:
+        self._engine = engine
+        self._retention = timedelta(days=retention_days)
+        self._clock = clock
+
+    # --- the worker's call ------------------------------------------------------------
+    def hold(
+        self,
+        queue_id: str,
+        envelope: Envelope,
+        raw: bytes,
+        report: Report,
+        held: tuple[HeldOriginal, ...],
+    ) -> None:
+        """Keep the original and each held part; a repeated call for one id changes nothing."""
+        derived = _derive(report, held)
+        now = self._clock()
+        with write(self._engine) as conn:
+            if conn.execute(
+                select(quarantine_entries.c.id).where(quarantine_entries.c.id == queue_id)
+            ).first():
+                return
+            original = put_blob(conn, raw)
+            conn.execute(insert(quarantine_entries).values(
+                id=queue_id, created_at=now, expires_at=now + self._retention,
+                mail_from=envelope.mail_from[:512], recipients=join_addresses(envelope.rcpt_tos),
+                subject=_subject(raw), size=len(raw), verdict=report.verdict.value,
+                reasons=dumps(list(derived.reasons)), original_sha256=original, status=HELD,
+            ))
+            for part in held:
+                conn.execute(insert(quarantine_parts).values(
+                    entry_id=queue_id, part=part.part, filename=part.filename,
+                    content_type=part.content_type[:255], sha256=put_blob(conn, part.data),
+                    size=len(part.data), reason=part.reason[:64],
+                    releasable=part.part in derived.releasable,
+                ))
+
+    # --- reading ----------------------------------------------------------------------
+    def get(self, entry_id: str) -> QuarantineEntry | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(quarantine_entries).where(quarantine_entries.c.id == entry_id)
+            ).first()
+            if row is None:
+                return None
+            parts = conn.execute(
+                select(quarantine_parts)
+                .where(quarantine_parts.c.entry_id == entry_id)
+                .order_by(quarantine_parts.c.id)
+            ).all()
+            requests = conn.execute(
+                select(release_requests)
+                .where(release_requests.c.entry_id == entry_id)
+                .order_by(release_requests.c.id)
+            ).all()
+        return replace(
+            _entry(row._mapping),
+            parts=tuple(_part(p._mapping) for p in parts),
+            requests=tuple(_request(r._mapping) for r in requests),
+        )
+
+    def search(self, q: QuarantineQuery) -> Page[QuarantineEntry]:
+        t = quarantine_entries.c
+        query = select(quarantine_entries)
+        if q.sender:
+            query = query.where(t.mail_from.icontains(q.sender, autoescape=True))
+        if q.recipient:
+            query = query.where(t.recipients.icontains(q.recipient, autoescape=True))
+        if q.subject:
+            query = query.where(t.subject.icontains(q.subject, autoescape=True))
+        if q.reason:
+            query = query.where(t.reasons.contains(json.dumps(q.reason), autoescape=True))
+        if q.status:
+            query = query.where(t.status == q.status)
+        if q.since:
+            query = query.where(t.created_at >= q.since)
+        if q.until:
+            query = query.where(t.created_at < q.until)
+        with self._engine.connect() as conn:
+            total, rows = paged(conn, query, (t.created_at.desc(), t.id.desc()), q.limit, q.offset)
+        return Page(tuple(_entry(r._mapping) for r in rows), total, q.limit, q.offset)
+
+    def original(self, entry_id: str) -> bytes | None:
+        with self._engine.connect() as conn:
+            digest = conn.execute(
+                select(quarantine_entries.c.original_sha256).where(
+                    quarantine_entries.c.id == entry_id
+                )
+            ).scalar()
+            return get_blob(conn, digest) if digest else None
+
+    def part_data(self, entry_id: str, part: str) -> bytes | None:
+        with self._engine.connect() as conn:
+            digest = conn.execute(
+                select(quarantine_parts.c.sha256).where(
+                    quarantine_parts.c.entry_id == entry_id, quarantine_parts.c.part == part
+                )
+            ).scalar()
+            return get_blob(conn, digest) if digest else None
+
+    def stats(self) -> QuarantineStats:
+        """Entries and stored bytes (each blob once), for the metrics gauges."""
+        with self._engine.connect() as conn:
+            entries = conn.execute(select(func.count()).select_from(quarantine_entries)).scalar()
+            size = conn.execute(select(func.coalesce(func.sum(blobs.c.size), 0))).scalar()
+        return QuarantineStats(int(entries or 0), int(size or 0))
+
+    # --- changes ----------------------------------------------------------------------
+    def delete(self, entry_id: str) -> bool:
+        """Remove the entry, its parts and requests, and originals nothing else uses."""
+        with write(self._engine) as conn:
+            conn.execute(delete(release_requests).where(release_requests.c.entry_id == entry_id))
+            conn.execute(delete(quarantine_parts).where(quarantine_parts.c.entry_id == entry_id))
+            gone = conn.execute(
+                delete(quarantine_entries).where(quarantine_entries.c.id == entry_id)
+            ).rowcount
+            delete_orphans(conn)
+        return bool(gone)
+
+    def purge(self, now: datetime | None = None) -> list[str]:
+        """Delete every entry whose retention has expired; returns their ids."""
+        cutoff = now or self._clock()
+        with self._engine.connect() as conn:
+            ids = list(conn.execute(
+                select(quarantine_entries.c.id).where(quarantine_entries.c.expires_at <= cutoff)
+            ).scalars())
+        return [entry_id for entry_id in ids if self.delete(entry_id)]
+
+    def add_request(self, entry_id: str, actor: str, remote: str, reason: str) -> int | None:
+        """A pending release request, or None when the entry is not in the `held` state."""
+        now = self._clock()
+        with write(self._engine) as conn:
+            moved = conn.execute(
+                update(quarantine_entries)
+                .where(quarantine_entries.c.id == entry_id, quarantine_entries.c.status == HELD)
+                .values(status=RELEASE_REQUESTED)
+            ).rowcount
+            if not moved:
+                return None
+            result = conn.execute(insert(release_requests).values(
+                entry_id=entry_id, requested_by=actor[:128], requested_at=now,
+                requested_from=remote[:64], reason=reason[:2000], status="pending",
+            ))
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def complete_release(
+        self, entry_id: str, request_id: int, approver: str, deliver: Callable[[], str]
+    ) -> str | None:
+        """Approve `request_id` and deliver, atomically; None when it was no longer pending.
+
+        `deliver` (putting the original into the spool) runs inside the transaction: if it
+        fails, nothing changes; if the commit fails after it, the release happens once more
+        at worst — the same at-least-once rule as SMTP.
+        """
+        now = self._clock()
+        with write(self._engine) as conn:
+            won = conn.execute(
+                update(release_requests)
+                .where(release_requests.c.id == request_id,
+                       release_requests.c.entry_id == entry_id,
+                       release_requests.c.status == "pending")
+                .values(status="approved", decided_by=approver[:128], decided_at=now)
+            ).rowcount
+            if not won:
+                return None
+            queue_id = deliver()
+            conn.execute(update(release_requests).where(release_requests.c.id == request_id)
+                         .values(queue_id=queue_id))
+            self._mark_released(conn, entry_id, approver, queue_id, now)
+            return queue_id
+
+    def release_now(self, entry_id: str, actor: str, deliver: Callable[[], str]) -> str | None:
+        """Release without a request (one-step policy, PPAP); None when not releasable."""
+        now = self._clock()
+        with write(self._engine) as conn:
+            won = conn.execute(
+                update(quarantine_entries)
+                .where(quarantine_entries.c.id == entry_id,
+                       quarantine_entries.c.status.in_((HELD, RELEASE_REQUESTED)))
+                .values(status=RELEASED)
+            ).rowcount
+            if not won:
+                return None
+            queue_id = deliver()
+            self._mark_released(conn, entry_id, actor, queue_id, now)
+            return queue_id
+
+    def _mark_released(
+        self, conn: Any, entry_id: str, actor: str, queue_id: str, now: datetime
+    ) -> None:
+        conn.execute(
+            update(quarantine_entries).where(quarantine_entries.c.id == entry_id).values(
+                status=RELEASED, released_at=now, released_by=actor[:128],
+                release_queue_id=queue_id,
+            )
+        )
+
+    def count_password_failure(self, entry_id: str) -> int:
+        """Add one wrong password to the entry's count and return the new count."""
+        with write(self._engine) as conn:
+            conn.execute(
+                update(quarantine_entries).where(quarantine_entries.c.id == entry_id)
+                .values(password_failures=quarantine_entries.c.password_failures + 1)
+            )
+            count = conn.execute(
+                select(quarantine_entries.c.password_failures)
+                .where(quarantine_entries.c.id == entry_id)
+            ).scalar()
+        return int(count or 0)
+
+
+def _derive(report: Report, held: tuple[HeldOriginal, ...]) -> _Held:
+    reasons: list[str] = []
+    if report.verdict is Verdict.QUARANTINED and report.reason:
+        reasons.append(report.reason)
+    releasable = {a.part for a in report.actions if a.releasable}
+    for code in [a.code for a in report.actions if a.quarantined] + [h.reason for h in held]:
+        if code and code not in reasons:
+            reasons.append(code)
+    return _Held(tuple(reasons), frozenset(releasable))
+
+
+def _subject(untrusted_raw: bytes) -> str | None:
+    """The decoded Subject, for listing, with the same header logic as the pipeline."""
+    head = untrusted_raw[:256 * 1024].replace(b"\r\n", b"\n")
+    values = read_header_block(head, 0, len(head)).all("Subject")
+    return decode_field(values[0])[:MAX_SUBJECT] if values else None
+
+
+def _entry(row: Any) -> QuarantineEntry:
+    return QuarantineEntry(
+        id=row["id"], created_at=row["created_at"], expires_at=row["expires_at"],
+        mail_from=row["mail_from"], recipients=split_addresses(row["recipients"]),
+        subject=row["subject"], size=row["size"], verdict=row["verdict"],
+        reasons=tuple(json.loads(row["reasons"])), original_sha256=row["original_sha256"],
+        status=row["status"], released_at=row["released_at"], released_by=row["released_by"],
+        release_queue_id=row["release_queue_id"], password_failures=row["password_failures"],
+    )
+
+
+def _part(row: Any) -> QuarantinePart:
+    return QuarantinePart(
+        part=row["part"], filename=row["filename"], content_type=row["content_type"],
+        sha256=row["sha256"], size=row["size"], reason=row["reason"],
+        releasable=bool(row["releasable"]),
+    )
+
+
+def _request(row: Any) -> ReleaseRequest:
+    return ReleaseRequest(
+        id=row["id"], entry_id=row["entry_id"], requested_by=row["requested_by"],
+        requested_at=row["requested_at"], requested_from=row["requested_from"],
+        reason=row["reason"], status=row["status"], decided_by=row["decided_by"],
+        decided_at=row["decided_at"], queue_id=row["queue_id"],
+    )

@@ -1,0 +1,180 @@
+"""The tables behind the message log, the quarantine, release requests, audit and tokens.
+
+SQLAlchemy Core, one `MetaData` shared by the queries and by the migration check test
+(`tests/test_store_migrations.py` compares it with what Alembic builds). Times are stored
+as UTC; SQLite has no time zones, so `UtcDateTime` strips and restores them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    false,
+)
+from sqlalchemy.engine import Dialect
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, whatever the backend keeps."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        # SQLite compares the stored text: keep one format without offset.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+#: The tracking center: one row per message the gateway accepted.
+messages = Table(
+    "messages",
+    metadata,
+    Column("queue_id", String(64), primary_key=True),
+    Column("received_at", UtcDateTime(), nullable=False, index=True),
+    Column("kind", String(16), nullable=False, server_default="inbound"),
+    Column("mail_from", String(512), nullable=False, index=True),
+    #: One address per line; searched with LIKE (no per-address table needed at our volume).
+    Column("recipients", Text, nullable=False),
+    Column("client_addr", String(64), nullable=False, server_default=""),
+    Column("helo", String(255), nullable=False, server_default=""),
+    Column("size", BigInteger, nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("verdict", String(16), nullable=True, index=True),
+    Column("processed_at", UtcDateTime(), nullable=True),
+    Column("report_json", Text, nullable=True),
+    Column("status", String(16), nullable=False, server_default="queued", index=True),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("status_detail", Text, nullable=False, server_default=""),
+    Column("status_at", UtcDateTime(), nullable=True),
+)
+
+#: Originals, stored once per content (sha256), shared by entries and parts.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+quarantine_entries = Table(
+    "quarantine_entries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", UtcDateTime(), nullable=False, index=True),
+    Column("expires_at", UtcDateTime(), nullable=False, index=True),
+    Column("mail_from", String(512), nullable=False),
+    Column("recipients", Text, nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("size", BigInteger, nullable=False),
+    Column("verdict", String(16), nullable=False),
+    #: JSON list of reason codes (e.g. ["unsupported_type", "encrypted"]).
+    Column("reasons", Text, nullable=False),
+    Column("original_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+    #: held | release_requested | released
+    Column("status", String(24), nullable=False, server_default="held", index=True),
+    Column("released_at", UtcDateTime(), nullable=True),
+    Column("released_by", String(128), nullable=True),
+    Column("release_queue_id", String(64), nullable=True),
+    Column("password_failures", Integer, nullable=False, server_default="0"),
+)
+
+quarantine_parts = Table(
+    "quarantine_parts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "entry_id",
+        String(64),
+        ForeignKey("quarantine_entries.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("part", String(64), nullable=False),
+    Column("filename", Text, nullable=True),
+    Column("content_type", String(255), nullable=False),
+    Column("sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("releasable", Boolean, nullable=False, server_default=false()),
+)
+
+release_requests = Table(
+    "release_requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "entry_id",
+        String(64),
+        ForeignKey("quarantine_entries.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("requested_by", String(128), nullable=False),
+    Column("requested_at", UtcDateTime(), nullable=False),
+    Column("requested_from", String(64), nullable=False, server_default=""),
+    Column("reason", Text, nullable=False, server_default=""),
+    #: pending | approved
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("decided_by", String(128), nullable=True),
+    Column("decided_at", UtcDateTime(), nullable=True),
+    Column("queue_id", String(64), nullable=True),
+)
+
+#: Append-only: triggers installed by the migration refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UtcDateTime(), nullable=False, index=True),
+    Column("actor", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("action", String(64), nullable=False, index=True),
+    Column("target", String(128), nullable=False, server_default=""),
+    Column("remote", String(64), nullable=False, server_default=""),
+    Column("detail", Text, nullable=False, server_default="{}"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+Index("ix_release_requests_entry_status", release_requests.c.entry_id, release_requests.c.status)

@@ -1,0 +1,236 @@
+"""Workers: take spool entries and run the stages in order. No policy of their own.
+
+An inbound entry goes through sanitize → rebuild; its output becomes a new spool entry of
+kind "outbound" (so a retry never converts twice) and its original waits in `hold/`.
+Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
+expiry means a DSN to the sender. Every entry ends delivered, bounced or kept in `failed/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from email.header import Header
+
+import structlog
+
+from gateway.attachments import AttachmentContext
+from gateway.dsn import build_dsn
+from gateway.egress import DeliveryResult, Forwarder, retry_delay
+from gateway.envelope import Envelope
+from gateway.parse import ParsedMessage
+from gateway.rebuild import rebuild
+from gateway.report import Report, Verdict
+from gateway.sanitize import Sanitized, sanitize
+from gateway.settings import Settings
+from gateway.spool import Entry, RetryState, Spool
+from gateway.stores import Stores
+
+log = structlog.get_logger("mugaika.worker")
+
+SCAN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What the sanitize stage hands to delivery."""
+
+    output: bytes
+    report: Report
+
+
+def sanitize_stage(entry: Entry, settings: Settings, stores: Stores,
+                   attachments: AttachmentContext) -> Processed:
+    """Sanitize and rebuild one message; record it; hold originals. Runs in a worker thread.
+
+    A bug anywhere in the pipeline must not lose the message or leak a traceback: the
+    message is then held whole and the recipient gets a notice instead.
+    """
+    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
+    try:
+        result = sanitize(entry.data, entry.queue_id, settings, attachments)
+        output = _own_trace(entry.data) + rebuild(result, settings)
+    except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
+        log.exception("pipeline_error", queue_id=entry.queue_id)
+        report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
+        result = Sanitized(ParsedMessage((), ()), report, "")
+        output = rebuild(result, settings)
+    stores.messages.record_processed(entry.queue_id, result.parsed.header("Subject"), result.report)
+    if result.held or result.report.verdict is Verdict.QUARANTINED:
+        stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, result.report,
+                               result.held)
+    return Processed(output, result.report)
+
+
+class Worker:
+    """Consumes queue ids; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        stores: Stores,
+        forwarder: Forwarder,
+        executor: Executor,
+        attachments: AttachmentContext,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.attachments = attachments
+        self.spool = spool
+        self.stores = stores
+        self.forwarder = forwarder
+        self.executor = executor
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        #: (event, queue_id) for metrics: "delivered", "deferred", "bounced", "sanitized"
+        self.on_event = on_event or (lambda _e, _q: None)
+
+    def enqueue(self, queue_id: str) -> None:
+        self.queue.put_nowait(queue_id)
+
+    async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def run(self) -> None:
+        while True:
+            queue_id = await self.queue.get()
+            try:
+                await self.process(queue_id)
+            except Exception:  # a broken entry must not stop the worker, nor be lost
+                log.exception("worker_error", queue_id=queue_id)
+                self._park(queue_id)
+
+    def _park(self, queue_id: str) -> None:
+        """Put an entry that hit a bug back in deferred/, to be tried again later."""
+        state = self.spool.read_state(queue_id)
+        state = replace(state, attempts=state.attempts + 1, last_error="internal error",
+                        next_try=time.time() + retry_delay(state.attempts + 1, self.settings))
+        try:
+            self.spool.defer(queue_id, state)
+        except OSError:
+            log.exception("park_failed", queue_id=queue_id)
+
+    async def scheduler(self) -> None:
+        """Recover claimed entries, enqueue what waits, and wake deferred ones when due."""
+        recovered = self.spool.recover()
+        for queue_id in self.spool.incoming_ids():
+            self.enqueue(queue_id)
+        log.info("spool_recovered", recovered=recovered, waiting=self.queue.qsize())
+        while True:
+            await asyncio.sleep(SCAN_SECONDS)
+            for queue_id in self.spool.due_deferred(time.time()):
+                self.enqueue(queue_id)
+
+    async def process(self, queue_id: str) -> None:
+        entry = self.spool.claim(queue_id)
+        if entry is None:
+            return
+        if entry.envelope.kind == "inbound":
+            await self._sanitize(entry)
+        else:
+            await self._deliver(entry)
+
+    async def _sanitize(self, entry: Entry) -> None:
+        processed = await self._in_thread(sanitize_stage, entry, self.settings, self.stores,
+                                          self.attachments)
+        assert isinstance(processed, Processed)
+        out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
+        out_id = await self._in_thread(self.spool.put, processed.output, out_env)
+        assert isinstance(out_id, str)
+        self.spool.to_hold(entry.queue_id)
+        self.on_event("sanitized", entry.queue_id)
+        log.info("sanitized", queue_id=entry.queue_id, out=out_id,
+                 verdict=processed.report.verdict.value, parts=len(processed.report.actions))
+        self.enqueue(out_id)
+
+    async def _deliver(self, entry: Entry) -> None:
+        env, state = entry.envelope, entry.state
+        origin = str(env.extra.get("origin", entry.queue_id))
+        rcpts = state.pending or list(env.rcpt_tos)
+        data = _with_headers(entry.data, env.add_headers)
+        now = time.time()
+        result = await self.forwarder.deliver(env.mail_from, rcpts, data)
+        state = replace(state, attempts=state.attempts + 1,
+                        first_attempt=state.first_attempt or now)
+        age = now - (env.received_at or state.first_attempt)
+        if age > self.settings.max_queue_lifetime_seconds and result.temporary:
+            result = _expire(result)
+        if result.permanent:
+            await self._bounce(entry, result)
+        if result.temporary:
+            await self._defer(entry, state, result)
+            return
+        status = "bounced" if result.permanent else "delivered"
+        await self._in_thread(self.stores.messages.record_delivery, origin, status,
+                              state.attempts, _summary(result))
+        if result.permanent:
+            self.spool.fail(entry.queue_id)
+        else:
+            self.spool.done(entry.queue_id)
+        self.spool.release_hold(origin, failed=bool(result.permanent))
+        self.on_event(status, origin)
+        log.info(status, queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
+                 remote=result.remote)
+
+    async def _defer(self, entry: Entry, state: RetryState, result: DeliveryResult) -> None:
+        origin = str(entry.envelope.extra.get("origin", entry.queue_id))
+        delay = retry_delay(state.attempts, self.settings)
+        state = replace(state, next_try=time.time() + delay, pending=sorted(result.temporary),
+                        last_error=next(iter(result.temporary.values()))[:300])
+        self.spool.defer(entry.queue_id, state)
+        await self._in_thread(self.stores.messages.record_delivery, origin, "deferred",
+                              state.attempts, state.last_error)
+        self.on_event("deferred", origin)
+        log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
+                 retry_in=round(delay), reply=state.last_error)
+
+    async def _bounce(self, entry: Entry, result: DeliveryResult) -> None:
+        """A DSN to the envelope sender; never for `<>` and never for our own DSNs."""
+        env = entry.envelope
+        if not env.mail_from or env.kind == "dsn":
+            log.warning("bounce_without_dsn", queue_id=entry.queue_id, reason="null sender")
+            return
+        headers = entry.data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        dsn = build_dsn(queue_id=str(env.extra.get("origin", entry.queue_id)),
+                        mail_from=env.mail_from, failures=result.permanent,
+                        original_headers=headers, arrival=env.received_at, remote=result.remote,
+                        settings=self.settings)
+        dsn_env = Envelope(mail_from="", rcpt_tos=(env.mail_from,), kind="dsn",
+                           received_at=time.time())
+        dsn_id = await self._in_thread(self.spool.put, dsn, dsn_env)
+        assert isinstance(dsn_id, str)
+        self.enqueue(dsn_id)
+
+
+def _own_trace(data: bytes) -> bytes:
+    """Our own `Received:` line, which ingress wrote first; the rebuilt message keeps it."""
+    if not data.startswith(b"Received: "):
+        return b""
+    end = 0
+    while True:
+        end = data.index(b"\r\n", end) + 2
+        if data[end:end + 1] not in (b" ", b"\t"):
+            return data[:end]
+
+
+def _with_headers(data: bytes, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """Prepend mugaika's own headers (e.g. who approved a release); values are ours, not input."""
+    block = b"".join(f"{k}: {Header(' '.join(v.split()), 'utf-8').encode()}\r\n".encode()
+                     for k, v in headers)
+    return block + data
+
+
+def _expire(result: DeliveryResult) -> DeliveryResult:
+    expired = {r: f"{reply} (4.4.7 message expired in queue)"
+               for r, reply in result.temporary.items()}
+    return replace(result, temporary={}, permanent={**result.permanent, **expired})
+
+
+def _summary(result: DeliveryResult) -> str:
+    parts = [f"delivered={len(result.delivered)}"]
+    if result.permanent:
+        parts.append("failed: " + "; ".join(f"{r}: {e}" for r, e in result.permanent.items()))
+    return " ".join(parts)[:500]

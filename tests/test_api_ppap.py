@@ -1,0 +1,127 @@
+"""PPAP: the requester gives the ZIP password; the decrypted mail goes to be sanitized.
+
+The decrypter here is a real one built on pyzipper, run in-process; in the gateway the
+lead wires the sandboxed one from the converters (same `Decrypter` signature).
+"""
+
+from __future__ import annotations
+
+import email
+import io
+import zipfile
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+import pyzipper
+
+from gateway.attachments import HeldOriginal
+from gateway.quarantine import WrongPassword
+from gateway.report import Action, ActionKind, Report, Verdict
+from gateway.settings import Settings
+from gateway.store import SqlStores
+from tests.api_helpers import Api, build_api
+from tests.store_helpers import envelope_for
+
+pytest_plugins = ("tests.store_helpers", "tests.api_helpers")
+
+PASSWORD = "Kz7-m2Qp"
+CONTENT = "令和8年度 予算案\n".encode()
+
+
+def _encrypted_zip() -> bytes:
+    buf = io.BytesIO()
+    with pyzipper.AESZipFile(buf, "w", compression=pyzipper.ZIP_DEFLATED,
+                             encryption=pyzipper.WZ_AES) as zf:
+        zf.setpassword(PASSWORD.encode())
+        zf.writestr("yosan.txt", CONTENT)
+    return buf.getvalue()
+
+
+def zip_decrypter(data: bytes, filename: str | None, password: str) -> bytes:
+    out = io.BytesIO()
+    with pyzipper.AESZipFile(io.BytesIO(data)) as zf, zipfile.ZipFile(out, "w") as plain:
+        zf.setpassword(password.encode())
+        for name in zf.namelist():
+            try:
+                plain.writestr(name, zf.read(name))
+            except RuntimeError as exc:  # pyzipper: "Bad password for file"
+                raise WrongPassword() from exc
+    return out.getvalue()
+
+
+def _hold_ppap(stores: SqlStores) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "kyoku@partner.co.jp"
+    msg["To"] = "clerk@example.lg.jp"
+    msg["Subject"] = "予算案（パスワードは別送）"
+    msg.set_content("添付をご確認ください。\n")
+    data = _encrypted_zip()
+    msg.add_attachment(data, maintype="application", subtype="zip", filename="yosan.zip")
+    raw = msg.as_bytes()
+    action = Action("2", "yosan.zip", "application/zip", "application/zip", ActionKind.REMOVED,
+                    "encrypted", code="encrypted", quarantined=True, releasable=True)
+    report = Report("P1", Verdict.SANITIZED, (action,))
+    held = (HeldOriginal("2", "yosan.zip", "application/zip", data, "encrypted"),)
+    env = envelope_for(sender="kyoku@partner.co.jp")
+    stores.messages.record_received("P1", env, len(raw))
+    stores.quarantine.hold("P1", env, raw, report, held)
+    return raw
+
+
+@pytest.fixture
+def ppap_api(stores: SqlStores, settings: Settings) -> Iterator[Api]:
+    api = build_api(stores, settings, decrypt=zip_decrypter)
+    _hold_ppap(stores)
+    yield api
+
+
+def test_right_password_sends_decrypted_mail_to_sanitizing(ppap_api: Api) -> None:
+    """No approval needed: the decrypted ZIP re-enters the pipeline as an inbound mail."""
+    response = ppap_api.client.post("/api/quarantine/P1/release", headers=ppap_api.as_("operator"),
+                                    json={"password": PASSWORD})
+    assert response.status_code == 200, response.json()
+    assert response.json()["status"] == "released"
+    [(raw, envelope)] = ppap_api.spool.put_calls
+    assert envelope.kind == "inbound" and envelope.rcpt_tos == ("clerk@example.lg.jp",)
+    assert envelope.extra == {"ppap_release_of": "P1"}
+    msg = email.message_from_bytes(raw)
+    [part] = [p for p in msg.walk() if p.get_filename() == "yosan.zip"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+        assert zf.read("yosan.txt") == CONTENT
+        assert not any(info.flag_bits & 0x1 for info in zf.infolist())  # not encrypted
+    assert msg["From"] == "kyoku@partner.co.jp"  # the sender's headers travel unchanged
+    audit = ppap_api.client.get("/api/audit", headers=ppap_api.as_("auditor")).json()["items"]
+    assert audit[0]["action"] == "quarantine.release_password"
+
+
+def test_wrong_passwords_are_counted_and_limited(ppap_api: Api) -> None:
+    """Five wrong guesses lock the entry: even the right password is refused afterwards."""
+    headers = ppap_api.as_("operator")
+    for left in (4, 3, 2, 1, 0):
+        wrong = ppap_api.client.post("/api/quarantine/P1/release", headers=headers,
+                                     json={"password": "guess"})
+        assert wrong.status_code == 400, wrong.json()
+        assert f"{left} attempts left" in wrong.json()["message"]
+    locked = ppap_api.client.post("/api/quarantine/P1/release", headers=headers,
+                                  json={"password": PASSWORD})
+    assert locked.status_code == 429
+    assert ppap_api.spool.put_calls == []
+    detail = ppap_api.client.get("/api/quarantine/P1", headers=headers).json()
+    assert detail["password_failures"] == 5 and detail["status"] == "held"
+    audit = ppap_api.client.get("/api/audit", params={"action": "quarantine.password_wrong"},
+                                headers=ppap_api.as_("auditor")).json()
+    assert audit["total"] == 5
+
+
+def test_password_release_needs_an_encrypted_part(api: Api, settings: Settings) -> None:
+    """Without a decrypter wired, or without a releasable part, the answer is 409."""
+    from tests.store_helpers import hold_message
+
+    hold_message(api.stores, settings, "Q1")
+    response = api.client.post("/api/quarantine/Q1/release", headers=api.as_("operator"),
+                               json={"password": "x"})
+    assert response.status_code == 409
+    assert response.json()["code"] == "password_release_unavailable"

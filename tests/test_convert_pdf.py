@@ -1,0 +1,137 @@
+"""PDF → image-only PDF (or page images) + text layer; caps, encryption, damage, findings."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pypdfium2 as pdfium
+import pytest
+from PIL import Image, ImageChops
+
+from converters.errors import Corrupt, Encrypted
+from converters.limits import ConversionPolicy, Limits
+from converters.pdf import PdfConverter
+from tests.convert_helpers import (
+    corrupt_pdf,
+    encrypted_pdf,
+    huge_page_pdf,
+    japanese_pdf,
+    pdf_with_javascript,
+)
+
+POLICY = ConversionPolicy()
+
+
+@pytest.fixture(scope="module")
+def japanese() -> bytes:
+    return japanese_pdf(3)
+
+
+def _page_image(pdf: bytes, index: int, dpi: int = 150) -> Image.Image:
+    return pdfium.PdfDocument(pdf)[index].render(scale=dpi / 72).to_pil().convert("L")
+
+
+def _ink(img: Image.Image) -> float:
+    """Fraction of clearly dark pixels."""
+    hist = img.histogram()
+    return sum(hist[:128]) / (img.width * img.height)
+
+
+def test_japanese_pdf_becomes_image_only_pdf_with_readable_pages(japanese: bytes) -> None:
+    conv = PdfConverter().convert(japanese, "お知らせ.pdf", POLICY)
+    assert [r.filename for r in conv.outputs] == ["お知らせ.pdf", "お知らせ.txt"]
+    assert conv.pages == 3
+    out = conv.outputs[0].data
+    doc = pdfium.PdfDocument(out)
+    assert len(doc) == 3
+    assert doc[0].get_size() == pytest.approx((595.27, 841.89), abs=0.5)  # A4 kept
+    # Only pixels: no fonts, no text layer, no actions in the rendering.
+    assert b"/Font" not in out and b"/JavaScript" not in out and b"/OpenAction" not in out
+    assert doc[0].get_textpage().count_chars() == 0
+    for page in range(3):
+        assert 0.005 < _ink(_page_image(out, page)) < 0.3  # not blank, not a black page
+
+
+def test_japanese_glyphs_are_drawn_not_tofu(japanese: bytes) -> None:
+    """無, 害 and 化 drawn 1 inch wide from x=1in: three different shapes, not three boxes."""
+    out = PdfConverter().convert(japanese, "a.pdf", POLICY).outputs[0].data
+    page = _page_image(out, 0, dpi=72)
+    top = 842 - 700 - 62  # 72 pt glyphs above the baseline at y=700
+    cells = [page.crop((72 + 72 * i, top, 72 + 72 * (i + 1), top + 72)) for i in range(3)]
+    for cell in cells:
+        assert _ink(cell) > 0.05
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        diff = ImageChops.difference(cells[a], cells[b])
+        assert sum(diff.histogram()[64:]) > 200  # clearly different shapes
+
+
+def test_text_layer_is_delivered_as_utf8_with_japanese(japanese: bytes) -> None:
+    conv = PdfConverter().convert(japanese, "a.pdf", POLICY)
+    text = conv.outputs[1].data.decode("utf-8")
+    assert conv.outputs[1].content_type == "text/plain"
+    assert "第2頁 市役所からのお知らせ 行5" in text
+    assert "--- page 3 ---" in text
+
+
+def test_page_cap_renders_the_first_pages_and_says_so() -> None:
+    policy = ConversionPolicy(limits=Limits(max_pages=2))
+    conv = PdfConverter().convert(japanese_pdf(5), "a.pdf", policy)
+    assert conv.pages == 2
+    assert len(pdfium.PdfDocument(conv.outputs[0].data)) == 2
+    assert conv.notes == ("pages 3-5 of 5 not rendered (page cap 2)",)
+    assert conv.extra["total_pages"] == "5"
+
+
+def test_per_page_png_output_policy(japanese: bytes) -> None:
+    policy = ConversionPolicy(pdf_output="png", extract_text=False)
+    conv = PdfConverter().convert(japanese, "doc.pdf", policy)
+    assert [r.filename for r in conv.outputs] == ["doc_p001.png", "doc_p002.png", "doc_p003.png"]
+    img = Image.open(io.BytesIO(conv.outputs[0].data))
+    assert img.format == "PNG"
+    assert img.size[0] == pytest.approx(1240, abs=1) and img.size[1] == pytest.approx(1754, abs=1)
+    assert img.mode == "P"  # a text page: palette, not 24-bit colour
+
+
+def test_per_page_jpeg_output_policy(japanese: bytes) -> None:
+    policy = ConversionPolicy(pdf_output="jpeg", dpi=100)
+    conv = PdfConverter().convert(japanese, "doc.pdf", policy)
+    assert [r.content_type for r in conv.outputs] == ["image/jpeg"] * 3 + ["text/plain"]
+    width, height = Image.open(io.BytesIO(conv.outputs[0].data)).size
+    assert width == pytest.approx(827, abs=1) and height == pytest.approx(1169, abs=1)
+
+
+def test_javascript_and_openaction_are_reported_and_gone() -> None:
+    conv = PdfConverter().convert(pdf_with_javascript(), "a.pdf", POLICY)
+    assert {"pdf:JavaScript", "pdf:OpenAction", "pdf:AA"} <= set(conv.findings)
+    out = conv.outputs[0].data
+    assert b"JavaScript" not in out and b"/AA" not in out and b"app.alert" not in out
+
+
+def test_escaped_names_are_still_found() -> None:
+    data = pdf_with_javascript().replace(b"/OpenAction", b"/Open#41ction")
+    assert "pdf:OpenAction" in PdfConverter().convert(data, "a.pdf", POLICY).findings
+
+
+def test_encrypted_pdf_is_refused_as_encrypted() -> None:
+    with pytest.raises(Encrypted) as info:
+        PdfConverter().convert(encrypted_pdf(), "a.pdf", POLICY)
+    assert info.value.holdable
+
+
+def test_corrupt_pdf_is_refused_as_corrupt() -> None:
+    with pytest.raises(Corrupt):
+        PdfConverter().convert(corrupt_pdf(), "a.pdf", POLICY)
+
+
+def test_giant_page_is_rendered_within_the_pixel_cap() -> None:
+    policy = ConversionPolicy(limits=Limits(max_page_pixels=4_000_000), extract_text=False)
+    conv = PdfConverter().convert(huge_page_pdf(), "a.pdf", policy)
+    found = re.search(rb"/Width (\d+) /Height (\d+)", conv.outputs[0].data)
+    assert found is not None
+    assert int(found[1]) * int(found[2]) <= 4_000_000
+    img_doc = pdfium.PdfDocument(conv.outputs[0].data)
+    width, height = img_doc[0].get_size()
+    assert (width, height) == pytest.approx((14400, 14400))
+    assert "reduced resolution" in conv.notes[0]
+    assert len(conv.outputs[0].data) < 1_000_000

@@ -1,0 +1,130 @@
+"""The sandbox: no network, read-only system, and runaway converters stopped, failing closed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from converters.errors import ConversionError, LimitExceeded, SandboxFailure, Timeout
+from converters.limits import ConversionPolicy, Limits, MiB
+from converters.sandbox import (
+    SandboxConfig,
+    SandboxPool,
+    SandboxUnavailable,
+    Worker,
+    decide_sandboxing,
+)
+from tests.convert_helpers import hostile_registry
+
+TARGETS = hostile_registry().targets()
+QUICK = ConversionPolicy(limits=Limits(wall_seconds=3, cpu_seconds=2, memory_bytes=256 * MiB))
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[SandboxPool]:
+    with SandboxPool(SandboxConfig(TARGETS), size=2) as sandboxed:
+        yield sandboxed
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    yield server
+    server.close()
+
+
+def _accepted(server: socket.socket) -> bool:
+    try:
+        conn, _ = server.accept()
+    except TimeoutError:
+        return False
+    conn.close()
+    return True
+
+
+def test_real_converter_runs_in_the_sandbox(pool: SandboxPool) -> None:
+    conv = pool.convert("text", "件名,金額\n=1+1,3\n".encode(), "a.csv", QUICK)
+    assert conv.outputs[0].data.decode("utf-8-sig") == "件名,金額\r\n'=1+1,3\r\n"
+
+
+def test_network_is_denied(pool: SandboxPool, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    with pytest.raises(ConversionError):
+        pool.convert("hostile", f"connect {port}".encode(), "a.txt", QUICK)
+    assert not _accepted(listener)
+
+
+def test_the_same_connect_succeeds_without_the_sandbox(listener: socket.socket) -> None:
+    """Control: the network test above can fail; only bubblewrap makes it pass."""
+    port = listener.getsockname()[1]
+    with SandboxPool(SandboxConfig(TARGETS, sandboxed=False), size=1) as bare:
+        conv = bare.convert("hostile", f"connect {port}".encode(), "a.txt", QUICK)
+    assert conv.outputs[0].filename == "leaked.txt"
+    assert _accepted(listener)
+
+
+def test_system_is_read_only_and_tmp_is_private(pool: SandboxPool) -> None:
+    outside = Path(__file__).parent / f"escaped-{uuid.uuid4().hex}"
+    with pytest.raises(ConversionError):
+        pool.convert("hostile", f"write {outside}".encode(), "a.txt", QUICK)
+    assert not outside.exists()
+    private = f"/tmp/mugaika-probe-{uuid.uuid4().hex}"
+    conv = pool.convert("hostile", f"write {private}".encode(), "a.txt", QUICK)
+    assert conv.outputs[0].filename == "wrote.txt"  # the converter could write its /tmp...
+    assert not os.path.exists(private)  # ...which is not the host's
+
+
+def test_sleeping_converter_is_stopped_at_the_wall_clock_limit(pool: SandboxPool) -> None:
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        pool.convert("hostile", b"sleep", "a.txt", QUICK)
+    assert time.monotonic() - started < QUICK.limits.wall_seconds + 3
+    # The pool replaced the killed worker: the next attachment converts normally.
+    assert pool.convert("hostile", b"ok", "a.txt", QUICK).outputs[0].data == b"ok"
+
+
+def test_spinning_converter_is_stopped_by_the_cpu_limit(pool: SandboxPool) -> None:
+    policy = ConversionPolicy(limits=Limits(wall_seconds=20, cpu_seconds=1))
+    started = time.monotonic()
+    with pytest.raises(Timeout):
+        pool.convert("hostile", b"spin", "a.txt", policy)
+    assert time.monotonic() - started < 10
+
+
+def test_unbounded_allocation_is_stopped_by_the_memory_limit(pool: SandboxPool) -> None:
+    with pytest.raises(LimitExceeded):
+        pool.convert("hostile", b"alloc", "a.txt", QUICK)
+
+
+def test_killed_worker_leaves_no_process_behind() -> None:
+    worker = Worker(SandboxConfig(TARGETS))
+    assert worker.startup_seconds < 30
+    with pytest.raises(Timeout):
+        worker.convert("hostile", b"sleep", "a.txt",
+                       ConversionPolicy(limits=Limits(wall_seconds=1)))
+    assert worker.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(worker.proc.pid, 0)
+
+
+def test_unknown_converter_name_fails_closed(pool: SandboxPool) -> None:
+    with pytest.raises(SandboxFailure):
+        pool.convert("no-such-converter", b"x", "a.txt", QUICK)
+
+
+def test_refuses_to_start_without_bubblewrap_unless_allowed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SandboxUnavailable):
+        decide_sandboxing(allow_unsandboxed=False, bwrap="/nonexistent/bwrap")
+    with caplog.at_level(logging.CRITICAL, logger="mugaika.sandbox"):
+        assert decide_sandboxing(allow_unsandboxed=True, bwrap="/nonexistent/bwrap") is False
+    assert "SANDBOX DISABLED" in caplog.text
+    assert decide_sandboxing(allow_unsandboxed=False) is True  # bwrap works on this host
