@@ -139,7 +139,12 @@ def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None
         return best
     if not trust_latin:
         return None
-    return _detect_other(untrusted) or best
+    other = _detect_other(untrusted)
+    if best is not None and score >= 0.45 and (other is None or other[1] in ("cp1252", "latin_1")):
+        # Kanji-only Japanese (a CSV of names) scores 0.5; it beats the blind Latin
+        # fallback, never a plausible Chinese or Korean reading.
+        return best
+    return other or best
 
 
 def _best_japanese(untrusted: bytes) -> tuple[float, tuple[str, str] | None]:
