@@ -142,12 +142,12 @@ def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None
 
 def _detect_other_than_japanese(untrusted: bytes, score: float,
                                 best: tuple[str, str] | None) -> tuple[str, str] | None:
-    """Kanji-only Japanese (a CSV of names) scores 0.5: it beats the blind Latin fallback,
-    never a plausible Chinese or Korean reading."""
-    other = _detect_other(untrusted)
-    if best is not None and score >= 0.45 and (other is None or other[1] in ("cp1252", "latin_1")):
+    """Kanji-only Japanese (a CSV of names) scores 0.5 and still wins: this gateway's mail
+    is Japanese, and Chinese or Korean bytes read as CP932 turn into half-width katakana,
+    which scores far lower. charset-normalizer guesses cp949 for such short rosters."""
+    if best is not None and score >= 0.45:
         return best
-    return other or best
+    return _detect_other(untrusted) or best
 
 
 def _best_japanese(untrusted: bytes) -> tuple[float, tuple[str, str] | None]:
