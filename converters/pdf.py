@@ -72,8 +72,12 @@ def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
         raise Corrupt("page without size")
     scale, reduced = page_scale(width_pt, height_pt, policy.dpi, policy.limits.max_page_pixels)
     image = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True).to_pil()
-    text = page.get_textpage().get_text_bounded() if policy.extract_text else ""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = ""
+    if policy.extract_text:
+        text = page.get_textpage().get_text_bounded().replace("\r\n", "\n").replace("\r", "\n")
+        links = pdfscan.link_targets(doc, page)
+        if links:
+            text = text.rstrip() + "\n\n[links]\n" + "\n".join(links)
     return RenderedPage(index, encode(image, prefer), width_pt, height_pt, text, reduced)
 
 

@@ -8,6 +8,7 @@ files, XFA forms) on the parsed document. The scan is bounded in bytes inflated.
 
 from __future__ import annotations
 
+import ctypes
 import re
 import zlib
 
@@ -78,3 +79,33 @@ def document_features(doc: pdfium.PdfDocument) -> tuple[str, ...]:
 
 def merge(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted({f for group in groups for f in group}))
+
+
+#: Bounds on what a page may make us copy into the text file.
+MAX_LINKS_PER_PAGE = 200
+MAX_URI_BYTES = 2048
+
+
+def link_targets(doc: pdfium.PdfDocument, page: pdfium.PdfPage) -> list[str]:
+    """The URI targets of a page's link annotations, so staff keep the links they need.
+
+    Only URI actions are read (never Launch or JavaScript); each is decoded as ASCII with
+    replacement, since a URI is ASCII by definition.
+    """
+    targets: list[str] = []
+    position = ctypes.c_int(0)
+    link = pdfium_c.FPDF_LINK()
+    while (len(targets) < MAX_LINKS_PER_PAGE
+           and pdfium_c.FPDFLink_Enumerate(page.raw, ctypes.byref(position), ctypes.byref(link))):
+        action = pdfium_c.FPDFLink_GetAction(link)
+        if not action or pdfium_c.FPDFAction_GetType(action) != pdfium_c.PDFACTION_URI:
+            continue
+        size = pdfium_c.FPDFAction_GetURIPath(doc.raw, action, None, 0)
+        if size <= 1:
+            continue
+        buffer = ctypes.create_string_buffer(min(size, MAX_URI_BYTES))
+        pdfium_c.FPDFAction_GetURIPath(doc.raw, action, buffer, len(buffer))
+        uri = buffer.value.decode("ascii", "replace")
+        if uri and uri not in targets:
+            targets.append(uri)
+    return targets

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import magic
 
+from converters import archive, office, outlook
 from converters.base import Converter
 from converters.errors import Blocked, ConversionError, DeceptiveName, Unsupported
 from converters.names import blocked_extension, clean_name, extensions, name_trick
@@ -39,6 +40,11 @@ CONVERTERS: tuple[Registration, ...] = (
     Registration("text", "converters.text:TextConverter", (
         "text/plain", "text/csv", "text/tab-separated-values", "text/*",
     )),
+    # In the sandbox "office" is only the macro/DDE scan: LibreOffice runs in its own warm,
+    # sandboxed pool in the gateway (gateway.attachments wires `OfficeConverter`).
+    Registration("office", "converters.office_scan:OfficeScanConverter", office.MIME_TYPES),
+    Registration("archive", "converters.archive:ArchiveConverter", archive.MIME_TYPES),
+    Registration("outlook", "converters.outlook:OutlookConverter", outlook.MIME_TYPES),
 )
 
 #: Content kinds that are removed whatever they are called (original quarantined).
@@ -95,8 +101,11 @@ def detect_type(untrusted: bytes) -> str:
     if head.startswith(b"vhdxfile"):
         return "application/x-vhdx"
     detected = str(magic.from_buffer(head, mime=True)).lower()
-    if detected == "application/zip" and b"META-INF/MANIFEST.MF" in head:
-        return "application/java-archive"
+    if detected == "application/zip":
+        if b"META-INF/MANIFEST.MF" in head:
+            return "application/java-archive"
+        # libmagic knows OOXML only when [Content_Types].xml is the first entry.
+        return office.refine_zip_type(untrusted) or detected
     return _ALIASES.get(detected, detected)
 
 

@@ -52,6 +52,13 @@ START_TIMEOUT = 30.0
 KILL_GRACE = 1.0
 
 
+class WorkerDied(SandboxFailure):
+    """The worker process itself ended (killed, out of memory), not the conversion child.
+
+    Usually not the document's doing (each runs in a forked child), so the pool retries
+    once on a fresh worker; a second death fails the attachment closed."""
+
+
 class SandboxUnavailable(RuntimeError):
     """bubblewrap cannot run here and the operator did not allow unsandboxed conversion."""
 
@@ -170,7 +177,10 @@ class Worker:
         except Timeout:
             self.stop()
             raise
-        except (OSError, FramingError, EOFError) as exc:
+        except (OSError, EOFError) as exc:
+            self.stop()
+            raise WorkerDied("converter worker ended") from exc
+        except FramingError as exc:
             self.stop()
             raise SandboxFailure("converter worker failed") from exc
         return conversion_from_frame(header, blobs)
@@ -222,6 +232,13 @@ class SandboxPool:
         """Convert in a warm worker; raise a `ConversionError` on any failure."""
         if self._closed:
             raise SandboxFailure("the converter pool is closed")
+        try:
+            return self._convert_once(name, untrusted, filename, policy)
+        except WorkerDied:
+            return self._convert_once(name, untrusted, filename, policy)
+
+    def _convert_once(self, name: str, untrusted: bytes, filename: str,
+                      policy: ConversionPolicy) -> Conversion:
         worker = self._idle.get()
         try:
             if worker is None or not worker.alive():

@@ -126,7 +126,7 @@ def _serve_one(converters: dict[str, Converter], header: dict[str, Any], blobs: 
         overflow = bool(pipe.read(1))
     if overflow:
         os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+    _, status, usage = os.wait4(pid, 0)
     if overflow:
         write_frame(out, error_to_frame(LimitExceeded("renderings exceed max_output_bytes")))
         return
@@ -135,7 +135,12 @@ def _serve_one(converters: dict[str, Converter], header: dict[str, Any], blobs: 
     except (FramingError, EOFError):
         write_frame(out, error_to_frame(_child_failure(status)))
         return
-    write_frame(out, {k: v for k, v in answer.items() if k != "blobs"}, tuple(answer_blobs))
+    answer = {k: v for k, v in answer.items() if k != "blobs"}
+    if answer.get("ok") and isinstance(answer.get("extra"), dict):
+        # What the conversion cost, renderers included: for metrics and the bench.
+        answer["extra"]["cpu_ms"] = str(round((usage.ru_utime + usage.ru_stime) * 1000))
+        answer["extra"]["max_rss_kb"] = str(usage.ru_maxrss)
+    write_frame(out, answer, tuple(answer_blobs))
 
 
 def main(argv: list[str]) -> int:
@@ -150,7 +155,10 @@ def main(argv: list[str]) -> int:
             header, blobs = read_frame(inp, MAX_INPUT_BYTES)
         except EOFError:
             return 0
-        _serve_one(converters, header, blobs, out)
+        try:
+            _serve_one(converters, header, blobs, out)
+        except (KeyError, TypeError, ValueError):  # a malformed request from the gateway
+            write_frame(out, error_to_frame(SandboxFailure("bad request")))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from converters.base import Conversion, Rendering
+from converters.base import Conversion, Converter, Rendering
 from converters.errors import ConversionError, LimitExceeded, SandboxFailure
 from converters.limits import ConversionPolicy, Limits
 from converters.names import clean_name
+from converters.office import OfficeConverter
+from converters.office_pool import OfficeConfig, OfficePool
+from converters.office_scan import scan_result_from
 from converters.registry import Classification, Registry
 from converters.sandbox import SandboxConfig, SandboxPool, decide_sandboxing
 from gateway.parse import Leaf
@@ -25,6 +29,8 @@ from gateway.settings import Settings
 
 #: Declared type given to container members: they carry no type of their own.
 MEMBER_DECLARED_TYPE = "application/octet-stream"
+#: Mail inside mail is sanitized by the whole pipeline again (gateway.forwarded).
+FORWARDED_TYPE = "message/rfc822"
 
 
 @dataclass(frozen=True)
@@ -63,30 +69,55 @@ def policy_from_settings(settings: Settings) -> ConversionPolicy:
 
 @dataclass(frozen=True)
 class AttachmentContext:
-    """Built once at start-up from Settings and shared by every message: policy + pool."""
+    """Built once at start-up from Settings and shared by every message: policy + pools."""
 
     policy: ConversionPolicy
     registry: Registry
     pool: SandboxPool
+    settings: Settings | None = None
+    #: Converters that run in the gateway process because they sandbox themselves and
+    #: keep state across documents (Office: a warm LibreOffice pool), by registry name.
+    local: Mapping[str, Converter] = field(default_factory=dict)
+    office: OfficePool | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, registry: Registry | None = None
                       ) -> AttachmentContext:
-        """Check bubblewrap (raise `SandboxUnavailable` unless unsandboxed is allowed)."""
+        """Check bubblewrap (raise `SandboxUnavailable` unless unsandboxed is allowed).
+
+        Workers and LibreOffice instances start on first use; `pool.warm()` starts the
+        converter workers at once."""
         registry = registry or Registry()
         sandboxed = decide_sandboxing(settings.allow_unsandboxed)
         size = settings.converter_workers or settings.workers
         pool = SandboxPool(SandboxConfig(registry.targets(), sandboxed=sandboxed), size)
-        return cls(policy_from_settings(settings), registry, pool)
+        policy = policy_from_settings(settings)
+        office = OfficePool(OfficeConfig(
+            pool_size=settings.office_pool_size, max_documents=settings.office_max_documents,
+            timeout_seconds=settings.office_timeout_seconds, sandboxed=sandboxed))
+        local = {"office": _office_converter(office, pool, policy)}
+        return cls(policy, registry, pool, settings, local, office)
 
     def close(self) -> None:
         self.pool.close()
+        if self.office is not None:
+            self.office.close()
 
     def __enter__(self) -> AttachmentContext:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _office_converter(office: OfficePool, pool: SandboxPool, policy: ConversionPolicy
+                      ) -> OfficeConverter:
+    """LibreOffice in its own pool; the macro scan and the PDF rendering in the sandbox."""
+    return OfficeConverter(
+        office,
+        scanner=lambda data: scan_result_from(pool.convert("office", data, "document", policy)),
+        renderer=lambda pdf, name, pol: pool.convert("pdf", pdf, name, pol),
+    )
 
 
 @dataclass(frozen=True)
@@ -107,21 +138,47 @@ class _Budget:
     names: set[str] = field(default_factory=set)
 
 
-def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext) -> AttachmentOutcome:
-    """Convert `leaf` in the sandbox, or remove it; hold its original either way."""
-    budget = _Budget(ctx.policy.limits.archive_max_members)
+@dataclass(frozen=True)
+class _Walk:
+    """What every level of one attachment's tree shares."""
+
+    ctx: AttachmentContext
+    queue_id: str
+    settings: Settings | None
+    budget: _Budget
+
+
+def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext, queue_id: str = "",
+                        settings: Settings | None = None,
+                        used_names: set[str] | None = None) -> AttachmentOutcome:
+    """Convert `leaf` in the sandbox, or remove it; hold its original either way.
+
+    `settings` are the current message's (forwarded mail lowers its depth budget); they
+    default to the context's. `used_names`, shared by all attachments of one message,
+    keeps output names unique across them (`報告 (2).pdf`).
+    """
+    budget = _Budget(ctx.policy.limits.archive_max_members,
+                     used_names if used_names is not None else set())
+    walk = _Walk(ctx, queue_id, settings or ctx.settings, budget)
     top = _Part(leaf.part, leaf.filename, leaf.content_type, leaf.payload)
-    return _handle(top, ctx, 0, budget)
+    return _handle(top, walk, 0)
 
 
-def _handle(item: _Part, ctx: AttachmentContext, depth: int, budget: _Budget
-            ) -> AttachmentOutcome:
+def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
+    ctx, budget = walk.ctx, walk.budget
     found = ctx.registry.classify(item.untrusted, item.untrusted_name, item.declared)
+    if found.detected_type == FORWARDED_TYPE and walk.settings is not None and (
+            found.refusal is None or found.refusal.code == "unsupported_type"):
+        return _forwarded(item, walk)
     if found.refusal is not None or found.converter is None:
         return _removed(item, found, found.refusal or SandboxFailure("no converter"))
+    local = ctx.local.get(found.converter)
     try:
-        conversion = ctx.pool.convert(found.converter, item.untrusted, found.clean_name,
-                                      ctx.policy)
+        if local is not None:
+            conversion = local.convert(item.untrusted, found.clean_name, ctx.policy)
+        else:
+            conversion = ctx.pool.convert(found.converter, item.untrusted, found.clean_name,
+                                          ctx.policy)
     except ConversionError as err:
         return _removed(item, found, err)
     except Exception:  # a bug must not deliver the file: map it to a closed failure
@@ -137,11 +194,29 @@ def _handle(item: _Part, ctx: AttachmentContext, depth: int, budget: _Budget
     held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
                         "converted")
     outcome = AttachmentOutcome((action,), outputs, (held,))
-    return _merge(outcome, _members(item.part, conversion, ctx, depth, budget))
+    return _merge(outcome, _members(item.part, conversion, walk, depth))
 
 
-def _members(part: str, conversion: Conversion, ctx: AttachmentContext, depth: int,
-             budget: _Budget) -> list[AttachmentOutcome]:
+def _forwarded(item: _Part, walk: _Walk) -> AttachmentOutcome:
+    """Mail inside mail: the whole pipeline again, reusing this context's warm pools."""
+    from gateway.forwarded import sanitize_forwarded  # imports this module: import late
+    from gateway.sanitize import Sanitized, sanitize
+
+    assert walk.settings is not None
+
+    def again(untrusted: bytes, queue_id: str, settings: Settings) -> Sanitized:
+        return sanitize(untrusted, queue_id, settings, walk.ctx)
+
+    leaf = Leaf(item.part, FORWARDED_TYPE, item.untrusted_name, "attachment", None,
+                item.untrusted)
+    outcome = sanitize_forwarded(leaf, walk.queue_id, walk.settings, again)
+    outputs = tuple(_unique(r, walk.budget.names) for r in outcome.outputs)
+    return AttachmentOutcome(outcome.actions, outputs, outcome.held)
+
+
+def _members(part: str, conversion: Conversion, walk: _Walk, depth: int
+             ) -> list[AttachmentOutcome]:
+    ctx, budget = walk.ctx, walk.budget
     outcomes = []
     for member in conversion.members:
         name = posixpath.basename(member.path) or None
@@ -152,7 +227,7 @@ def _members(part: str, conversion: Conversion, ctx: AttachmentContext, depth: i
             why = "nesting" if depth + 1 > ctx.policy.limits.archive_max_depth else "members"
             outcomes.append(_removed(item, found, LimitExceeded(f"container {why} cap")))
             continue
-        outcomes.append(_handle(item, ctx, depth + 1, budget))
+        outcomes.append(_handle(item, walk, depth + 1))
     return outcomes
 
 

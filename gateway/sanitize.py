@@ -46,8 +46,9 @@ def sanitize(untrusted: bytes, queue_id: str, settings: Settings,
     actions: list[Action] = list(body.actions)
     outputs: list[Rendering] = []
     held: list[HeldOriginal] = []
+    names: set[str] = set()
     for leaf in body.attachments:
-        outcome = sanitize_attachment(leaf, ctx)
+        outcome = sanitize_attachment(leaf, ctx, queue_id, settings, names)
         actions.extend(outcome.actions)
         outputs.extend(outcome.outputs)
         held.extend(outcome.held)

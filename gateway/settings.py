@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     quarantine_retention_days: int = 30
     notice_contact: str = "情報政策課 (内線 1234)"
     templates_dir: Path | None = None
-    # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~60 MB RSS.
+    # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~30 MB RSS.
     converter_workers: int = 0
     # issue 5: Office, archives, mail in mail (docs/office-archives.md)
     office_pool_size: int = Field(default=1, description="warm LibreOffice instances, 340 MB each")

@@ -8,6 +8,7 @@ happen inside the builders so the worker that imports this module stays light.
 from __future__ import annotations
 
 import io
+import os
 import socket
 import struct
 import time
@@ -24,8 +25,9 @@ HOSTILE_TYPE = "text/plain"
 
 
 class Hostile:
-    """Misbehaves as its input asks: `sleep`, `spin`, `alloc`, `connect PORT`, `write PATH`,
-    `nest` (a container holding itself), anything else: a harmless `ok.txt`."""
+    """Misbehaves as its input asks: `sleep`, `spin`, `alloc`, `crash`, `big N` (N bytes of
+    output), `connect PORT`, `write PATH`, `nest` (a container holding itself); anything
+    else: a harmless `ok.txt`."""
 
     name = "hostile"
 
@@ -45,6 +47,13 @@ class Hostile:
             with socket.create_connection(("127.0.0.1", int(arg)), timeout=3) as conn:
                 conn.sendall(b"leaked")
             return Conversion(outputs=(Rendering("leaked.txt", "text/plain", b"connected"),))
+        if verb == "killserver":  # a compromised child turning on its fork server
+            os.kill(os.getppid(), 9)
+            time.sleep(5)
+        if verb == "crash":
+            os.abort()
+        if verb == "big":
+            return Conversion(outputs=(Rendering("big.txt", "text/plain", b"x" * int(arg)),))
         if verb == "nest":  # a container: a CSV, an executable, and itself again
             return Conversion(members=(
                 Member("dir/inner.csv", b"=1+1,2\n"),

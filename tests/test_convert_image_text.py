@@ -89,7 +89,8 @@ def test_shift_jis_text_is_delivered_as_utf8() -> None:
 
 def test_csv_with_formulas_is_made_inert_and_readable_in_excel() -> None:
     rows = ('氏名,金額,備考\r\n山田,-1200,"=HYPERLINK(""http://evil"",""click"")"\r\n'
-            '佐藤,+81,@SUM(A1:A2)\r\n鈴木,3.5,"\tcmd|\' /C calc\'!A0"\r\n田中,=1+1,－2\r\n')
+            '佐藤,+81,@SUM(A1:A2)\r\n鈴木,3.5,"\tcmd|\' /C calc\'!A0"\r\n田中,=1+1,－2\r\n'
+            'お問い合わせ,0,よろしくお願いします\r\n')
     conv = TextConverter().convert(rows.encode("cp932"), "名簿.csv", POLICY)
     (out,) = conv.outputs
     assert out.filename == "名簿.csv" and out.content_type == "text/csv"
@@ -99,6 +100,12 @@ def test_csv_with_formulas_is_made_inert_and_readable_in_excel() -> None:
     assert "'=1+1" in text and "'－2" in text
     assert "山田,-1200," in text and "佐藤,+81," in text  # plain numbers untouched
     assert conv.notes == ("decoded as cp932", "5 spreadsheet formula cells made inert")
+
+
+def test_cp932_roster_of_kanji_names_is_decoded() -> None:
+    data = "氏名,金額\r\n山田,1200\r\n佐藤,800\r\n鈴木,300\r\n".encode("cp932")
+    (out,) = TextConverter().convert(data, "名簿.csv", POLICY).outputs
+    assert "山田" in out.data.decode("utf-8-sig")
 
 
 def test_tsv_cells_are_made_inert_too() -> None:

@@ -135,3 +135,70 @@ def test_giant_page_is_rendered_within_the_pixel_cap() -> None:
     assert (width, height) == pytest.approx((14400, 14400))
     assert "reduced resolution" in conv.notes[0]
     assert len(conv.outputs[0].data) < 1_000_000
+
+
+def _colour_pdf() -> bytes:
+    """Page 1: flat colours (a red box, blue text); page 2: a photo; page 3: grey photo."""
+    from PIL import Image
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    noise = Image.effect_noise((400, 300), 80)
+    photo = Image.merge("RGB", (noise, noise.rotate(180), noise.transpose(
+        Image.Transpose.FLIP_LEFT_RIGHT)))
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.setFillColorRGB(0.8, 0.1, 0.1)
+    pdf.rect(100, 500, 200, 100, fill=1, stroke=0)
+    pdf.setFillColorRGB(0.1, 0.2, 0.8)
+    pdf.setFont("Helvetica", 30)
+    pdf.drawString(100, 400, "Blue heading")
+    pdf.showPage()
+    pdf.drawImage(ImageReader(photo), 100, 300, width=400, height=300)
+    pdf.showPage()
+    pdf.drawImage(ImageReader(noise.convert("RGB")), 100, 300, width=400, height=300)
+    pdf.showPage()
+    pdf.save()
+    return buf.getvalue()
+
+
+def test_colour_and_photo_pages_keep_their_colours() -> None:
+    """Palette (Indexed) and JPEG pages in the image-only PDF show what the original showed."""
+    original = _colour_pdf()
+    out = PdfConverter().convert(original, "c.pdf", POLICY).outputs[0].data
+    assert b"/Indexed" in out and b"/DCTDecode" in out
+    for page in range(3):
+        before = pdfium.PdfDocument(original)[page].render(scale=1).to_pil().convert("RGB")
+        after = pdfium.PdfDocument(out)[page].render(scale=1).to_pil().convert("RGB")
+        assert before.size == after.size
+        diff = ImageChops.difference(before, after).convert("L")
+        mean = sum(i * n for i, n in enumerate(diff.histogram())) / (diff.width * diff.height)
+        assert mean < 12, (page, mean)
+    flat = pdfium.PdfDocument(out)[0].render(scale=1).to_pil().convert("RGB")
+    red = flat.getpixel((200, 842 - 550))
+    assert red[0] > 170 and red[1] < 60 and red[2] < 60
+
+
+def test_grey_photo_page_is_jpeg_and_text_page_is_palette_png() -> None:
+    out = PdfConverter().convert(_colour_pdf(), "c.pdf", ConversionPolicy(pdf_output="png"))
+    kinds = [Image.open(io.BytesIO(r.data)).mode for r in out.outputs[:3]]
+    assert kinds == ["P", "RGB", "L"]  # flat colour → palette; photos keep every tone
+    text = PdfConverter().convert(japanese_pdf(1), "t.pdf", ConversionPolicy(pdf_output="png"))
+    page = Image.open(io.BytesIO(text.outputs[0].data))
+    assert page.mode == "P" and len(page.getcolors() or []) <= 16  # 16 grey levels
+
+
+def test_link_targets_are_listed_in_the_text_file() -> None:
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.drawString(72, 720, "Click here")
+    pdf.linkURL("https://www.city.example.lg.jp/kurashi/", (72, 710, 200, 735))
+    pdf.showPage()
+    pdf.save()
+    conv = PdfConverter().convert(buf.getvalue(), "l.pdf", POLICY)
+    text = conv.outputs[1].data.decode()
+    assert "Click here" in text
+    assert "[links]\nhttps://www.city.example.lg.jp/kurashi/" in text
+    assert b"/URI" not in conv.outputs[0].data  # the rendering itself has no links

@@ -136,3 +136,58 @@ def test_policy_follows_settings() -> None:
         100, 7, "png", False)
     assert policy.limits.wall_seconds == 9.5 and policy.limits.cpu_seconds == 10
     assert policy.limits.archive_max_depth == 4
+
+
+def test_forwarded_mail_is_sanitized_again_with_the_same_pools(ctx: AttachmentContext) -> None:
+    inner = EmailMessage()
+    inner["From"] = "attacker@example.com"
+    inner["Subject"] = "請求書"
+    inner.set_content("請求書を添付します。")
+    inner.add_attachment(pe_bytes(), maintype="application", subtype="octet-stream",
+                         filename="setup.exe")
+    inner.add_attachment(japanese_pdf(1), maintype="application", subtype="pdf",
+                         filename="明細.pdf")
+    outer = EmailMessage()
+    outer["From"] = "colleague@example.com"
+    outer["Subject"] = "転送"
+    outer.set_content("転送します。")
+    outer.add_attachment(inner)
+    s = sanitize(outer.as_bytes(), "Q5", SETTINGS, ctx)
+    actions = {a.part: a for a in s.report.actions}
+    assert actions["2"].action is ActionKind.CONVERTED
+    assert actions["2/2"].code == "blocked_type"  # setup.exe, one level down
+    assert actions["2/3"].action is ActionKind.CONVERTED  # the PDF, rendered
+    (eml,) = [o for o in s.outputs if o.content_type == "message/rfc822"]
+    forwarded = email.message_from_bytes(eml.data, policy=email.policy.default)
+    assert isinstance(forwarded, EmailMessage)
+    assert set(_attachments(forwarded)) == {"明細.pdf", "明細.txt"}
+    assert pe_bytes() not in eml.data
+
+
+@pytest.mark.slow
+def test_word_document_is_rendered_through_the_office_pool(ctx: AttachmentContext) -> None:
+    import io
+
+    from docx import Document
+
+    doc = Document()
+    doc.add_paragraph("令和6年度 予算説明会のお知らせ")
+    buf = io.BytesIO()
+    doc.save(buf)
+    s = sanitize(mail([("案内.docx", "application/octet-stream", buf.getvalue())]), "Q6",
+                 SETTINGS, ctx)
+    (action,) = [a for a in s.report.actions if a.filename == "案内.docx"]
+    assert action.action is ActionKind.CONVERTED, action
+    files = _attachments(_delivered(s))
+    assert set(files) == {"案内.pdf", "案内.txt"}
+    assert "予算説明会" in files["案内.txt"].decode()
+
+
+def test_output_names_are_unique_across_attachments(ctx: AttachmentContext) -> None:
+    pdf = japanese_pdf(1)
+    s = sanitize(mail([("報告.pdf", "application/pdf", pdf), ("報告.pdf", "application/pdf", pdf)]),
+                 "Q7", SETTINGS, ctx)
+    converted = [a.outputs for a in s.report.actions if a.action is ActionKind.CONVERTED]
+    assert converted == [("報告.pdf", "報告.txt"), ("報告 (2).pdf", "報告 (2).txt")]
+    assert set(_attachments(_delivered(s))) == {"報告.pdf", "報告.txt", "報告 (2).pdf",
+                                                 "報告 (2).txt"}

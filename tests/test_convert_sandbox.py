@@ -19,6 +19,7 @@ from converters.sandbox import (
     SandboxPool,
     SandboxUnavailable,
     Worker,
+    WorkerDied,
     decide_sandboxing,
 )
 from tests.convert_helpers import hostile_registry
@@ -113,6 +114,38 @@ def test_killed_worker_leaves_no_process_behind() -> None:
     assert worker.proc.poll() is not None
     with pytest.raises(ProcessLookupError):
         os.killpg(worker.proc.pid, 0)
+
+
+def test_crashing_converter_fails_closed_and_the_worker_survives(pool: SandboxPool) -> None:
+    with pytest.raises(SandboxFailure):
+        pool.convert("hostile", b"crash", "a.txt", QUICK)
+    conv = pool.convert("hostile", b"ok", "a.txt", QUICK)
+    assert conv.outputs[0].data == b"ok"
+    assert int(conv.extra["cpu_ms"]) >= 0 and int(conv.extra["max_rss_kb"]) > 0
+
+
+def test_output_beyond_the_cap_is_refused(pool: SandboxPool) -> None:
+    policy = ConversionPolicy(limits=Limits(wall_seconds=5, max_output_bytes=1_000_000))
+    assert len(pool.convert("hostile", b"big 900000", "a.txt", policy).outputs[0].data) == 900_000
+    with pytest.raises(LimitExceeded):
+        pool.convert("hostile", b"big 1100000", "a.txt", policy)
+
+
+def test_a_worker_killed_between_attachments_is_replaced_transparently() -> None:
+    with SandboxPool(SandboxConfig(TARGETS), size=1) as single:
+        single.warm()
+        (worker,) = [single._idle.get()]
+        single._idle.put(worker)
+        assert worker is not None
+        os.killpg(worker.proc.pid, 9)
+        time.sleep(0.2)  # dead, but the pool has not looked yet
+        assert single.convert("hostile", b"ok", "a.txt", QUICK).outputs[0].data == b"ok"
+
+
+def test_a_child_that_kills_its_worker_fails_closed_after_one_retry(pool: SandboxPool) -> None:
+    with pytest.raises(WorkerDied):
+        pool.convert("hostile", b"killserver", "a.txt", QUICK)
+    assert pool.convert("hostile", b"ok", "a.txt", QUICK).outputs[0].data == b"ok"
 
 
 def test_unknown_converter_name_fails_closed(pool: SandboxPool) -> None:
