@@ -8,6 +8,7 @@ database does not yield usable tokens.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,6 +52,13 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 
+#: Names go into the audit log and the X-Mugaika-Released-By header: no spaces or controls.
+#: \w admits kanji and kana, so staff can use their own names.
+_NAME = re.compile(r"^[\w.@-]{1,64}$")
+#: Actors the gateway itself uses; a token must not be mistaken for them in the audit log.
+RESERVED_PREFIXES = ("cli:", "system", "notice-link")
+
+
 class TokenError(Exception):
     """A token could not be created (e.g. the name is taken)."""
 
@@ -80,6 +88,9 @@ class TokenStore:
         """A new token; the plain value is returned here and never again."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         label = name or f"{role.value}-{secrets.token_hex(4)}"
+        if not _NAME.match(label) or label.startswith(RESERVED_PREFIXES):
+            raise TokenError("a token name is 1-64 letters, digits, '.', '_', '@' or '-', "
+                             "and does not start with 'cli:' or 'system'")
         now = self._clock()
         try:
             with write(self._engine) as conn:

@@ -13,7 +13,7 @@ from gateway.settings import Settings
 from gateway.store import SqlStores
 from gateway.store.records import QuarantineQuery
 from gateway.store.schema import blobs
-from gateway.tokens import Permission, Role
+from gateway.tokens import Permission, Role, TokenError
 from tests.store_helpers import EXE_BYTES, FakeClock, hold_message, mail_with_attachment
 
 pytest_plugins = ("tests.store_helpers",)
@@ -146,3 +146,11 @@ def test_tokens_are_stored_hashed_and_revocable(stores: SqlStores) -> None:
     assert stores.tokens.revoke("yamada")
     assert stores.tokens.authenticate(token) is None
     assert info.name == "yamada"
+
+
+def test_token_names_are_safe_labels(stores: SqlStores) -> None:
+    """Names end up in headers and the audit log: no line breaks, no look-alike actors."""
+    assert stores.tokens.create(Role.APPROVER, "山田.taro")[0].name == "山田.taro"
+    for bad in ("a\r\nBcc: x@evil", "two words", "x" * 65, "system", "notice-link"):
+        with pytest.raises(TokenError):
+            stores.tokens.create(Role.ADMIN, bad)
