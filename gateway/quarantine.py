@@ -148,10 +148,10 @@ class QuarantineService:
         return gone
 
     def request_release(
-        self, entry_id: str, actor: Actor, reason: str = "", always_approve: bool = False
+        self, entry_id: str, actor: Actor, reason: str = "", force_approval: bool = False
     ) -> ReleaseOutcome:
         """File a release request; carried out at once only when approval is switched off
-        and the caller is staff (`always_approve` keeps a recipient's link request pending)."""
+        and the caller is staff (`force_approval` keeps a recipient's link request pending)."""
         entry = self.show(entry_id)
         if entry.status != HELD:
             raise Conflict(f"entry is {entry.status}, not held")
@@ -160,7 +160,7 @@ class QuarantineService:
             raise Conflict("entry is no longer held")
         self._stores.audit.record(actor, "quarantine.release_request", entry_id,
                                   request_id=request_id, reason=reason)
-        if not (self._settings.release_requires_approval or always_approve):
+        if not (self._settings.release_requires_approval or force_approval):
             return self._carry_out(entry, request_id, actor, requester=actor.name)
         return ReleaseOutcome(entry_id, "pending", request_id)
 

@@ -69,7 +69,7 @@ def confirm_page(_actor: Link, ctx: Ctx, entry_id: Id, request: Request) -> HTML
 def request_by_link(actor: Link, ctx: Ctx, entry_id: Id) -> HTMLResponse:
     try:
         ctx.quarantine.request_release(entry_id, actor, "requested by a recipient (notice link)",
-                                       always_approve=True)
+                                       force_approval=True)
     except NotFound:
         return _page("この隔離メールは保管期間を過ぎたか、削除されました。", 404)
     except Conflict:
