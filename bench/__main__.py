@@ -68,6 +68,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         if r.get("status") != "ran":
             rows.append((short, r.get("status", "?"), "", "", "", ""))
             continue
+        if "value" not in r:  # a module with its own figures: one line per scalar figure
+            rows += [(short if i == 0 else "", f"{k} = {_fmt(v)}", "", "", "", "")
+                     for i, (k, v) in enumerate(
+                         (k, v) for k, v in r.items()
+                         if k not in ("status",) and isinstance(v, int | float | str))]
+            continue
         unit = r.get("unit", "")
         rows.append((short, f"{_fmt(r.get('value'))} {unit}".strip(),
                      f"{_fmt(r.get('baseline'))} {r.get('baseline_name', '')}".strip(),

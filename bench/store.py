@@ -19,7 +19,7 @@ from gateway.sanitize import sanitize
 from gateway.settings import Settings
 from gateway.store import SqlStores, open_stores
 from gateway.store.messages import MessageQuery
-from gateway.store.quarantine import QuarantineQuery
+from gateway.store.records import QuarantineQuery
 
 N = 300
 

@@ -137,8 +137,16 @@ def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None
     score, best = _best_japanese(untrusted)
     if best is not None and score >= 0.6:
         return best
-    if not trust_latin:
-        return None
+    return _detect_other_than_japanese(untrusted, score, best) if trust_latin else None
+
+
+def _detect_other_than_japanese(untrusted: bytes, score: float,
+                                best: tuple[str, str] | None) -> tuple[str, str] | None:
+    """Kanji-only Japanese (a CSV of names) scores 0.5 and still wins: this gateway's mail
+    is Japanese, and Chinese or Korean bytes read as CP932 turn into half-width katakana,
+    which scores far lower. charset-normalizer guesses cp949 for such short rosters."""
+    if best is not None and score >= 0.45:
+        return best
     return _detect_other(untrusted) or best
 
 

@@ -5,6 +5,8 @@ newsletter); a bare lexbor `text()` takes under 1 ms but loses layout and keeps 
 text. Here lexbor does the work in C: we drop what must not be shown, insert marker
 characters (Unicode private use) where blocks, line breaks and table cells start, and
 read the whole text in one `text()` call; a regex pass then turns markers into lines.
+(Cells are marked at their end tag: a table written without `</td>` keeps its rows but
+its cells run together.)
 Block and cell markers go into the source before parsing (C-speed regex substitutions,
 placed only where the HTML parser keeps text in place: never between table rows, where
 it would be moved out of the table); the DOM is touched only for elements that need a
@@ -33,18 +35,19 @@ from converters.charset import decode_bytes, normalize_label
 __all__ = ["HtmlText", "decode_html", "defang_urls", "html_to_text"]
 
 _NL = "\ue000"  # a line break we inserted (runs of them are one break)
-_CELL = "\ue001"  # a table cell starts
+_CELL = "\ue001"  # a table cell ends (placed before </td>, inside the cell)
 _SP = "\ue002"  # a space that must survive whitespace collapsing (in <pre>)
 _PARA = "\ue003"  # a paragraph boundary: a blank line
 _BR = "\ue004"  # a <br>: one line break each, never merged with its neighbours
 _LI = "\ue005"  # a list item starts
-_ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI)
+_QS, _QE = "\ue006", "\ue007"  # a blockquote starts / ends: its lines get "> "
+_ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI, _QS, _QE)
 
 _DROP = ["script", "style", "head", "title", "noscript", "template", "iframe", "object",
          "embed", "applet", "svg", "math", "select", "textarea", "input", "button",
          "frameset", "frame", "audio", "video", "canvas", "map"]
 _DROP_SELECTOR = ",".join(["[data-mugaika-hidden]", *_DROP])
-_PARA_TAGS = "p|h[1-6]|blockquote|table|dl|ul|ol|figure|address|center|fieldset|pre"
+_PARA_TAGS = "p|h[1-6]|table|dl|ul|ol|figure|address|center|fieldset|pre"
 _LINE_TAGS = "div|li|dt|dd|section|article|header|footer|nav|aside|main|caption|figcaption|form"
 # Every substitution consumes a literal "<" (fast search) and has a constant replacement
 # (no per-match template expansion). Closing markers go *before* the end tag, inside the
@@ -59,15 +62,18 @@ def _ci(names: str) -> str:
 
 def _source_marks(case: Callable[[str], str]) -> tuple[tuple[re.Pattern[str], str], ...]:
     para = "|".join(f"h{n}" for n in range(1, 7)).join(_PARA_TAGS.split("h[1-6]"))
+    no_table = para.replace("table|", "")
+    line = _LINE_TAGS
     rules = (
-        (rf"<(?=(?:{case(para)})[\s/>])", _PARA + "<"),
-        (rf"</(?=(?:{case(para.replace('table|', ''))})\s*>)", _PARA + "</"),
+        # one pass per marker: the "<" is consumed and put back, so "</p" stays "</p"
+        (rf"<(?=(?:{case(para)})[\s/>]|/(?:{case(no_table)})[\s>])", _PARA + "<"),
         (rf"</{case('table')}\s*>", "</table>" + _PARA),
-        (rf"<(?=(?:{case(_LINE_TAGS)})[\s/>])", _NL + "<"),
-        (rf"</(?=(?:{case(_LINE_TAGS)})\s*>)", _NL + "</"),
+        (rf"<(?=/?(?:{case(line)})[\s/>])", _NL + "<"),
         (rf"<(?={case('li')}[\s/>])", _LI + "<"),
-        (rf"</(?=(?:{case('td|th')})\s*>)", _CELL + "</"),
-        (rf"</(?=(?:{case('td|th')})\s*>\s*</{case('tr')}\s*>)", _NL + "</"),
+        (rf"<(?={case('blockquote')}[\s/>])", _PARA + _QS + "<"),
+        (rf"<(?=/{case('blockquote')}\s*>)", _PARA + _QE + "<"),
+        (rf"<(?=/(?:{case('td|th')})\s*>\s*</{case('tr')}\s*>)", _NL + "<"),
+        (rf"<(?=/(?:{case('td|th')})\s*>)", _CELL + "<"),
         (rf"<{case('br')}(?=[\s/>])[^>]*>", _BR),
         (rf"<{case('hr')}(?=[\s/>])[^>]*>", f"{_PARA}――――――――――{_PARA}"),
     )
@@ -82,6 +88,7 @@ _UPPER_TAG = re.compile(r"</?[A-Z]")
 _WHITESPACE = re.compile("[ \t\n\r\f\u00a0\u200b]+")
 _MARKER_RUN = re.compile("[\ue000\ue001\ue003-\ue005][\ue000\ue001\ue003-\ue005 ]*")
 _BLANK_RUNS = re.compile("\n{3,}")
+_QUOTE_MARK = re.compile("([\ue006\ue007])")
 #: Substrings of a whitespace-free, lower-cased style that hide the element outright.
 _HIDING = ("display:none", "visibility:hidden", "mso-hide:all", "color:transparent")
 _ZERO = re.compile(r"(?<![-\w])(?:font-size|opacity):0*\.?0+(?:px|pt|em|rem|%)?(?:;|!|$)")
@@ -254,7 +261,7 @@ def _links(tree: LexborHTMLParser) -> tuple[list[tuple[str, str]], int]:
         if not lowered.startswith(("http://", "https://", "ftp://")):
             continue  # relative or in-page links have no target worth showing
         label = " ".join(a.text(deep=True, separator=" ").split())
-        if "." in label and _mismatch(label, target):
+        if ("." in label and _mismatch(label, target)) or _hides_host(target):
             mismatched.append((label[:200], target[:2000]))
         if not label:
             a.insert_after(f"<{target}>")
@@ -287,6 +294,12 @@ def _mismatch(label: str, target: str) -> bool:
         return False
     real = (urlsplit(target).hostname or "").lower().removeprefix("www.")
     return shown != real
+
+
+def _hides_host(target: str) -> bool:
+    """`https://www.city.example.lg.jp@evil.example/` goes to evil.example: always flagged."""
+    netloc = target.partition("://")[2].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return "@" in netloc
 
 
 def _bare(url: str) -> str:
@@ -361,5 +374,27 @@ def _lines(raw: str) -> str:
         return memo[key]
 
     text = _MARKER_RUN.sub(replace, _WHITESPACE.sub(" ", raw))
-    text = text.replace(" \n", "\n").replace("\n ", "\n").replace(_SP, " ")
-    return _BLANK_RUNS.sub("\n\n", text).strip("\n ")
+    text = text.replace(" \n", "\n").replace("\n ", "\n")
+    if _QS in text or _QE in text:
+        text = _quote(text)
+    return _BLANK_RUNS.sub("\n\n", text.replace(_SP, " ")).strip("\n ")
+
+
+def _quote(text: str) -> str:
+    """Prefix the lines of each <blockquote> with ">" per level, as mail clients quote."""
+    out: list[str] = []
+    depth = 0
+    at_line_start = True
+    for piece in _QUOTE_MARK.split(text):
+        if piece in (_QS, _QE):
+            depth = depth + 1 if piece == _QS else max(0, depth - 1)
+            continue
+        quoted = piece
+        if depth:
+            prefix = ">" * depth + " "
+            quoted = "\n".join(prefix + line if line.strip() and (i or at_line_start) else line
+                               for i, line in enumerate(piece.split("\n")))
+        if quoted:
+            at_line_start = quoted.endswith("\n")
+        out.append(quoted)
+    return "".join(out)

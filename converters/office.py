@@ -29,28 +29,29 @@ OFFICE_SUFFIXES = frozenset({
     ".odt", ".ods", ".odp", ".ott", ".ots", ".otp", ".rtf",
 })
 
-#: Detected MIME types (libmagic on content) this converter accepts; see docs/office-archives.md.
+#: Detected MIME types (libmagic on content, lower-cased as the registry does) this converter
+#: accepts; see docs/office-archives.md.
 MIME_TYPES = (
     "application/msword",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.template",
-    "application/vnd.ms-word.document.macroEnabled.12",
-    "application/vnd.ms-word.template.macroEnabled.12",
+    "application/vnd.ms-word.document.macroenabled.12",
+    "application/vnd.ms-word.template.macroenabled.12",
     "application/vnd.ms-excel",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
     "application/vnd.openxmlformats-officedocument.spreadsheetml.template",
-    "application/vnd.ms-excel.sheet.macroEnabled.12",
-    "application/vnd.ms-excel.sheet.binary.macroEnabled.12",
+    "application/vnd.ms-excel.sheet.macroenabled.12",
+    "application/vnd.ms-excel.sheet.binary.macroenabled.12",
     "application/vnd.ms-powerpoint",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
     "application/vnd.openxmlformats-officedocument.presentationml.slideshow",
-    "application/vnd.ms-powerpoint.presentation.macroEnabled.12",
+    "application/vnd.ms-powerpoint.presentation.macroenabled.12",
     "application/vnd.oasis.opendocument.text",
     "application/vnd.oasis.opendocument.spreadsheet",
     "application/vnd.oasis.opendocument.presentation",
     "application/rtf",
     "text/rtf",
-    "application/CDFV2",  # libmagic's name for OLE2 files it cannot tell apart (xls, ppt)
+    "application/cdfv2",  # libmagic's name for OLE2 files it cannot tell apart (xls, ppt)
     "application/x-ole-storage",
     "application/encrypted",  # libmagic's name for password-protected OOXML: scan says so
 )

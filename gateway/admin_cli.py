@@ -18,11 +18,13 @@ from dataclasses import asdict
 from typing import Any
 
 from gateway.audit import Actor
+from gateway.envelope import Envelope
 from gateway.quarantine import QuarantineError, QuarantineService
 from gateway.settings import Settings, load_settings
-from gateway.spool import Spool
+from gateway.spool import RetryState, Spool
 from gateway.store import SqlStores, open_stores
-from gateway.store.quarantine import STATUSES, QuarantineQuery
+from gateway.store.quarantine import STATUSES
+from gateway.store.records import QuarantineQuery
 from gateway.tokens import Role, TokenError
 
 EXIT_OK, EXIT_REFUSED = 0, 1
@@ -89,8 +91,26 @@ def cli_actor() -> Actor:
     return Actor(f"cli:{getpass.getuser()}", Role.ADMIN.value, "cli")
 
 
+class HandOffSpool:
+    """Spool writes from this separate process that a running server picks up.
+
+    A running server enqueues incoming/ only at start-up and what its own ingress or API
+    hands it, but it scans deferred/ every second. So the CLI parks its release there,
+    due at once; if the server claims it first (a restart in between), that is fine too.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self._spool = spool
+
+    def put(self, raw: bytes, envelope: Envelope) -> str:
+        queue_id = self._spool.put(raw, envelope)
+        if self._spool.claim(queue_id) is not None:
+            self._spool.defer(queue_id, RetryState(next_try=0.0))
+        return queue_id
+
+
 def _service(settings: Settings, stores: SqlStores) -> QuarantineService:
-    return QuarantineService(stores, Spool(settings.spool_dir), settings)
+    return QuarantineService(stores, HandOffSpool(Spool(settings.spool_dir)), settings)
 
 
 def _token_create(args: argparse.Namespace, _settings: Settings, stores: SqlStores) -> int:

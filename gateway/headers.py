@@ -17,8 +17,9 @@ from urllib.parse import unquote_to_bytes
 
 from converters.charset import decode_bytes
 
-#: More header lines than this in one part is not mail but an attack on the parser.
+#: More header fields or bytes than this in one part is not mail but an attack on the parser.
 MAX_HEADER_LINES = 2000
+MAX_HEADER_BYTES = 1024 * 1024
 
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
 _WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -44,36 +45,49 @@ def read_header_block(data: bytes, start: int, end: int) -> HeaderBlock:
     """Read fields from `data[start:end]` (LF line ends) up to the blank line.
 
     A line that is neither a field nor a continuation ends the header, as in the stdlib,
-    and is recorded: what follows it is body.
+    and is recorded: what follows it is body. Values are sliced once per field (never
+    grown line by line), so a field folded over a million lines costs linear time; a
+    header block over MAX_HEADER_BYTES is refused like too many fields.
     """
     block = HeaderBlock(body_start=end)
-    pos = start
-    if pos < end and data[pos:pos + 1] != b"\n" and not _FIELD.match(data, pos, end):
+    if start < end and data[start:start + 1] != b"\n" and not _FIELD.match(data, start, end):
         block.defects.append("header_missing")
         block.body_start = start
         return block
+    current: tuple[str, int] | None = None  # name, offset where its value starts
+    value_end = start
+    pos = start
     while pos < end:
         nl = data.find(b"\n", pos, end)
         line_end = end if nl < 0 else nl
-        line = data[pos:line_end]
-        next_pos = line_end + 1
-        if not line:
-            block.body_start = min(next_pos, end)
+        if line_end - start > MAX_HEADER_BYTES:
+            block.too_many = True
             return block
-        if line[:1] in (b" ", b"\t") and block.fields:
-            name, value = block.fields[-1]
-            block.fields[-1] = (name, value + line)
-        elif (m := _FIELD.match(line)) is not None:
+        if data[pos:pos + 1] in (b" ", b"\t") and current is not None:
+            value_end = line_end  # a folded continuation of the current field
+        elif line_end == pos:
+            block.body_start = min(line_end + 1, end)
+            break
+        elif (m := _FIELD.match(data, pos, line_end)) is not None:
+            _close(block, data, current, value_end)
             if len(block.fields) >= MAX_HEADER_LINES:
                 block.too_many = True
                 return block
-            block.fields.append((m[1].decode("ascii"), line[m.end():].lstrip(b" \t")))
+            current, value_end = (m[1].decode("ascii"), m.end()), line_end
         else:
             block.defects.append("header_body_separator_missing")
             block.body_start = pos
-            return block
-        pos = next_pos
+            break
+        pos = line_end + 1
+    _close(block, data, current, value_end)
     return block
+
+
+def _close(block: HeaderBlock, data: bytes, current: tuple[str, int] | None,
+           value_end: int) -> None:
+    if current is not None:
+        name, value_start = current
+        block.fields.append((name, data[value_start:value_end].replace(b"\n", b"").lstrip(b" \t")))
 
 
 def text_of(untrusted: bytes) -> str:

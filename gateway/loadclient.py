@@ -63,6 +63,20 @@ class Client:
         self.started = 0.0
         self.finished = 0.0
 
+    async def _connect(self, record: Sent) -> aiosmtplib.SMTP | None:
+        """A new session, or None with the refusal recorded in `record`."""
+        smtp = aiosmtplib.SMTP(hostname=self.options.host, port=self.options.port,
+                               timeout=self.options.timeout, start_tls=False)
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPResponseException as exc:  # e.g. 421 at the greeting
+            record.code, record.reply = exc.code, exc.message
+            return None
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            record.code, record.reply = 0, type(exc).__name__
+            return None
+        return smtp
+
     async def _session(self, queue: asyncio.Queue[Outgoing | None]) -> None:
         smtp: aiosmtplib.SMTP | None = None
         while (item := await queue.get()) is not None:
@@ -70,20 +84,12 @@ class Client:
             self.sent.append(record)
             for attempt in range(1 + self.options.tempfail_retries):
                 record.attempts += 1
-                if smtp is None:
-                    smtp = aiosmtplib.SMTP(hostname=self.options.host, port=self.options.port,
-                                           timeout=self.options.timeout, start_tls=False)
-                    try:
-                        await smtp.connect()
-                    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                        record.code, record.reply, smtp = 0, type(exc).__name__, None
-                        await asyncio.sleep(0.2 * (attempt + 1))
-                        continue
-                final = await _submit(smtp, item, record)
-                if not record.accepted or self.options.new_connection:
+                smtp = smtp or await self._connect(record)
+                final = smtp is not None and await _submit(smtp, item, record)
+                if smtp is not None and (not record.accepted or self.options.new_connection):
                     smtp.close()  # a refused session may be in any state: start afresh
                     smtp = None
-                if final:
+                if final or record.code >= 500:
                     break
                 await asyncio.sleep(0.2 * (attempt + 1))
         if smtp is not None:

@@ -94,7 +94,10 @@ async def _progress(client: Client, sink: SinkState | None, total: int) -> None:
         await asyncio.sleep(0.5 if tty else 5.0)
         accepted = sum(1 for s in client.sent if s.accepted)
         arrived = f" arrived {len(sink.arrivals)}" if sink else ""
-        line = f"[loadtest] sent {len(client.sent)}/{total} accepted {accepted}{arrived}"
+        done = min(1.0, len(client.sent) / total) if total else 0.0
+        bar = "#" * int(done * 20) + "-" * (20 - int(done * 20))
+        line = (f"[loadtest] [{bar}] sent {len(client.sent)}/{total} accepted {accepted}"
+                f"{arrived}")
         print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr,
               flush=True)
 
@@ -170,8 +173,12 @@ def _split(value: str | None) -> set[str] | None:
 
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    if args.samples and not Path(args.samples).is_dir():
+        raise ValueError(f"--samples {args.samples}: not a directory")
     templates = (load_templates(Path(args.samples), _split(args.include), _split(args.exclude))
                  if args.samples else default_templates())
+    if not templates:
+        raise ValueError("no messages to send: the sample selection is empty")
     client = ClientOptions(args.host, args.port, args.concurrency, args.rate, args.duration,
                            args.new_connection, args.retries)
     count = args.count if args.count is not None else (10**9 if args.duration else 100)

@@ -24,6 +24,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from gateway.report import Report, Verdict
+
 OUTCOMES = frozenset({"received", "delivered", "quarantined", "rejected", "deferred", "bounced"})
 ACTIONS = frozenset({"kept", "converted", "removed"})
 #: Converter and kind labels: short lowercase tokens; at most this many distinct values each.
@@ -102,6 +104,19 @@ class Metrics:
 
     def delivery_delay(self, seconds: float) -> None:
         self._delivery_delay.observe(max(0.0, seconds))
+
+    def observe_report(self, report: Report) -> None:
+        """After sanitizing: each part by detected type and action; "quarantined" when the
+        original went to the quarantine (the whole message or any part of it)."""
+        for action in report.actions:
+            self.attachment(action.detected_type, action.action.value)
+        if report.verdict is Verdict.QUARANTINED or any(a.quarantined for a in report.actions):
+            self.message("quarantined")
+
+    def observe_delivery(self, received_at: float, now: float) -> None:
+        """After a successful delivery: acceptance-to-delivery delay (needs `received_at`)."""
+        if received_at > 0:
+            self.delivery_delay(now - received_at)
 
     # --- gauges read at scrape time -----------------------------------------------------
     def watch_spool(self, depth: Callable[[], float], oldest_age: Callable[[], float]) -> None:

@@ -95,7 +95,7 @@ def render_notice(report: Report, settings: Settings,
     lines = [t.line("head")]
     if report.verdict is Verdict.QUARANTINED:
         lines.append(t.line("quarantined", reason=t.reason(report.reason, report.reason)))
-        lines.append(t.line("held", qid=report.queue_id, part="0"))
+        lines.append(t.line("held_whole"))
     lines.extend(_body_lines(report, t, settings.defang_links))
     for action in report.actions:
         lines.extend(_attachment_lines(action, report.queue_id, t))

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
+from hashlib import sha256
 from typing import Protocol
 
 from converters.errors import ConversionError
@@ -29,7 +30,8 @@ from gateway.envelope import Envelope
 from gateway.settings import Settings
 from gateway.store import SqlStores
 from gateway.store.common import Page
-from gateway.store.quarantine import HELD, RELEASED, QuarantineEntry, QuarantineQuery
+from gateway.store.quarantine import HELD, RELEASED
+from gateway.store.records import QuarantineEntry, QuarantineQuery
 
 RELEASED_BY_HEADER = "X-Mugaika-Released-By"
 REQUESTED_BY_HEADER = "X-Mugaika-Release-Requested-By"
@@ -209,7 +211,8 @@ class QuarantineService:
         targets = [p for p in entry.parts if p.releasable and (part is None or p.part == part)]
         if not targets:
             raise Conflict("no password-protected part to release")
-        decrypted = {p.part: self._decrypt_part(entry, p.part, p.filename, password, actor)
+        decrypted = {p.part: Replacement(p.sha256, self._decrypt_part(entry, p.part, p.filename,
+                                                                      password, actor))
                      for p in targets}
         original = self._q.original(entry_id)
         assert original is not None  # the entry exists and originals live as long as entries
@@ -218,7 +221,10 @@ class QuarantineService:
             kind="inbound", add_headers=((PASSWORD_RELEASE_HEADER, actor.name),),
             extra={"ppap_release_of": entry_id},
         )
-        message = replace_parts(original, decrypted)
+        try:
+            message = replace_parts(original, decrypted)
+        except ValueError:
+            raise Conflict("the encrypted part could not be located in the original") from None
         queue_id = self._q.release_now(entry_id, actor.name,
                                        lambda: self._spool.put(message, envelope))
         if queue_id is None:
@@ -248,19 +254,37 @@ class QuarantineService:
             raise Conflict(f"the part could not be decrypted: {exc.code}") from None
 
 
-def replace_parts(untrusted_raw: bytes, new_payloads: dict[str, bytes]) -> bytes:
+@dataclass(frozen=True)
+class Replacement:
+    """The new bytes for one leaf, and the sha256 of the bytes it must be replacing."""
+
+    expected_sha256: str
+    data: bytes
+
+
+def replace_parts(untrusted_raw: bytes, replacements: dict[str, Replacement]) -> bytes:
     """The message with the leaves numbered as `gateway.parse` numbers them replaced.
 
     Everything else (headers, other parts) stays as received: the result goes through the
-    normal sanitizing pipeline afterwards. Only entries with releasable parts get here, and
-    those were parsed within the MIME depth and part caps when they were held.
+    normal sanitizing pipeline afterwards. The stdlib parser used here may split a
+    malformed message differently from `gateway.parse`, so a leaf is replaced only when
+    its decoded content is exactly the held part (same sha256); otherwise ValueError.
     """
     msg = email.message_from_bytes(untrusted_raw, policy=email.policy.compat32)
+    done: set[str] = set()
     for node, path in _leaves(msg):
-        if path in new_payloads:
-            del node["Content-Transfer-Encoding"]
-            node.set_payload(new_payloads[path])
-            email.encoders.encode_base64(node)
+        wanted = replacements.get(path)
+        if wanted is None:
+            continue
+        current = node.get_payload(decode=True)
+        if not isinstance(current, bytes) or sha256(current).hexdigest() != wanted.expected_sha256:
+            raise ValueError(f"part {path} is not the held part")
+        del node["Content-Transfer-Encoding"]
+        node.set_payload(wanted.data)
+        email.encoders.encode_base64(node)
+        done.add(path)
+    if done != set(replacements):
+        raise ValueError("a held part was not found in the original")
     return msg.as_bytes()
 
 

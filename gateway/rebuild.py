@@ -79,10 +79,13 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
         msg["X-Mugaika-Link-Warnings"] = str(len(s.report.link_warnings))
     _set_body(msg, s, settings, templates)
     for out in s.outputs:
-        if out.content_type in SAFE_OUTPUT_TYPES:
-            maintype, _, subtype = out.content_type.partition("/")
+        base_type = out.content_type.split(";", 1)[0].strip().lower()
+        if base_type in SAFE_OUTPUT_TYPES:
+            maintype, _, subtype = base_type.partition("/")
             name = clean(out.filename).replace("/", "_").replace("\\", "_")[:150] or "file"
-            msg.add_attachment(out.data, maintype=maintype, subtype=subtype, filename=name)
+            params = {"charset": "utf-8"} if maintype == "text" else None  # renderings are UTF-8
+            msg.add_attachment(out.data, maintype=maintype, subtype=subtype, filename=name,
+                               params=params)
     data = msg.as_bytes()
     assert_safe_headers(data)
     return data

@@ -176,6 +176,16 @@ class Gateway:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def spool_has(self, area: str) -> bool:
+        """True when the spool area (incoming, deferred, failed, …) holds an entry."""
+        return any((self.data_dir / "spool" / area).iterdir())
+
+    def wait_for_spool(self, area: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.spool_has(area):
+            assert time.monotonic() < deadline, f"nothing reached spool/{area} in {timeout}s"
+            time.sleep(0.1)
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,8 @@ def test_cli_release_keeps_four_eyes_and_spools_original(
     code, out, _ = _run(capsys, "quarantine", "release", "Q2", "--approve")
     assert code == 0 and "released" in out
     spool = Spool(cli_env.spool_dir)
-    [queue_id] = spool.incoming_ids()
+    assert spool.incoming_ids() == []  # parked in deferred/, due now, for a running server
+    [queue_id] = list(spool.due_deferred(time.time()))
     entry = spool.claim(queue_id)
     assert entry is not None
     assert entry.data == stores.quarantine.original("Q2")

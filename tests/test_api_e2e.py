@@ -86,3 +86,24 @@ def test_exe_is_held_then_released_with_four_eyes(gateway: Gateway, sink: Sink) 
     metrics = api.get("/metrics").text
     assert "mugaika_quarantine_entries 1.0" in metrics
     assert 'mugaika_messages_total{outcome="received"} 1.0' in metrics
+
+
+def test_cli_approval_next_to_a_running_server_delivers(gateway: Gateway, sink: Sink) -> None:
+    """`mugaika quarantine release --approve` in another process reaches the sink."""
+    wait_for_port(gateway.api_port, proc=gateway.proc)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{gateway.api_port}", timeout=10)
+    op = {"Authorization": f"Bearer {_token(gateway, 'operator', 'yamada')}"}
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=10) as smtp:
+        smtp.sendmail("tanaka@example.com", RCPTS[:1], mail_with_attachment())
+    sink.wait(1)
+    entry = _poll(lambda: api.get("/api/quarantine", headers=op).json(),
+                  lambda page: page["total"] == 1)["items"][0]
+    assert api.post(f"/api/quarantine/{entry['id']}/release", headers=op).status_code == 200
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "quarantine", "release", entry["id"], "--approve"],
+        cwd=ROOT, env=gateway.env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    released = sink.wait(2, timeout=20)[1]
+    assert released.message["X-Mugaika-Released-By"].startswith("cli:")
+    assert released.rcpt_tos == RCPTS[:1]

@@ -92,3 +92,17 @@ def test_server_purges_expired_entries_on_its_own(
             time.sleep(0.05)
     [event, *_] = stores.audit.search(AuditQuery()).items
     assert event.actor == "system" and event.action == "quarantine.purge"
+
+
+def test_report_counts_parts_and_quarantine(stores: SqlStores, settings: Settings) -> None:
+    """The worker hands each report over: parts by type and action, one quarantined message."""
+    metrics = Metrics()
+    result = hold_message(stores, settings, "Q1")
+    metrics.observe_report(result.report)
+    metrics.observe_delivery(received_at=100.0, now=107.5)
+    metrics.observe_delivery(received_at=0.0, now=107.5)  # unknown arrival: not observed
+    text = metrics.render().decode()
+    assert 'mugaika_messages_total{outcome="quarantined"} 1.0' in text
+    assert 'action="removed"' in text and 'action="kept",kind="text/plain"' in text
+    assert "mugaika_delivery_delay_seconds_count 1.0" in text
+    assert "mugaika_delivery_delay_seconds_sum 7.5" in text

@@ -7,6 +7,7 @@ lead wires the sandboxed one from the converters (same `Decrypter` signature).
 from __future__ import annotations
 
 import email
+import hashlib
 import io
 import zipfile
 from collections.abc import Iterator
@@ -15,13 +16,11 @@ from email.message import EmailMessage
 import pytest
 import pyzipper
 
-from gateway.attachments import HeldOriginal
-from gateway.quarantine import WrongPassword
-from gateway.report import Action, ActionKind, Report, Verdict
+from gateway.quarantine import Replacement, WrongPassword, replace_parts
 from gateway.settings import Settings
 from gateway.store import SqlStores
 from tests.api_helpers import Api, build_api
-from tests.store_helpers import envelope_for
+from tests.store_helpers import envelope_for, hold_message
 
 pytest_plugins = ("tests.store_helpers", "tests.api_helpers")
 
@@ -50,29 +49,29 @@ def zip_decrypter(data: bytes, filename: str | None, password: str) -> bytes:
     return out.getvalue()
 
 
-def _hold_ppap(stores: SqlStores) -> bytes:
+def _mail_with_zip() -> bytes:
     msg = EmailMessage()
     msg["From"] = "kyoku@partner.co.jp"
     msg["To"] = "clerk@example.lg.jp"
     msg["Subject"] = "予算案（パスワードは別送）"
     msg.set_content("添付をご確認ください。\n")
-    data = _encrypted_zip()
-    msg.add_attachment(data, maintype="application", subtype="zip", filename="yosan.zip")
-    raw = msg.as_bytes()
-    action = Action("2", "yosan.zip", "application/zip", "application/zip", ActionKind.REMOVED,
-                    "encrypted", code="encrypted", quarantined=True, releasable=True)
-    report = Report("P1", Verdict.SANITIZED, (action,))
-    held = (HeldOriginal("2", "yosan.zip", "application/zip", data, "encrypted"),)
-    env = envelope_for(sender="kyoku@partner.co.jp")
-    stores.messages.record_received("P1", env, len(raw))
-    stores.quarantine.hold("P1", env, raw, report, held)
+    msg.add_attachment(_encrypted_zip(), maintype="application", subtype="zip", filename="yosan.zip")
+    return msg.as_bytes()
+
+
+def _hold_ppap(stores: SqlStores, settings: Settings) -> bytes:
+    """Through the real pipeline: the converters mark the encrypted ZIP releasable."""
+    raw = _mail_with_zip()
+    result = hold_message(stores, settings, "P1", raw, envelope_for(sender="kyoku@partner.co.jp"))
+    [held] = [a for a in result.report.actions if a.filename == "yosan.zip"]
+    assert held.releasable and held.quarantined
     return raw
 
 
 @pytest.fixture
 def ppap_api(stores: SqlStores, settings: Settings) -> Iterator[Api]:
     api = build_api(stores, settings, decrypt=zip_decrypter)
-    _hold_ppap(stores)
+    _hold_ppap(stores, settings)
     yield api
 
 
@@ -125,3 +124,22 @@ def test_password_release_needs_an_encrypted_part(api: Api, settings: Settings) 
                                json={"password": "x"})
     assert response.status_code == 409
     assert response.json()["code"] == "password_release_unavailable"
+
+
+def test_replacement_only_hits_the_held_part() -> None:
+    """A part is swapped only when its content is exactly what was held."""
+    raw = _mail_with_zip()
+    data = _attachment(raw)
+    good = replace_parts(raw, {"2": Replacement(hashlib.sha256(data).hexdigest(), b"PLAIN")})
+    assert _attachment(good) == b"PLAIN"
+    with pytest.raises(ValueError):
+        replace_parts(raw, {"1": Replacement(hashlib.sha256(data).hexdigest(), b"x")})
+    with pytest.raises(ValueError):
+        replace_parts(raw, {"7": Replacement(hashlib.sha256(data).hexdigest(), b"x")})
+
+
+def _attachment(raw: bytes) -> bytes:
+    [part] = [p for p in email.message_from_bytes(raw).walk() if p.get_filename()]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return payload

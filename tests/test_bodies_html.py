@@ -59,6 +59,12 @@ def test_mismatched_link_is_flagged_in_notice_and_report() -> None:
     assert msg["X-Mugaika-Link-Warnings"] == "1"
 
 
+def test_link_with_user_info_hiding_the_real_host_is_flagged() -> None:
+    html = '<a href="https://www.city.example.lg.jp@evil.example/x">市のお知らせ</a>'
+    assert html_to_text(html).mismatched_links == (
+        ("市のお知らせ", "https://www.city.example.lg.jp@evil.example/x"),)
+
+
 def test_file_names_and_plain_words_are_not_taken_for_hosts() -> None:
     html = ('<a href="https://files.example.com/r.pdf">report.pdf</a> '
             '<a href="https://a.example.com/">example.com</a> '
@@ -152,3 +158,10 @@ def test_html_to_text_speed_on_100kb_newsletter() -> None:
     for _ in range(5):
         html_to_text(html)
     assert (time.perf_counter() - start) / 5 < 0.1
+
+
+def test_blockquotes_are_quoted_like_a_mail_client_does() -> None:
+    html = ("<p>返信です</p><blockquote><p>元のメール</p><p>二段落目<br>改行</p>"
+            "<blockquote>さらに前</blockquote></blockquote><p>署名</p>")
+    assert html_to_text(html).text == (
+        "返信です\n\n> 元のメール\n\n> 二段落目\n> 改行\n\n>> さらに前\n\n署名")

@@ -102,8 +102,6 @@ def test_csv_with_formulas_is_made_inert_and_readable_in_excel() -> None:
     assert conv.notes == ("decoded as cp932", "5 spreadsheet formula cells made inert")
 
 
-@pytest.mark.xfail(strict=True, reason="converters.charset.detect: a CP932 text of kanji "
-                   "only scores 0.5 and falls through to latin_1 (issue 3's heuristics)")
 def test_cp932_roster_of_kanji_names_is_decoded() -> None:
     data = "氏名,金額\r\n山田,1200\r\n佐藤,800\r\n鈴木,300\r\n".encode("cp932")
     (out,) = TextConverter().convert(data, "名簿.csv", POLICY).outputs

@@ -147,3 +147,12 @@ def test_reason_codes_in_actions_header_must_match_the_manifest():
     acc = account(sent, [good, bad])
     assert len(acc.mismatches) == 1
     assert "'p.zip' removed for ['blocked_type', 'unsupported_type']" in acc.mismatches[0]
+
+
+def test_cli_refuses_a_missing_or_empty_selection(tmp_path, capsys):
+    from gateway.loadtest import main
+
+    assert main(["--samples", str(tmp_path / "nope"), "--quiet"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert main(["--samples", str(tmp_path), "--quiet"]) == 2
+    assert "empty" in capsys.readouterr().err

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import io
+import re
+import shutil
 import subprocess
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import docx
 import openpyxl
 import pptx
 import pytest
+from docx.shared import Inches
+from PIL import Image
 
 from converters.limits import ConversionPolicy
 from converters.office import OfficeConverter
@@ -79,7 +86,7 @@ def test_legacy_and_odf_formats_render(ext: str, legacy: dict[str, bytes],
         assert conv.notes[0] == "sheets: 集計"
 
 
-def test_sandbox_has_no_network_and_a_read_only_root(tmp_path: Path) -> None:
+def test_sandbox_has_no_network_a_read_only_root_and_no_host_data(tmp_path: Path) -> None:
     probe = (
         "import socket, pathlib\n"
         "try:\n"
@@ -88,11 +95,50 @@ def test_sandbox_has_no_network_and_a_read_only_root(tmp_path: Path) -> None:
         "try:\n"
         "    pathlib.Path('/etc/mugaika-probe').write_text('x'); print('rw')\n"
         "except OSError: print('ro')\n"
+        f"print('sees-project' if pathlib.Path('{Path(__file__).parent}').exists() else 'no-project')\n"
+        "print('sees-shadow' if pathlib.Path('/etc/shadow').exists() else 'no-shadow')\n"
         f"pathlib.Path('{JOB_DIR_INSIDE}/ok').write_text('job dir writable')\n"
     )
     result = subprocess.run(
         [*sandbox_args(tmp_path, OfficeConfig()), "/usr/bin/python3", "-c", probe],
         capture_output=True, text=True, timeout=60, check=True,
     )
-    assert result.stdout.split() == ["no-net", "ro"]
+    assert result.stdout.split() == ["no-net", "ro", "no-project", "no-shadow"]
     assert (tmp_path / "ok").read_text() == "job dir writable"
+
+
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A directory outside /tmp (which the sandbox replaces anyway), like the data dir."""
+    path = Path(tempfile.mkdtemp(prefix="mugaika-host-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_linked_host_image_is_not_rendered(host_dir: Path, office: OfficeConverter) -> None:
+    """A docx may link an image by file:// URL; the sandbox must not see the host's files."""
+    secret = host_dir / "secret.png"
+    Image.new("RGB", (400, 200), (255, 0, 0)).save(secret)
+    document = docx.Document()
+    document.add_paragraph("linked image below")
+    document.add_picture(str(secret), width=Inches(3))
+    buf = io.BytesIO()
+    document.save(buf)
+    linked = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, \
+            zipfile.ZipFile(linked, "w") as out:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "word/_rels/document.xml.rels":
+                data = re.sub(rb'Target="media/image1.png"', f'Target="file://{secret}" '
+                              'TargetMode="External"'.encode(), data)
+            elif item.filename == "word/document.xml":
+                data = data.replace(b"r:embed=", b"r:link=")
+            elif item.filename.startswith("word/media/"):
+                continue
+            out.writestr(item, data)
+    conv = office.convert(linked.getvalue(), "linked.docx", ConversionPolicy(pdf_output="png"))
+    assert "office:external-link" in conv.findings
+    page = Image.open(io.BytesIO(conv.outputs[0].data)).convert("RGB")
+    red = sum(1 for r, g, b in page.get_flattened_data() if r > 200 and g < 60 and b < 60)
+    assert red == 0

@@ -105,3 +105,10 @@ def test_a_zip_that_is_really_an_office_document_is_recognised() -> None:
     with zipfile.ZipFile(plain, "w") as z:
         z.writestr("word/readme.txt", "not a document")
     assert refine_zip_type(plain.getvalue()) is None
+
+
+def test_declared_mime_lists_are_lower_case_like_the_registry_lookup() -> None:
+    from converters import archive, office, outlook
+
+    for types in (office.MIME_TYPES, archive.MIME_TYPES, outlook.MIME_TYPES):
+        assert all(t == t.lower() for t in types)

@@ -66,7 +66,8 @@ def test_inline_policy_gives_text_with_headers_notice_and_body() -> None:
     assert outcome.outputs[0].filename == "転送メール.txt"
     assert "Subject: 請求書の送付" in text
     assert "From: attacker@example.com" in text
-    assert "請求書.exe: removed" in text
+    # The notice's wording is the notice module's; what matters is the line for the exe.
+    assert any("請求書.exe" in line and "removed" in line for line in text.splitlines())
     assert text.rstrip().endswith("ご確認ください。")
 
 

@@ -95,6 +95,7 @@ def test_two_content_types_on_a_multipart_quarantine_the_message() -> None:
     assert result.report.reason == "ambiguous_mime_structure"
     assert "content_type_duplicate" in result.report.defects
     assert "全体を隔離しました" in text and "二通りに読めます" in text
+    assert "隔離ID: Q-TEST）" in text
 
 
 def test_two_boundaries_quarantine_the_message() -> None:
@@ -110,7 +111,8 @@ def test_two_content_types_on_a_leaf_make_it_an_attachment() -> None:
     result, _, text = outcome(mixed([text_part("本文", "utf-8"), part]))
     assert "script" not in text
     assert [h.part for h in result.held] == ["2"]
-    assert result.held[0].content_type == "application/octet-stream"
+    removed = next(a for a in result.report.actions if a.part == "2")
+    assert removed.action.value == "removed" and removed.code == "blocked_type"
 
 
 def test_filename_and_filename_star_disagreeing() -> None:
@@ -200,3 +202,11 @@ def test_depth_within_limits_is_delivered() -> None:
     result, _, text = outcome(nested(10))
     assert result.report.verdict.value == "clean"
     assert text.endswith("x\n")
+
+
+def test_header_folded_over_half_a_million_lines_is_refused_fast() -> None:
+    raw = b"From: a@example.com\nSubject: x\n" + b" y\n" * 500_000 + b"\nbody"
+    start = time.perf_counter()
+    result, _, _ = outcome(raw)
+    assert time.perf_counter() - start < 3
+    assert result.report.reason == "header_fields_exceeded"

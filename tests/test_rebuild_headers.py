@@ -99,8 +99,9 @@ def test_operator_template_overrides_single_entries(tmp_path: Path) -> None:
     (tmp_path / "notice.ja.toml").write_text(
         'head = "【外部メール】$contact までご連絡ください"\n[reasons]\n'
         'unsupported_type = "市の規定で受け取れない形式です"\n', encoding="utf-8")
+    opaque = base64.b64encode(bytes(range(256)) * 4)  # no known format: unsupported_type
     att = (b"Content-Type: application/x-foo\nContent-Disposition: attachment; filename=a.foo"
-           b"\n\nxx\n")
+           b"\nContent-Transfer-Encoding: base64\n\n" + opaque + b"\n")
     body = (b"--b\nContent-Type: text/plain; charset=utf-8\n\n\xe6\x9c\xac\xe6\x96\x87\n--b\n"
             + att + b"--b--\n")
     raw = message(base_headers(Content_Type='multipart/mixed; boundary="b"'), body)
@@ -122,10 +123,13 @@ def test_only_safe_rendering_types_are_attached() -> None:
     settings = Settings()
     result = sanitize(message(base_headers(), b"x"), "Q", settings)
     good = Rendering("page-1.png", "image/png", b"\x89PNG....")
+    text = Rendering("本文.txt", "text/plain; charset=utf-8", "抽出テキスト".encode())
     bad = Rendering("evil.html", "text/html", b"<script>x</script>")
-    out = rebuild(type(result)(result.parsed, result.report, result.body, (good, bad)), settings)
+    rendered = type(result)(result.parsed, result.report, result.body, (good, text, bad))
+    out = rebuild(rendered, settings)
     msg = email.message_from_bytes(out, policy=email.policy.default)
-    assert [p.get_filename() for p in msg.iter_attachments()] == ["page-1.png"]
+    assert [p.get_filename() for p in msg.iter_attachments()] == ["page-1.png", "本文.txt"]
+    assert list(msg.iter_attachments())[1].get_content() == "抽出テキスト"
     assert b"<script>" not in out
 
 

@@ -192,17 +192,13 @@ def test_downstream_down_then_up_delivers(make_gateway) -> None:  # type: ignore
     port = free_port()
     gw = make_gateway(port)
     send(gw, plain_message(body="再送テスト"))
-    deadline = time.monotonic() + 20
-    deferred = gw.data_dir / "spool" / "deferred"
-    while not any(deferred.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert any(deferred.iterdir()), "message was not deferred while downstream was down"
+    gw.wait_for_spool("deferred")
     sink = Sink(port).start()
     try:
         assert "再送テスト" in sink.wait(1, timeout=30)[0].message.get_content()
         deadline = time.monotonic() + 10
         areas = ("deferred", "hold", "incoming", "active")
-        while any(any((gw.data_dir / "spool" / a).iterdir()) for a in areas):
+        while any(gw.spool_has(a) for a in areas):
             assert time.monotonic() < deadline, "spool not emptied after delivery"
             time.sleep(0.1)
     finally:
@@ -222,19 +218,15 @@ def test_permanent_refusal_bounces_dsn_to_sender(gateway: Gateway, sink: Sink) -
     text = status.as_string()
     assert "Final-Recipient: rfc822; gone@example.lg.jp" in text
     assert "Status: 5.1.1" in text and "Action: failed" in text
-    assert list((gateway.data_dir / "spool" / "failed").iterdir()), "failed mail not kept"
+    assert gateway.spool_has("failed"), "failed mail not kept"
 
 
 def test_null_sender_bounce_gets_no_dsn(gateway: Gateway, sink: Sink) -> None:
     sink.handler.rcpt_reply = lambda addr: "550 5.1.1 no such user" if addr.startswith("staff") else None
     send(gateway, plain_message(), sender="")
-    deadline = time.monotonic() + 15
-    failed = gateway.data_dir / "spool" / "failed"
-    while not any(failed.iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    gateway.wait_for_spool("failed")
     time.sleep(0.5)
     assert sink.received == []
-    assert any(failed.iterdir())
 
 
 def test_swaks_client(gateway: Gateway, sink: Sink) -> None:

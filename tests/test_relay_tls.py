@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import smtplib
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,11 +59,7 @@ def test_unverifiable_certificate_defers_when_checking(make_gateway: Callable[..
     gw = make_gateway(tls_sink.port, MUGAIKA_DOWNSTREAM_STARTTLS="opportunistic",
                       MUGAIKA_DOWNSTREAM_VERIFY_CERT="true")
     _send(gw, "検証")
-    deferred = gw.data_dir / "spool" / "deferred"
-    deadline = time.monotonic() + 20
-    while not any(deferred.iterdir()):
-        assert time.monotonic() < deadline, "not deferred"
-        time.sleep(0.1)
+    gw.wait_for_spool("deferred")
     assert tls_sink.received == []
 
 
@@ -72,9 +67,5 @@ def test_required_starttls_refuses_clear_downstream(make_gateway: Callable[..., 
                                                      sink: Sink) -> None:
     gw = make_gateway(sink.port, MUGAIKA_DOWNSTREAM_STARTTLS="required")
     _send(gw, "平文禁止")
-    deferred = gw.data_dir / "spool" / "deferred"
-    deadline = time.monotonic() + 20
-    while not any(deferred.iterdir()):
-        assert time.monotonic() < deadline, "not deferred"
-        time.sleep(0.1)
+    gw.wait_for_spool("deferred")
     assert sink.received == []

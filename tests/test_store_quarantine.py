@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from gateway.audit import Actor, AuditQuery
 from gateway.settings import Settings
 from gateway.store import SqlStores
-from gateway.store.quarantine import QuarantineQuery
+from gateway.store.records import QuarantineQuery
 from gateway.store.schema import blobs
 from gateway.tokens import Permission, Role
 from tests.store_helpers import EXE_BYTES, FakeClock, hold_message, mail_with_attachment

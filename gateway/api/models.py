@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from gateway.audit import AuditEvent
 from gateway.store.messages import MessageRecord
-from gateway.store.quarantine import QuarantineEntry, QuarantinePart, ReleaseRequest
+from gateway.store.records import QuarantineEntry, QuarantinePart, ReleaseRequest
 
 
 def _safe_text(untrusted: str) -> str:

@@ -22,7 +22,7 @@ from gateway.api.models import (
 )
 from gateway.audit import Actor
 from gateway.quarantine import ReleaseOutcome
-from gateway.store.quarantine import QuarantineQuery
+from gateway.store.records import QuarantineQuery
 from gateway.tokens import Permission
 
 router = APIRouter(prefix="/api/quarantine", tags=["quarantine"], responses=problems())

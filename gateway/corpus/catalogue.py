@@ -193,8 +193,8 @@ def _defect_and_bomb_samples() -> list[Sample]:
     return [
         Sample("duplicate-content-type", "two Content-Type headers (text/plain, then a "
                "multipart hiding an executable)", ("defect",), texts.duplicate_content_type,
-               ("sanitized", "quarantined"),
-               notes=("read restrictively or quarantined whole: either is acceptable",)),
+               ("quarantined",),
+               notes=("two different Content-Types: held whole as ambiguous_mime_structure",)),
         Sample("broken-base64", "attachment whose base64 has junk characters and no padding",
                ("defect",), texts.broken_base64,
                attachments=(Expect("report.txt", CONVERTED),),

@@ -26,82 +26,24 @@ from gateway.store.common import (
     dumps,
     join_addresses,
     paged,
-    split_addresses,
     utcnow,
     write,
 )
 from gateway.store.messages import MAX_SUBJECT
+from gateway.store.records import (
+    QuarantineEntry,
+    QuarantineQuery,
+    QuarantineStats,
+    entry_of,
+    part_of,
+    request_of,
+)
 from gateway.store.schema import blobs, quarantine_entries, quarantine_parts, release_requests
 
 HELD = "held"
 RELEASE_REQUESTED = "release_requested"
 RELEASED = "released"
 STATUSES = (HELD, RELEASE_REQUESTED, RELEASED)
-
-
-@dataclass(frozen=True)
-class QuarantinePart:
-    part: str
-    filename: str | None
-    content_type: str
-    sha256: str
-    size: int
-    reason: str
-    releasable: bool
-
-
-@dataclass(frozen=True)
-class ReleaseRequest:
-    id: int
-    entry_id: str
-    requested_by: str
-    requested_at: datetime
-    requested_from: str
-    reason: str
-    status: str
-    decided_by: str | None
-    decided_at: datetime | None
-    queue_id: str | None
-
-
-@dataclass(frozen=True)
-class QuarantineEntry:
-    id: str
-    created_at: datetime
-    expires_at: datetime
-    mail_from: str
-    recipients: tuple[str, ...]
-    subject: str | None
-    size: int
-    verdict: str
-    reasons: tuple[str, ...]
-    original_sha256: str
-    status: str
-    released_at: datetime | None
-    released_by: str | None
-    release_queue_id: str | None
-    password_failures: int
-    parts: tuple[QuarantinePart, ...] = ()
-    requests: tuple[ReleaseRequest, ...] = ()
-
-
-@dataclass(frozen=True)
-class QuarantineQuery:
-    sender: str | None = None
-    recipient: str | None = None
-    subject: str | None = None
-    reason: str | None = None
-    status: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    limit: int = 50
-    offset: int = 0
-
-
-@dataclass(frozen=True)
-class QuarantineStats:
-    entries: int
-    bytes: int
 
 
 @dataclass(frozen=True)
@@ -171,9 +113,9 @@ class SqlQuarantine:
                 .order_by(release_requests.c.id)
             ).all()
         return replace(
-            _entry(row._mapping),
-            parts=tuple(_part(p._mapping) for p in parts),
-            requests=tuple(_request(r._mapping) for r in requests),
+            entry_of(row._mapping),
+            parts=tuple(part_of(p._mapping) for p in parts),
+            requests=tuple(request_of(r._mapping) for r in requests),
         )
 
     def search(self, q: QuarantineQuery) -> Page[QuarantineEntry]:
@@ -195,7 +137,7 @@ class SqlQuarantine:
             query = query.where(t.created_at < q.until)
         with self._engine.connect() as conn:
             total, rows = paged(conn, query, (t.created_at.desc(), t.id.desc()), q.limit, q.offset)
-        return Page(tuple(_entry(r._mapping) for r in rows), total, q.limit, q.offset)
+        return Page(tuple(entry_of(r._mapping) for r in rows), total, q.limit, q.offset)
 
     def original(self, entry_id: str) -> bytes | None:
         with self._engine.connect() as conn:
@@ -344,31 +286,3 @@ def _subject(untrusted_raw: bytes) -> str | None:
     head = untrusted_raw[:256 * 1024].replace(b"\r\n", b"\n")
     values = read_header_block(head, 0, len(head)).all("Subject")
     return decode_field(values[0])[:MAX_SUBJECT] if values else None
-
-
-def _entry(row: Any) -> QuarantineEntry:
-    return QuarantineEntry(
-        id=row["id"], created_at=row["created_at"], expires_at=row["expires_at"],
-        mail_from=row["mail_from"], recipients=split_addresses(row["recipients"]),
-        subject=row["subject"], size=row["size"], verdict=row["verdict"],
-        reasons=tuple(json.loads(row["reasons"])), original_sha256=row["original_sha256"],
-        status=row["status"], released_at=row["released_at"], released_by=row["released_by"],
-        release_queue_id=row["release_queue_id"], password_failures=row["password_failures"],
-    )
-
-
-def _part(row: Any) -> QuarantinePart:
-    return QuarantinePart(
-        part=row["part"], filename=row["filename"], content_type=row["content_type"],
-        sha256=row["sha256"], size=row["size"], reason=row["reason"],
-        releasable=bool(row["releasable"]),
-    )
-
-
-def _request(row: Any) -> ReleaseRequest:
-    return ReleaseRequest(
-        id=row["id"], entry_id=row["entry_id"], requested_by=row["requested_by"],
-        requested_at=row["requested_at"], requested_from=row["requested_from"],
-        reason=row["reason"], status=row["status"], decided_by=row["decided_by"],
-        decided_at=row["decided_at"], queue_id=row["queue_id"],
-    )
