@@ -86,8 +86,11 @@ def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
 def _render_encoded(page: pdfium.PdfPage, scale: float, area_pt: float, prefer: Kind | None
                     ) -> Encoded:
     """Grey pages are rendered grey (pdfium draws them 3-5x faster than colour) and, for
-    the image-only PDF, stored as 4-bit grey; everything else goes through `encode`."""
-    if prefer is None:
+    the image-only PDF, stored as 4-bit grey; everything else goes through `encode`.
+
+    Pages with images skip the preview: it would decode every image twice (16 ms for a
+    photo page, measured), and `encode` classifies the full rendering anyway."""
+    if prefer is None and not _has_images(page):
         preview_scale = math.sqrt(PREVIEW_PIXELS / area_pt)
         preview = page.render(scale=preview_scale, may_draw_forms=True,
                               rev_byteorder=True).to_pil()
@@ -97,6 +100,11 @@ def _render_encoded(page: pdfium.PdfPage, scale: float, area_pt: float, prefer: 
             return to_grey4(grey) if look(grey).flat else to_jpeg(grey)
     image = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True).to_pil()
     return encode(image, prefer)
+
+
+def _has_images(page: pdfium.PdfPage) -> bool:
+    image = pdfium_c.FPDF_PAGEOBJ_IMAGE
+    return any(True for _ in page.get_objects(filter=(image,), max_depth=3))
 
 
 def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPolicy,
