@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the gateway needs at run time (libmagic, LibreOffice without GUI, Japanese
 # fonts, the sandbox, poppler for tests) and the tools the tests drive (swaks).
-DEB_PACKAGES := libmagic1 bubblewrap swaks libarchive13 \
+DEB_PACKAGES := libmagic1 bubblewrap libseccomp2 swaks libarchive13 \
 	libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui python3-uno \
 	fonts-ipaexfont fonts-noto-cjk poppler-utils p7zip-full lhasa
 

@@ -24,7 +24,7 @@ import pypdfium2.raw as pdfium_c
 
 from converters import pdfscan
 from converters.base import Conversion, Rendering
-from converters.encode import Encoded, Kind, encode
+from converters.encode import Encoded, Kind, encode, look, to_grey4, to_jpeg
 from converters.errors import Corrupt, Encrypted, LimitExceeded, SandboxFailure
 from converters.framing import read_frame, write_frame
 from converters.limits import ConversionPolicy
@@ -33,6 +33,8 @@ from converters.pdfwrite import Page, write_pdf
 
 #: Renderer processes per PDF; two cores measured 1.9-2.0x one (docs/MEASURED.md).
 MAX_RENDER_PROCESSES = 4
+#: A preview this small (about 24 DPI for A4) tells grey pages from colour ones in ~1 ms.
+PREVIEW_PIXELS = 60_000
 
 
 @dataclass(frozen=True)
@@ -71,14 +73,38 @@ def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
     if width_pt <= 0 or height_pt <= 0:
         raise Corrupt("page without size")
     scale, reduced = page_scale(width_pt, height_pt, policy.dpi, policy.limits.max_page_pixels)
-    image = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True).to_pil()
+    encoded = _render_encoded(page, scale, width_pt * height_pt, prefer)
     text = ""
     if policy.extract_text:
         text = page.get_textpage().get_text_bounded().replace("\r\n", "\n").replace("\r", "\n")
         links = pdfscan.link_targets(doc, page)
         if links:
             text = text.rstrip() + "\n\n[links]\n" + "\n".join(links)
-    return RenderedPage(index, encode(image, prefer), width_pt, height_pt, text, reduced)
+    return RenderedPage(index, encoded, width_pt, height_pt, text, reduced)
+
+
+def _render_encoded(page: pdfium.PdfPage, scale: float, area_pt: float, prefer: Kind | None
+                    ) -> Encoded:
+    """Grey pages are rendered grey (pdfium draws them 3-5x faster than colour) and, for
+    the image-only PDF, stored as 4-bit grey; everything else goes through `encode`.
+
+    Pages with images skip the preview: it would decode every image twice (16 ms for a
+    photo page, measured), and `encode` classifies the full rendering anyway."""
+    if prefer is None and not _has_images(page):
+        preview_scale = math.sqrt(PREVIEW_PIXELS / area_pt)
+        preview = page.render(scale=preview_scale, may_draw_forms=True,
+                              rev_byteorder=True).to_pil()
+        if look(preview).grey:
+            grey = page.render(scale=scale, may_draw_forms=True, grayscale=True).to_pil()
+            grey = grey.convert("L")
+            return to_grey4(grey) if look(grey).flat else to_jpeg(grey)
+    image = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True).to_pil()
+    return encode(image, prefer)
+
+
+def _has_images(page: pdfium.PdfPage) -> bool:
+    image = pdfium_c.FPDF_PAGEOBJ_IMAGE
+    return any(True for _ in page.get_objects(filter=(image,), max_depth=3))
 
 
 def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPolicy,

@@ -74,6 +74,10 @@ def _flatten_rgba(img: Encoded) -> tuple[bytes, bytes]:
 
 
 def _image_object(img: Encoded) -> tuple[bytes, bytes]:
+    if img.kind == "grey4":
+        head = (f"/Type /XObject /Subtype /Image /Width {img.width} /Height {img.height} "
+                "/ColorSpace /DeviceGray /BitsPerComponent 4 /Filter /FlateDecode")
+        return head.encode(), img.data
     if img.kind == "jpeg":
         space = "/DeviceGray" if img.grey else "/DeviceRGB"
         head = (f"/Type /XObject /Subtype /Image /Width {img.width} /Height {img.height} "

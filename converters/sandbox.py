@@ -37,6 +37,7 @@ from converters.framing import (
     write_frame,
 )
 from converters.limits import ConversionPolicy
+from converters.seccomp import filter_fd
 
 log = logging.getLogger("mugaika.sandbox")
 
@@ -76,12 +77,14 @@ class SandboxConfig:
     stderr: int | None = subprocess.DEVNULL
     extra_pythonpath: tuple[str, ...] = field(default=())
 
-    def command(self) -> list[str]:
+    def command(self, seccomp_fd: int | None = None) -> list[str]:
         inner = [self.python, "-m", "converters.worker"]
         inner += [f"{name}={target}" for name, target in sorted(self.targets.items())]
         if not self.sandboxed:
             return inner
-        return [self.bwrap, *BWRAP_ARGS, "--chdir", str(self.project_root), "--", *inner]
+        seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
+        return [self.bwrap, *BWRAP_ARGS, *seccomp, "--chdir", str(self.project_root), "--",
+                *inner]
 
     def environment(self) -> dict[str, str]:
         path = os.pathsep.join((str(self.project_root), *self.extra_pythonpath))
@@ -141,11 +144,19 @@ class Worker:
 
     def __init__(self, config: SandboxConfig) -> None:
         started = time.monotonic()
-        self.proc = subprocess.Popen(
-            config.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=config.stderr, env=config.environment(), cwd=config.project_root,
-            start_new_session=True,  # own process group: stop() reaches everything it forked
-        )
+        seccomp_fd = filter_fd() if config.sandboxed else None
+        if config.sandboxed and seccomp_fd is None:
+            log.warning("libseccomp unavailable: converter sandbox runs without its filter")
+        try:
+            self.proc = subprocess.Popen(
+                config.command(seccomp_fd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=config.stderr, env=config.environment(), cwd=config.project_root,
+                start_new_session=True,  # own process group: stop() reaches all it forked
+                pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+            )
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         try:
             hello, _ = read_frame(_DeadlineReader(self._stdout, started + START_TIMEOUT), 0)
         except (ConversionError, FramingError, EOFError) as exc:

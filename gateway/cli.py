@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway import admin_cli, loadtest, samples
+from gateway import admin_cli, loadtest, office_cli, samples
 from gateway.logs import configure_logging
 from gateway.settings import Settings, describe, load_settings
 
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sanitize)
     sub.add_parser("check-config", help="validate and print the effective settings").set_defaults(
         func=cmd_check_config)
-    for module in (admin_cli, samples, loadtest):
+    for module in (admin_cli, samples, loadtest, office_cli):
         module.register(sub)
     return parser
 

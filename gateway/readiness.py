@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from converters.sandbox import bwrap_problem
 from gateway.settings import Settings
 
 #: Kept short: a load balancer polls /readyz often and must not pile up waiting threads.
@@ -31,10 +31,10 @@ def downstream_check(settings: Settings) -> Callable[[], bool]:
 
 
 def converters_check(settings: Settings) -> Callable[[], bool]:
-    """The sandbox tool is installed (or explicitly not required) and libmagic loads."""
+    """bubblewrap can confine a process (or is explicitly not required) and libmagic loads."""
 
     def check() -> bool:
-        if shutil.which("bwrap") is None and not settings.allow_unsandboxed:
+        if not settings.allow_unsandboxed and bwrap_problem() is not None:
             return False
         import magic
 

@@ -34,6 +34,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     # First: refuses to start when bubblewrap cannot run, unless unsandboxed is allowed.
     attachments = AttachmentContext.from_settings(settings)
+    # Start the sandboxed converters now, so that a broken install fails here, not on mail.
+    await asyncio.to_thread(attachments.pool.warm)
     spool = Spool(settings.spool_dir)
     stores = open_stores(settings)
     forwarder = forwarder_from_settings(settings)

@@ -47,6 +47,22 @@ class Hostile:
             with socket.create_connection(("127.0.0.1", int(arg)), timeout=3) as conn:
                 conn.sendall(b"leaked")
             return Conversion(outputs=(Rendering("leaked.txt", "text/plain", b"connected"),))
+        if verb == "socket":  # report the errno socket() gives for each family
+            results = []
+            for family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+                try:
+                    socket.socket(family, socket.SOCK_STREAM).close()
+                    results.append("ok")
+                except OSError as exc:
+                    results.append(str(exc.errno))
+            return Conversion(outputs=(Rendering("socket.txt", "text/plain",
+                                                 " ".join(results).encode()),))
+        if verb == "ptrace":  # PTRACE_TRACEME through libc
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            result = libc.ptrace(0, 0, None, None)
+            text = f"{result} {ctypes.get_errno()}".encode()
+            return Conversion(outputs=(Rendering("ptrace.txt", "text/plain", text),))
         if verb == "killserver":  # a compromised child turning on its fork server
             os.kill(os.getppid(), 9)
             time.sleep(5)

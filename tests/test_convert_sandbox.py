@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -70,6 +71,19 @@ def test_the_same_connect_succeeds_without_the_sandbox(listener: socket.socket) 
         conv = bare.convert("hostile", f"connect {port}".encode(), "a.txt", QUICK)
     assert conv.outputs[0].filename == "leaked.txt"
     assert _accepted(listener)
+
+
+def test_seccomp_refuses_internet_sockets_and_ptrace(pool: SandboxPool) -> None:
+    conv = pool.convert("hostile", b"socket", "a.txt", QUICK)
+    assert conv.outputs[0].data == f"{errno.EAFNOSUPPORT} {errno.EAFNOSUPPORT} ok".encode()
+    conv = pool.convert("hostile", b"ptrace", "a.txt", QUICK)
+    assert conv.outputs[0].data == f"-1 {errno.EPERM}".encode()
+
+
+def test_without_the_sandbox_the_same_calls_succeed() -> None:
+    """Control for the seccomp test: the refusals come from the filter."""
+    with SandboxPool(SandboxConfig(TARGETS, sandboxed=False), size=1) as bare:
+        assert bare.convert("hostile", b"socket", "a.txt", QUICK).outputs[0].data == b"ok ok ok"
 
 
 def test_system_is_read_only_and_tmp_is_private(pool: SandboxPool) -> None:
