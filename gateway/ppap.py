@@ -1,20 +1,23 @@
 """The PPAP decrypter the gateway uses: `converters.decrypt` in its own bubblewrap sandbox.
 
 One short-lived sandboxed process per attempt (a password release is rare, so no pool):
-the same bwrap confinement as the converter workers (no network, read-only system,
-private /tmp, no capabilities), rlimits inside, the wall-clock timeout here. The password
+the same bwrap confinement and seccomp filter as the converter workers (no network,
+read-only system, private /tmp, no capabilities), rlimits inside, the wall-clock timeout
+here. The password
 travels on stdin, never on a command line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from converters.decrypt import EXIT_CODES, EXIT_WRONG_PASSWORD
 from converters.errors import SandboxFailure, Timeout, from_code
 from converters.sandbox import BWRAP_ARGS, PROJECT_ROOT, SandboxConfig, decide_sandboxing
+from converters.seccomp import filter_fd
 from gateway.quarantine import Decrypter, WrongPassword
 from gateway.settings import Settings
 
@@ -29,9 +32,6 @@ def sandboxed_decrypter(settings: Settings, sandboxed: bool | None = None) -> De
     """
     if sandboxed is None:
         sandboxed = decide_sandboxing(settings.allow_unsandboxed)
-    command = [sys.executable, "-m", "converters.decrypt"]
-    if sandboxed:
-        command = ["bwrap", *BWRAP_ARGS, "--chdir", str(PROJECT_ROOT), "--", *command]
     environment = SandboxConfig(targets={}).environment()
     limits = {
         "max_members": settings.archive_max_members,
@@ -43,13 +43,18 @@ def sandboxed_decrypter(settings: Settings, sandboxed: bool | None = None) -> De
 
     def decrypt(untrusted: bytes, _filename: str | None, password: str) -> bytes:
         header = json.dumps({"password": password, "limits": limits}).encode() + b"\n"
+        seccomp_fd = filter_fd() if sandboxed else None
         try:
             done = subprocess.run(
-                command, input=header + untrusted, capture_output=True, env=environment,
-                cwd=PROJECT_ROOT, timeout=settings.converter_timeout_seconds, check=False,
+                _command(sandboxed, seccomp_fd), input=header + untrusted, capture_output=True,
+                env=environment, cwd=PROJECT_ROOT, timeout=settings.converter_timeout_seconds,
+                check=False, pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
             )
         except subprocess.TimeoutExpired:
             raise Timeout("decryption took too long") from None
+        finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
         if done.returncode == 0:
             return done.stdout
         if done.returncode == EXIT_WRONG_PASSWORD:
@@ -58,3 +63,12 @@ def sandboxed_decrypter(settings: Settings, sandboxed: bool | None = None) -> De
         raise from_code(code) if code else SandboxFailure(f"exit {done.returncode}")
 
     return decrypt
+
+
+def _command(sandboxed: bool, seccomp_fd: int | None) -> list[str]:
+    """`python -m converters.decrypt`, under bwrap (and its seccomp filter when available)."""
+    inner = [sys.executable, "-m", "converters.decrypt"]
+    if not sandboxed:
+        return inner
+    seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
+    return ["bwrap", *BWRAP_ARGS, *seccomp, "--chdir", str(PROJECT_ROOT), "--", *inner]
