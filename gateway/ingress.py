@@ -100,12 +100,13 @@ class IngressHandler:
         spool: Spool,
         executor: Executor | None = None,
         on_queued: Callable[[str, int], None] | None = None,
+        on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.executor = executor
         self.on_queued = on_queued or (lambda _qid, _size: None)
-        self.rejected = 0
+        self.on_rejected = on_rejected or (lambda: None)
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: SMTPEnvelope, address: str,
@@ -115,7 +116,7 @@ class IngressHandler:
             return REPLY_TOO_MANY_RCPTS
         reason = relay_refusal(address, self.settings.accepted_domains)
         if reason is not None:
-            self.rejected += 1
+            self.on_rejected()
             log.info("rcpt_refused", client=_peer(session), reason=reason)
             return REPLY_RELAY_DENIED
         envelope.rcpt_tos.append(address)

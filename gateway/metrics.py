@@ -97,11 +97,6 @@ class Metrics:
     def conversion(self, converter: str, seconds: float) -> None:
         self._conversion.labels(self._converter(converter)).observe(seconds)
 
-    def worker_event(self, event: str, _queue_id: str) -> None:
-        """`Worker(on_event=...)`: counts the delivery outcomes, ignores the other events."""
-        if event in ("delivered", "deferred", "bounced"):
-            self._messages.labels(event).inc()
-
     def delivery_delay(self, seconds: float) -> None:
         self._delivery_delay.observe(max(0.0, seconds))
 

@@ -43,13 +43,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
     worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
-                    on_event=metrics.worker_event)
+                    metrics)
 
     def queued(queue_id: str, _size: int) -> None:
         metrics.message("received")
         worker.enqueue(queue_id)
 
-    handler = IngressHandler(settings, spool, spool_pool, on_queued=queued)
+    handler = IngressHandler(settings, spool, spool_pool, on_queued=queued,
+                             on_rejected=lambda: metrics.message("rejected"))
     smtp = await loop.create_server(server_factory(settings, handler),
                                     settings.smtp_host, settings.smtp_port)
     consumers = settings.workers + settings.downstream_pool_size

@@ -21,6 +21,7 @@ from gateway.attachments import AttachmentContext
 from gateway.dsn import build_dsn
 from gateway.egress import DeliveryResult, Forwarder, retry_delay
 from gateway.envelope import Envelope
+from gateway.metrics import Metrics
 from gateway.parse import ParsedMessage
 from gateway.rebuild import rebuild
 from gateway.report import Report, Verdict
@@ -76,7 +77,7 @@ class Worker:
         forwarder: Forwarder,
         executor: Executor,
         attachments: AttachmentContext,
-        on_event: Callable[[str, str], None] | None = None,
+        metrics: Metrics,
     ) -> None:
         self.settings = settings
         self.attachments = attachments
@@ -85,8 +86,7 @@ class Worker:
         self.forwarder = forwarder
         self.executor = executor
         self.queue: asyncio.Queue[str] = asyncio.Queue()
-        #: (event, queue_id) for metrics: "delivered", "deferred", "bounced", "sanitized"
-        self.on_event = on_event or (lambda _e, _q: None)
+        self.metrics = metrics
 
     def enqueue(self, queue_id: str) -> None:
         self.queue.put_nowait(queue_id)
@@ -141,7 +141,7 @@ class Worker:
         out_id = await self._in_thread(self.spool.put, processed.output, out_env)
         assert isinstance(out_id, str)
         self.spool.to_hold(entry.queue_id)
-        self.on_event("sanitized", entry.queue_id)
+        self.metrics.observe_report(processed.report)
         log.info("sanitized", queue_id=entry.queue_id, out=out_id,
                  verdict=processed.report.verdict.value, parts=len(processed.report.actions))
         self.enqueue(out_id)
@@ -171,7 +171,9 @@ class Worker:
         else:
             self.spool.done(entry.queue_id)
         self.spool.release_hold(origin, failed=bool(result.permanent))
-        self.on_event(status, origin)
+        self.metrics.message(status)
+        if not result.permanent:
+            self.metrics.observe_delivery(env.received_at, time.time())
         log.info(status, queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  remote=result.remote)
 
@@ -183,7 +185,7 @@ class Worker:
         self.spool.defer(entry.queue_id, state)
         await self._in_thread(self.stores.messages.record_delivery, origin, "deferred",
                               state.attempts, state.last_error)
-        self.on_event("deferred", origin)
+        self.metrics.message("deferred")
         log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  retry_in=round(delay), reply=state.last_error)
 
