@@ -20,6 +20,7 @@ from typing import Any
 
 from converters.html import defang_urls
 from gateway.report import Action, ActionKind, Report, Verdict
+from gateway.release_links import release_link
 from gateway.settings import Settings
 
 #: Defects worth telling the reader about: each changed how the message was handled.
@@ -99,6 +100,9 @@ def render_notice(report: Report, settings: Settings,
     lines.extend(_body_lines(report, t, settings.defang_links))
     for action in report.actions:
         lines.extend(_attachment_lines(action, report.queue_id, t))
+    url = release_link(settings, report.queue_id) if _holds_original(report) else None
+    if url:
+        lines.append(t.line("release_link", url=url))
     if report.link_warnings:
         lines.append(t.line("link_warning_head"))
         show = defang_urls if settings.defang_links else str
@@ -110,6 +114,10 @@ def render_notice(report: Report, settings: Settings,
     lines.append(t.line("contact", contact=settings.notice_contact))
     lines.append(t.line("separator"))
     return "\n".join(line for line in lines if line)
+
+
+def _holds_original(report: Report) -> bool:
+    return report.verdict is Verdict.QUARANTINED or any(a.quarantined for a in report.actions)
 
 
 def _body_lines(report: Report, t: NoticeTemplates, defang: bool) -> list[str]:

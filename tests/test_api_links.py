@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 from collections.abc import Iterator
+from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import pytest
 from pydantic import SecretStr
 
 from gateway.audit import AuditQuery
+from gateway.rebuild import rebuild
 from gateway.release_links import release_link
+from gateway.sanitize import sanitize
 from gateway.settings import Settings
 from gateway.store import SqlStores
 from tests.api_helpers import Api, build_api
@@ -94,3 +99,22 @@ def test_link_never_releases_directly(stores: SqlStores, link_settings: Settings
     assert url is not None
     assert api.client.post(_local(url)).status_code == 200
     assert api.spool.put_calls == []
+
+
+
+def test_notice_carries_a_working_link(link_api: Api, link_settings: Settings) -> None:
+    """The recipient's notice shows the link, and the link opens the confirmation page."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "a@example.com", "staff@example.lg.jp", "x"
+    msg.set_content("本文")
+    msg.add_attachment(b"MZ\x90\x00" + b"\x00" * 200, maintype="application",
+                       subtype="octet-stream", filename="setup.exe")
+    out = rebuild(sanitize(msg.as_bytes(), "Q1", link_settings), link_settings)
+    delivered = email.message_from_bytes(out, policy=email.policy.default)
+    assert isinstance(delivered, EmailMessage)
+    body = delivered.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    url = next(word for word in text.split() if word.startswith("https://mugaika.example.lg.jp/"))
+    assert url.startswith("https://mugaika.example.lg.jp/release/Q1?")
+    assert link_api.client.get(_local(url)).status_code == 200
