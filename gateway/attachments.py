@@ -14,10 +14,11 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from converters.archive_pack import pack_renderings
 from converters.base import Conversion, Converter, Rendering
 from converters.errors import ConversionError, LimitExceeded, SandboxFailure
 from converters.limits import ConversionPolicy, Limits
-from converters.names import clean_name
+from converters.names import clean_name, stem
 from converters.office import OfficeConverter
 from converters.office_pool import OfficeConfig, OfficePool
 from converters.office_scan import scan_result_from
@@ -128,6 +129,8 @@ class _Part:
     untrusted_name: str | None
     declared: str
     untrusted: bytes
+    #: Where a member sat inside its container(s), e.g. "見積/2025": goes into output names.
+    folder: str = ""
 
 
 @dataclass
@@ -183,7 +186,8 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
         return _removed(item, found, err)
     except Exception:  # a bug must not deliver the file: map it to a closed failure
         return _removed(item, found, SandboxFailure("internal error"))
-    outputs = tuple(_unique(r, budget.names) for r in conversion.outputs)
+    outputs = tuple(_unique(_in_folder(r, item.folder), budget.names)
+                    for r in conversion.outputs)
     action = Action(
         part=item.part, filename=found.clean_name, declared_type=item.declared,
         detected_type=found.detected_type, action=ActionKind.CONVERTED,
@@ -194,7 +198,14 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
     held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
                         "converted")
     outcome = AttachmentOutcome((action,), outputs, (held,))
-    return _merge(outcome, _members(item.part, conversion, walk, depth))
+    merged = _merge(outcome, _members(item, conversion, walk, depth))
+    zipped = walk.settings is not None and walk.settings.archive_output == "zip"
+    if depth == 0 and found.converter == "archive" and zipped:
+        # One plain ZIP of the renderings (originals never go in), named after the archive.
+        packed = pack_renderings(found.clean_name, merged.outputs)
+        merged = AttachmentOutcome(merged.actions, (packed,) if merged.outputs else (),
+                                   merged.held)
+    return merged
 
 
 def _forwarded(item: _Part, walk: _Walk) -> AttachmentOutcome:
@@ -214,13 +225,20 @@ def _forwarded(item: _Part, walk: _Walk) -> AttachmentOutcome:
     return AttachmentOutcome(outcome.actions, outputs, outcome.held)
 
 
-def _members(part: str, conversion: Conversion, walk: _Walk, depth: int
+def _members(parent: _Part, conversion: Conversion, walk: _Walk, depth: int
              ) -> list[AttachmentOutcome]:
     ctx, budget = walk.ctx, walk.budget
     outcomes = []
+    # A nested container's name belongs in its members' folder; the top-level one is
+    # already named in the notice line of the attachment itself.
+    base = parent.folder
+    if depth > 0 and parent.untrusted_name:
+        base = posixpath.join(base, stem(parent.untrusted_name))
     for member in conversion.members:
-        name = posixpath.basename(member.path) or None
-        item = _Part(f"{part}/{member.path.lstrip('/')}", name, MEMBER_DECLARED_TYPE, member.data)
+        path = member.path.strip("/")
+        name = posixpath.basename(path) or None
+        folder = posixpath.join(base, posixpath.dirname(path)).strip("/")
+        item = _Part(f"{parent.part}/{path}", name, MEMBER_DECLARED_TYPE, member.data, folder)
         budget.members -= 1
         if depth + 1 > ctx.policy.limits.archive_max_depth or budget.members < 0:
             found = Classification("application/octet-stream", clean_name(name))
@@ -241,6 +259,14 @@ def _removed(item: _Part, found: Classification, err: ConversionError) -> Attach
     held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
                         err.code)
     return AttachmentOutcome((action,), held=(held,))
+
+
+def _in_folder(rendering: Rendering, folder: str) -> Rendering:
+    """A member's rendering carries its archive folder: 見積/見積書.docx → 見積_見積書.pdf."""
+    if not folder:
+        return rendering
+    name = clean_name(f"{folder.replace('/', '_')}_{rendering.filename}")
+    return Rendering(name, rendering.content_type, rendering.data)
 
 
 def _unique(rendering: Rendering, used: set[str]) -> Rendering:

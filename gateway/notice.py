@@ -19,8 +19,8 @@ from string import Template
 from typing import Any
 
 from converters.html import defang_urls
-from gateway.report import Action, ActionKind, Report, Verdict
 from gateway.release_links import release_link
+from gateway.report import Action, ActionKind, Report, Verdict
 from gateway.settings import Settings
 
 #: Defects worth telling the reader about: each changed how the message was handled.

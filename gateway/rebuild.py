@@ -14,6 +14,7 @@ produce, so a regression in either place fails closed instead of delivering.
 from __future__ import annotations
 
 import base64
+import email
 import email.policy
 import re
 from email.headerregistry import Address
@@ -41,7 +42,10 @@ OUTPUT_POLICY = email.policy.SMTP.clone(max_line_length=78)
 #: Renderings we attach. Anything else a converter might return (HTML, SVG, scripts) is
 #: not delivered, whatever produced it.
 SAFE_OUTPUT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp",
-                     "application/pdf", "text/plain", "text/csv")
+                     "application/pdf", "text/plain", "text/csv",
+                     # our own containers: a rebuilt forwarded mail (gateway.forwarded) and
+                     # a ZIP of renderings (archive_output = "zip", converters.archive_pack)
+                     "message/rfc822", "application/zip")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
@@ -83,6 +87,12 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
         if base_type in SAFE_OUTPUT_TYPES:
             maintype, _, subtype = base_type.partition("/")
             name = clean(out.filename).replace("/", "_").replace("\\", "_")[:150] or "file"
+            if base_type == "message/rfc822":
+                # Attached as a message, not as bytes: RFC 2046 forbids base64 on
+                # message/rfc822, and mail clients then show it as a mail.
+                inner = email.message_from_bytes(out.data, policy=OUTPUT_POLICY)
+                msg.add_attachment(inner, filename=name)
+                continue
             params = {"charset": "utf-8"} if maintype == "text" else None  # renderings are UTF-8
             msg.add_attachment(out.data, maintype=maintype, subtype=subtype, filename=name,
                                params=params)
