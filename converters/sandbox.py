@@ -76,6 +76,9 @@ class SandboxConfig:
     #: Where workers' stderr goes; DEVNULL keeps untrusted text out of the gateway's log.
     stderr: int | None = subprocess.DEVNULL
     extra_pythonpath: tuple[str, ...] = field(default=())
+    #: Host paths the converters must not read although the system is bound read-only:
+    #: the data directory (spool, quarantine, database of every other message) and config.
+    hidden: tuple[str, ...] = field(default=())
 
     def command(self, seccomp_fd: int | None = None) -> list[str]:
         inner = [self.python, "-m", "converters.worker"]
@@ -83,8 +86,9 @@ class SandboxConfig:
         if not self.sandboxed:
             return inner
         seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
-        return [self.bwrap, *BWRAP_ARGS, *seccomp, "--chdir", str(self.project_root), "--",
-                *inner]
+        masks = [arg for path in self.hidden if os.path.isdir(path) for arg in ("--tmpfs", path)]
+        return [self.bwrap, *BWRAP_ARGS, *masks, *seccomp, "--chdir", str(self.project_root),
+                "--", *inner]
 
     def environment(self) -> dict[str, str]:
         path = os.pathsep.join((str(self.project_root), *self.extra_pythonpath))

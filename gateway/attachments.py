@@ -91,7 +91,9 @@ class AttachmentContext:
         registry = registry or Registry()
         sandboxed = decide_sandboxing(settings.allow_unsandboxed)
         size = settings.converter_workers or settings.workers
-        pool = SandboxPool(SandboxConfig(registry.targets(), sandboxed=sandboxed), size)
+        hidden = (str(settings.data_dir.resolve()), "/etc/mugaika")
+        config = SandboxConfig(registry.targets(), sandboxed=sandboxed, hidden=hidden)
+        pool = SandboxPool(config, size)
         policy = policy_from_settings(settings)
         office = OfficePool(OfficeConfig(
             pool_size=settings.office_pool_size, max_documents=settings.office_max_documents,

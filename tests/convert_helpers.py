@@ -26,7 +26,7 @@ HOSTILE_TYPE = "text/plain"
 
 class Hostile:
     """Misbehaves as its input asks: `sleep`, `spin`, `alloc`, `crash`, `big N` (N bytes of
-    output), `connect PORT`, `write PATH`, `nest` (a container holding itself); anything
+    output), `connect PORT`, `read PATH`, `write PATH`, `nest` (a container holding itself); anything
     else: a harmless `ok.txt`."""
 
     name = "hostile"
@@ -76,6 +76,9 @@ class Hostile:
                 Member("dir/tool.exe", pe_bytes()),
                 Member("deeper/again.txt", b"nest"),
             ), notes=("3 members",))
+        if verb == "read":
+            with open(arg, "rb") as src:
+                return Conversion(outputs=(Rendering("read.txt", "text/plain", src.read()),))
         if verb == "write":
             with open(arg, "wb") as out:
                 out.write(b"escaped")

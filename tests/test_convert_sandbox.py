@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -175,3 +177,17 @@ def test_refuses_to_start_without_bubblewrap_unless_allowed(
         assert decide_sandboxing(allow_unsandboxed=True, bwrap="/nonexistent/bwrap") is False
     assert "SANDBOX DISABLED" in caplog.text
     assert decide_sandboxing(allow_unsandboxed=False) is True  # bwrap works on this host
+
+
+def test_data_dir_is_hidden_from_converters() -> None:
+    """Other messages' spool and quarantine are on the host: a converter must not read them."""
+    data = Path(tempfile.mkdtemp(dir="/var/tmp"))  # outside /tmp, which is private anyway
+    secret = data / "quarantined-original.eml"
+    secret.write_bytes(b"another citizen's mail")
+    with SandboxPool(SandboxConfig(TARGETS), size=1) as plain:  # control: visible without mask
+        conv = plain.convert("hostile", f"read {secret}".encode(), "a.txt", QUICK)
+        assert conv.outputs[0].data == b"another citizen's mail"
+    with SandboxPool(SandboxConfig(TARGETS, hidden=(str(data),)), size=1) as masked:
+        with pytest.raises(ConversionError):
+            masked.convert("hostile", f"read {secret}".encode(), "a.txt", QUICK)
+    shutil.rmtree(data)
