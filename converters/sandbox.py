@@ -47,6 +47,13 @@ BWRAP_ARGS = (
     "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",  # noqa: S108 - a private tmpfs
     "--cap-drop", "ALL",
 )
+def code_binds(project_root: Path = PROJECT_ROOT) -> list[str]:
+    """Bind our code and interpreter back in read-only: a checkout or venv under /tmp (as CI
+    clones) would otherwise vanish under the sandbox's private /tmp."""
+    paths = dict.fromkeys((str(project_root), sys.prefix))
+    return [arg for path in paths for arg in ("--ro-bind", path, path)]
+
+
 #: Seconds a worker may take to import its converters and say it is ready.
 START_TIMEOUT = 30.0
 #: Seconds between SIGTERM and SIGKILL when a worker is stopped.
@@ -87,8 +94,8 @@ class SandboxConfig:
             return inner
         seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         masks = [arg for path in self.hidden if os.path.isdir(path) for arg in ("--tmpfs", path)]
-        return [self.bwrap, *BWRAP_ARGS, *masks, *seccomp, "--chdir", str(self.project_root),
-                "--", *inner]
+        return [self.bwrap, *BWRAP_ARGS, *code_binds(self.project_root), *masks, *seccomp,
+                "--chdir", str(self.project_root), "--", *inner]
 
     def environment(self) -> dict[str, str]:
         path = os.pathsep.join((str(self.project_root), *self.extra_pythonpath))

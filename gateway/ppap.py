@@ -16,7 +16,13 @@ import sys
 
 from converters.decrypt import EXIT_CODES, EXIT_WRONG_PASSWORD
 from converters.errors import SandboxFailure, Timeout, from_code
-from converters.sandbox import BWRAP_ARGS, PROJECT_ROOT, SandboxConfig, decide_sandboxing
+from converters.sandbox import (
+    BWRAP_ARGS,
+    PROJECT_ROOT,
+    SandboxConfig,
+    code_binds,
+    decide_sandboxing,
+)
 from converters.seccomp import filter_fd
 from gateway.quarantine import Decrypter, WrongPassword
 from gateway.settings import Settings
@@ -71,4 +77,5 @@ def _command(sandboxed: bool, seccomp_fd: int | None) -> list[str]:
     if not sandboxed:
         return inner
     seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
-    return ["bwrap", *BWRAP_ARGS, *seccomp, "--chdir", str(PROJECT_ROOT), "--", *inner]
+    return ["bwrap", *BWRAP_ARGS, *code_binds(), *seccomp, "--chdir", str(PROJECT_ROOT), "--",
+            *inner]
