@@ -2,6 +2,9 @@
 
 An inbound entry goes through sanitize → rebuild; its output becomes a new spool entry of
 kind "outbound" (so a retry never converts twice) and its original waits in `hold/`.
+The output is not fsynced: after a crash the spool makes it again from the original
+(`Spool.put_derived`, `Spool.recover`). Spool and database calls run in threads, never
+on the event loop, which must stay free for SMTP.
 Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
 expiry means a DSN to the sender. Every entry ends delivered, bounced or kept in `failed/`.
 """
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from email.header import Header
+from typing import TypeVar
 
 import structlog
 
@@ -21,6 +25,7 @@ from gateway.attachments import AttachmentContext
 from gateway.dsn import build_dsn
 from gateway.egress import DeliveryResult, Forwarder, retry_delay
 from gateway.envelope import Envelope
+from gateway.notice import NoticeTemplates, load_templates
 from gateway.parse import ParsedMessage
 from gateway.rebuild import rebuild
 from gateway.report import Report, Verdict
@@ -32,6 +37,7 @@ from gateway.stores import Stores
 log = structlog.get_logger("mugaika.worker")
 
 SCAN_SECONDS = 1.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ class Processed:
 
 
 def sanitize_stage(entry: Entry, settings: Settings, stores: Stores,
-                   attachments: AttachmentContext) -> Processed:
+                   attachments: AttachmentContext,
+                   templates: NoticeTemplates | None = None) -> Processed:
     """Sanitize and rebuild one message; record it; hold originals. Runs in a worker thread.
 
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
@@ -52,12 +59,12 @@ def sanitize_stage(entry: Entry, settings: Settings, stores: Stores,
     stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     try:
         result = sanitize(entry.data, entry.queue_id, settings, attachments)
-        output = _own_trace(entry.data) + rebuild(result, settings)
+        output = _own_trace(entry.data) + rebuild(result, settings, templates)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         log.exception("pipeline_error", queue_id=entry.queue_id)
         report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
         result = Sanitized(ParsedMessage((), ()), report, "")
-        output = rebuild(result, settings)
+        output = rebuild(result, settings, templates)
     stores.messages.record_processed(entry.queue_id, result.parsed.header("Subject"), result.report)
     if result.held or result.report.verdict is Verdict.QUARANTINED:
         stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, result.report,
@@ -84,6 +91,8 @@ class Worker:
         self.stores = stores
         self.forwarder = forwarder
         self.executor = executor
+        #: Notice wording, read once: per message it cost a file read and a TOML parse.
+        self.templates = load_templates(settings)
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         #: (event, queue_id) for metrics: "delivered", "deferred", "bounced", "sanitized"
         self.on_event = on_event or (lambda _e, _q: None)
@@ -93,6 +102,14 @@ class Worker:
 
     async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        """Spool and database calls: the loop's default thread pool, not the sanitize one.
+
+        A rename or unlink can wait for an ext4 journal commit that another thread's
+        fsync started (milliseconds): on the loop that stalled every SMTP session.
+        """
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def run(self) -> None:
         while True:
@@ -121,11 +138,14 @@ class Worker:
         log.info("spool_recovered", recovered=recovered, waiting=self.queue.qsize())
         while True:
             await asyncio.sleep(SCAN_SECONDS)
-            for queue_id in self.spool.due_deferred(time.time()):
+            for queue_id in await self._io(self._due):
                 self.enqueue(queue_id)
 
+    def _due(self) -> list[str]:
+        return list(self.spool.due_deferred(time.time()))
+
     async def process(self, queue_id: str) -> None:
-        entry = self.spool.claim(queue_id)
+        entry = await self._io(self.spool.claim, queue_id)
         if entry is None:
             return
         if entry.envelope.kind == "inbound":
@@ -135,16 +155,28 @@ class Worker:
 
     async def _sanitize(self, entry: Entry) -> None:
         processed = await self._in_thread(sanitize_stage, entry, self.settings, self.stores,
-                                          self.attachments)
+                                          self.attachments, self.templates)
         assert isinstance(processed, Processed)
         out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
-        out_id = await self._in_thread(self.spool.put, processed.output, out_env)
-        assert isinstance(out_id, str)
-        self.spool.to_hold(entry.queue_id)
+        out_id = await self._io(self._hand_on, processed.output, out_env, entry.queue_id)
         self.on_event("sanitized", entry.queue_id)
         log.info("sanitized", queue_id=entry.queue_id, out=out_id,
                  verdict=processed.report.verdict.value, parts=len(processed.report.actions))
         self.enqueue(out_id)
+
+    def _hand_on(self, output: bytes, out_env: Envelope, origin: str) -> str:
+        """Spool the output (not fsynced), then keep the original in hold/ to remake it."""
+        out_id = self.spool.put_derived(output, out_env, origin)
+        self.spool.to_hold(origin)
+        return out_id
+
+    def _settle(self, queue_id: str, origin: str, failed: bool) -> None:
+        """Output first, then its original: never an output that nothing can remake."""
+        if failed:
+            self.spool.fail(queue_id)
+        else:
+            self.spool.done(queue_id)
+        self.spool.release_hold(origin, failed=failed)
 
     async def _deliver(self, entry: Entry) -> None:
         env, state = entry.envelope, entry.state
@@ -164,13 +196,9 @@ class Worker:
             await self._defer(entry, state, result)
             return
         status = "bounced" if result.permanent else "delivered"
-        await self._in_thread(self.stores.messages.record_delivery, origin, status,
-                              state.attempts, _summary(result))
-        if result.permanent:
-            self.spool.fail(entry.queue_id)
-        else:
-            self.spool.done(entry.queue_id)
-        self.spool.release_hold(origin, failed=bool(result.permanent))
+        await self._io(self.stores.messages.record_delivery, origin, status,
+                       state.attempts, _summary(result))
+        await self._io(self._settle, entry.queue_id, origin, bool(result.permanent))
         self.on_event(status, origin)
         log.info(status, queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  remote=result.remote)
@@ -180,9 +208,9 @@ class Worker:
         delay = retry_delay(state.attempts, self.settings)
         state = replace(state, next_try=time.time() + delay, pending=sorted(result.temporary),
                         last_error=next(iter(result.temporary.values()))[:300])
-        self.spool.defer(entry.queue_id, state)
-        await self._in_thread(self.stores.messages.record_delivery, origin, "deferred",
-                              state.attempts, state.last_error)
+        await self._io(self.spool.defer, entry.queue_id, state)
+        await self._io(self.stores.messages.record_delivery, origin, "deferred",
+                       state.attempts, state.last_error)
         self.on_event("deferred", origin)
         log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  retry_in=round(delay), reply=state.last_error)
@@ -200,9 +228,7 @@ class Worker:
                         settings=self.settings)
         dsn_env = Envelope(mail_from="", rcpt_tos=(env.mail_from,), kind="dsn",
                            received_at=time.time())
-        dsn_id = await self._in_thread(self.spool.put, dsn, dsn_env)
-        assert isinstance(dsn_id, str)
-        self.enqueue(dsn_id)
+        self.enqueue(await self._io(self.spool.put, dsn, dsn_env))
 
 
 def _own_trace(data: bytes) -> bytes:
