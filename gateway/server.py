@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -14,6 +15,7 @@ from gateway.attachments import AttachmentContext
 from gateway.egress import forwarder_from_settings
 from gateway.ingress import IngressHandler, server_factory
 from gateway.metrics import Metrics
+from gateway.sanitize_pool import SanitizePool
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.store import open_stores
@@ -21,13 +23,20 @@ from gateway.worker import Worker
 
 log = structlog.get_logger("mugaika.server")
 
-#: fsync is serial on one disk: more writer threads made it slower here (MEASURED.md).
-SPOOL_WRITERS = 2
+#: Concurrent fsyncs share one ext4 journal commit: 8 writers accepted 257 msgs/s where
+#: 2 accepted 157 (bench gateway, 20 sessions); MEASURED.md saw raw fsync threads slow down.
+SPOOL_WRITERS = 8
+#: The loop hands work to spool, record and sanitize threads and waits for their answers:
+#: a thread that comes back from I/O waits for the GIL up to this long (CPython's default
+#: 5 ms), a convoy that held the loop's helpers up. 0.5 ms: 145 msgs/s delivered against
+#: 119 in one A/B pair of `bench gateway` runs (docs/performance.md).
+GIL_SWITCH_SECONDS = 0.0005
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start."""
     stop = stop or asyncio.Event()
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -39,8 +48,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
+    processes = SanitizePool(settings, settings.workers) if settings.sanitize_processes else None
     worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
-                    on_event=metrics.worker_event)
+                    on_event=metrics.worker_event,
+                    sanitizer=processes.run if processes else None)
 
     def queued(queue_id: str, _size: int) -> None:
         metrics.message("received")
@@ -68,7 +79,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await forwarder.close()
+        worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
+        if processes:
+            processes.close()
         spool_pool.shutdown(wait=True)
         stores.close()
         attachments.close()

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
 from typing import TypeVar
 
 import structlog
 
-from gateway.attachments import AttachmentContext
+from gateway.attachments import AttachmentContext, HeldOriginal
 from gateway.dsn import build_dsn
 from gateway.egress import DeliveryResult, Forwarder, retry_delay
 from gateway.envelope import Envelope
@@ -32,7 +32,7 @@ from gateway.report import Report, Verdict
 from gateway.sanitize import Sanitized, sanitize
 from gateway.settings import Settings
 from gateway.spool import Entry, RetryState, Spool
-from gateway.stores import Stores
+from gateway.stores import DeliveryStatus, Stores
 
 log = structlog.get_logger("mugaika.worker")
 
@@ -42,34 +42,45 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Processed:
-    """What the sanitize stage hands to delivery."""
+    """What the sanitize stage hands to delivery (and to the message log)."""
 
     output: bytes
     report: Report
+    subject: str | None
+    held: tuple[HeldOriginal, ...]
 
 
-def sanitize_stage(entry: Entry, settings: Settings, stores: Stores,
-                   attachments: AttachmentContext,
+def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext,
                    templates: NoticeTemplates | None = None) -> Processed:
-    """Sanitize and rebuild one message; record it; hold originals. Runs in a worker thread.
+    """Sanitize and rebuild one message. Runs in a worker thread; no I/O of its own.
 
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
     message is then held whole and the recipient gets a notice instead.
     """
-    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     try:
         result = sanitize(entry.data, entry.queue_id, settings, attachments)
         output = _own_trace(entry.data) + rebuild(result, settings, templates)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         log.exception("pipeline_error", queue_id=entry.queue_id)
-        report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
-        result = Sanitized(ParsedMessage((), ()), report, "")
-        output = rebuild(result, settings, templates)
-    stores.messages.record_processed(entry.queue_id, result.parsed.header("Subject"), result.report)
-    if result.held or result.report.verdict is Verdict.QUARANTINED:
-        stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, result.report,
-                               result.held)
-    return Processed(output, result.report)
+        return failed_stage(entry, settings, templates)
+    return Processed(output, result.report, result.parsed.header("Subject"), result.held)
+
+
+def failed_stage(entry: Entry, settings: Settings,
+                 templates: NoticeTemplates | None = None) -> Processed:
+    """The pipeline broke on this message: hold it whole, send the recipient a notice."""
+    report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
+    output = rebuild(Sanitized(ParsedMessage((), ()), report, ""), settings, templates)
+    return Processed(output, report, None, ())
+
+
+def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
+    """Log the message and keep quarantined originals. Runs on the message-log thread."""
+    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
+    stores.messages.record_processed(entry.queue_id, processed.subject, processed.report)
+    if processed.held or processed.report.verdict is Verdict.QUARANTINED:
+        stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, processed.report,
+                               processed.held)
 
 
 class Worker:
@@ -84,6 +95,7 @@ class Worker:
         executor: Executor,
         attachments: AttachmentContext,
         on_event: Callable[[str, str], None] | None = None,
+        sanitizer: Callable[[Entry], Awaitable[Processed]] | None = None,
     ) -> None:
         self.settings = settings
         self.attachments = attachments
@@ -93,9 +105,13 @@ class Worker:
         self.executor = executor
         #: Notice wording, read once: per message it cost a file read and a TOML parse.
         self.templates = load_templates(settings)
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         #: (event, queue_id) for metrics: "delivered", "deferred", "bounced", "sanitized"
         self.on_event = on_event or (lambda _e, _q: None)
+        #: The sanitize stage: `SanitizePool.run` (child processes) in `mugaika serve`;
+        #: by default `sanitize_stage` in `executor`'s threads.
+        self.sanitizer = sanitizer or self._sanitize_in_thread
 
     def enqueue(self, queue_id: str) -> None:
         self.queue.put_nowait(queue_id)
@@ -110,6 +126,18 @@ class Worker:
         fsync started (milliseconds): on the loop that stalled every SMTP session.
         """
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _db(self, fn: Callable[..., T], *args: object) -> T:
+        """Message-log writes (and the spool moves that go with them), one at a time.
+
+        Concurrent SQLite writers in one process meet the write lock, and SQLite's busy
+        handler then sleeps 1 to 100 ms: serialized here, they never wait on each other.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    def close(self) -> None:
+        """Stop the message-log thread (after the tasks that use it were cancelled)."""
+        self._db_thread.shutdown(wait=True)
 
     async def run(self) -> None:
         while True:
@@ -154,24 +182,36 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize(self, entry: Entry) -> None:
-        processed = await self._in_thread(sanitize_stage, entry, self.settings, self.stores,
-                                          self.attachments, self.templates)
-        assert isinstance(processed, Processed)
-        out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
-        out_id = await self._io(self._hand_on, processed.output, out_env, entry.queue_id)
+        processed = await self.sanitizer(entry)
+        out_id = await self._db(self._hand_on, entry, processed)
         self.on_event("sanitized", entry.queue_id)
         log.info("sanitized", queue_id=entry.queue_id, out=out_id,
                  verdict=processed.report.verdict.value, parts=len(processed.report.actions))
         self.enqueue(out_id)
 
-    def _hand_on(self, output: bytes, out_env: Envelope, origin: str) -> str:
-        """Spool the output (not fsynced), then keep the original in hold/ to remake it."""
-        out_id = self.spool.put_derived(output, out_env, origin)
-        self.spool.to_hold(origin)
+    async def _sanitize_in_thread(self, entry: Entry) -> Processed:
+        processed = await self._in_thread(sanitize_stage, entry, self.settings,
+                                          self.attachments, self.templates)
+        assert isinstance(processed, Processed)
+        return processed
+
+    def _hand_on(self, entry: Entry, processed: Processed) -> str:
+        """Log the message, spool its output (not fsynced), keep the original in hold/.
+
+        One thread hop for the three: each hop costs the event loop a future and a wake-up.
+        """
+        record_stage(entry, processed, self.stores)
+        out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
+        out_id = self.spool.put_derived(processed.output, out_env, entry.queue_id)
+        self.spool.to_hold(entry.queue_id)
         return out_id
 
-    def _settle(self, queue_id: str, origin: str, failed: bool) -> None:
-        """Output first, then its original: never an output that nothing can remake."""
+    def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
+                detail: str) -> None:
+        """Log the outcome; drop the output first, then its original (never an output
+        that nothing can remake)."""
+        self.stores.messages.record_delivery(origin, status, attempts, detail)
+        failed = status == "bounced"
         if failed:
             self.spool.fail(queue_id)
         else:
@@ -195,10 +235,9 @@ class Worker:
         if result.temporary:
             await self._defer(entry, state, result)
             return
-        status = "bounced" if result.permanent else "delivered"
-        await self._io(self.stores.messages.record_delivery, origin, status,
-                       state.attempts, _summary(result))
-        await self._io(self._settle, entry.queue_id, origin, bool(result.permanent))
+        status: DeliveryStatus = "bounced" if result.permanent else "delivered"
+        await self._db(self._settle, entry.queue_id, origin, status, state.attempts,
+                       _summary(result))
         self.on_event(status, origin)
         log.info(status, queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  remote=result.remote)
@@ -209,7 +248,7 @@ class Worker:
         state = replace(state, next_try=time.time() + delay, pending=sorted(result.temporary),
                         last_error=next(iter(result.temporary.values()))[:300])
         await self._io(self.spool.defer, entry.queue_id, state)
-        await self._io(self.stores.messages.record_delivery, origin, "deferred",
+        await self._db(self.stores.messages.record_delivery, origin, "deferred",
                        state.attempts, state.last_error)
         self.on_event("deferred", origin)
         log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,

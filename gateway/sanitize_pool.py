@@ -1,0 +1,109 @@
+"""The sanitize stage in child processes, so that parsing and rebuilding use every core.
+
+Sanitize + rebuild are pure Python: in threads they shared the event loop's GIL, and
+`bench gateway` found one core busy and the other idle. Each child builds its own
+converter context (`AttachmentContext`: sandbox pool, registry, policy) on first use; the
+sandbox workers are split between the children, so the gateway starts as many as before.
+
+A child that dies (a crash in a C extension on hostile input, the OOM killer) breaks the
+whole `ProcessPoolExecutor`: the pool is then replaced, and each message that was in it is
+tried once more; a second break quarantines it whole as `processing_error`, as a Python
+exception in the stage does. Nothing is lost: the entry stays claimed until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import structlog
+
+from gateway.attachments import AttachmentContext
+from gateway.notice import NoticeTemplates, load_templates
+from gateway.settings import Settings
+from gateway.spool import Entry
+from gateway.worker import Processed, failed_stage, sanitize_stage
+
+log = structlog.get_logger("mugaika.sanitize_pool")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class _Child:
+    """What one child process keeps between messages."""
+
+    def __init__(self, settings: Settings, converter_workers: int) -> None:
+        self.settings = settings
+        self.converter_workers = converter_workers
+        self.templates: NoticeTemplates = load_templates(settings)
+        self._attachments: AttachmentContext | None = None
+
+    def attachments(self) -> AttachmentContext:
+        """Built on the first message: a child that only sees text never starts a sandbox."""
+        if self._attachments is None:
+            own = self.settings.model_copy(update={"converter_workers": self.converter_workers})
+            self._attachments = AttachmentContext.from_settings(own)
+        return self._attachments
+
+
+#: Process-local by design: set once by the pool's initializer inside each child and read
+#: by `_run` there; the parent never sets it (a ProcessPoolExecutor has no other channel).
+_CHILD: _Child | None = None
+
+
+def _die_with_parent() -> None:
+    """A `kill -9` of the gateway must not leave children behind (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pool's pipes still end the child
+        pass
+
+
+def _init(settings: Settings, converter_workers: int) -> None:
+    global _CHILD  # noqa: PLW0603 - the child's one piece of state, see _CHILD
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _CHILD = _Child(settings, converter_workers)
+
+
+def _run(entry: Entry) -> Processed:
+    assert _CHILD is not None, "initializer did not run"
+    return sanitize_stage(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates)
+
+
+class SanitizePool:
+    """`processes` children running `sanitize_stage`; `await run(entry)` from the loop."""
+
+    def __init__(self, settings: Settings, processes: int) -> None:
+        self.settings = settings
+        self.processes = max(1, processes)
+        total = settings.converter_workers or settings.workers
+        self._converter_workers = max(1, total // self.processes)
+        self._executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn, not fork: the parent runs an event loop and threads, which fork would copy
+        # in whatever state they are in.
+        return ProcessPoolExecutor(
+            self.processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init, initargs=(self.settings, self._converter_workers))
+
+    async def run(self, entry: Entry) -> Processed:
+        for attempt in (1, 2):
+            executor = self._executor
+            try:
+                return await asyncio.get_running_loop().run_in_executor(executor, _run, entry)
+            except BrokenProcessPool:
+                log.error("sanitize_child_died", queue_id=entry.queue_id, attempt=attempt)
+                if self._executor is executor:  # the first to notice replaces it
+                    executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = self._start()
+        return failed_stage(entry, self.settings)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
