@@ -4,6 +4,8 @@ Sanitize + rebuild are pure Python: in threads they shared the event loop's GIL,
 `bench gateway` found one core busy and the other idle. Each child builds its own
 converter context (`AttachmentContext`: sandbox pool, registry, policy) on first use; the
 sandbox workers are split between the children, so the gateway starts as many as before.
+Each child also writes the message log and the quarantine for its messages (its own
+database engine): that SQLAlchemy work was a fifth of the event loop process's CPU.
 
 A child that dies (a crash in a C extension on hostile input, the OOM killer) breaks the
 whole `ProcessPoolExecutor`: the pool is then replaced, and each message that was in it is
@@ -25,8 +27,11 @@ import structlog
 from gateway.attachments import AttachmentContext
 from gateway.notice import NoticeTemplates, load_templates
 from gateway.settings import Settings
-from gateway.spool import Entry
-from gateway.worker import Processed, failed_stage, sanitize_stage
+from gateway.spool import Entry, Spool
+from gateway.store import SqlStores
+from gateway.store.engine import make_engine
+from gateway.stores import Stores
+from gateway.worker import HandedOn, failed_stage, hand_on, sanitize_stage
 
 log = structlog.get_logger("mugaika.sanitize_pool")
 
@@ -41,6 +46,8 @@ class _Child:
         self.converter_workers = converter_workers
         self.templates: NoticeTemplates = load_templates(settings)
         self._attachments: AttachmentContext | None = None
+        self._stores: SqlStores | None = None
+        self.spool = Spool(settings.spool_dir)  # claim-by-rename is safe across processes
 
     def attachments(self) -> AttachmentContext:
         """Built on the first message: a child that only sees text never starts a sandbox."""
@@ -48,6 +55,13 @@ class _Child:
             own = self.settings.model_copy(update={"converter_workers": self.converter_workers})
             self._attachments = AttachmentContext.from_settings(own)
         return self._attachments
+
+    def stores(self) -> SqlStores:
+        """The parent migrated the schema before any child started: no migration here."""
+        if self._stores is None:
+            engine = make_engine(self.settings.effective_database_url)
+            self._stores = SqlStores(engine, self.settings.quarantine_retention_days)
+        return self._stores
 
 
 #: Process-local by design: set once by the pool's initializer inside each child and read
@@ -71,16 +85,22 @@ def _init(settings: Settings, converter_workers: int) -> None:
     _CHILD = _Child(settings, converter_workers)
 
 
-def _run(entry: Entry) -> Processed:
+def _run(entry: Entry) -> HandedOn:
     assert _CHILD is not None, "initializer did not run"
-    return sanitize_stage(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates)
+    processed = sanitize_stage(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates)
+    return hand_on(entry, processed, _CHILD.spool, _CHILD.stores())
 
 
 class SanitizePool:
-    """`processes` children running `sanitize_stage`; `await run(entry)` from the loop."""
+    """`processes` children running `sanitize_stage` and `hand_on`; `await run(entry)`.
 
-    def __init__(self, settings: Settings, processes: int) -> None:
+    `stores` and `spool` are the parent's: for a message that broke two children.
+    """
+
+    def __init__(self, settings: Settings, processes: int, spool: Spool, stores: Stores) -> None:
         self.settings = settings
+        self.spool = spool
+        self.stores = stores
         self.processes = max(1, processes)
         total = settings.converter_workers or settings.workers
         self._converter_workers = max(1, total // self.processes)
@@ -93,7 +113,7 @@ class SanitizePool:
             self.processes, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init, initargs=(self.settings, self._converter_workers))
 
-    async def run(self, entry: Entry) -> Processed:
+    async def run(self, entry: Entry) -> HandedOn:
         for attempt in (1, 2):
             executor = self._executor
             try:
@@ -103,7 +123,9 @@ class SanitizePool:
                 if self._executor is executor:  # the first to notice replaces it
                     executor.shutdown(wait=False, cancel_futures=True)
                     self._executor = self._start()
-        return failed_stage(entry, self.settings)
+        failed = failed_stage(entry, self.settings)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, hand_on, entry, failed, self.spool, self.stores)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

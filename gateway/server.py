@@ -48,7 +48,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
-    processes = SanitizePool(settings, settings.workers) if settings.sanitize_processes else None
+    processes = (SanitizePool(settings, settings.workers, spool, stores)
+                 if settings.sanitize_processes else None)
     worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
                     on_event=metrics.worker_event,
                     sanitizer=processes.run if processes else None)

@@ -118,12 +118,13 @@ class Spool:
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
         return queue_id
 
-    def put_derived(self, raw: bytes, envelope: Envelope, origin: str) -> str:
-        """Store the sanitized output of `origin` in `incoming/` without fsync.
+    def put_derived(self, raw: bytes, envelope: Envelope, origin: str) -> Entry:
+        """Store the sanitized output of `origin`, already claimed (in `active/`), unsynced.
 
         Only valid while `origin` is kept in `hold/` (the caller moves it there next):
-        `recover()` rebuilds a lost or torn output from it. The CRC-32 and length in the
-        envelope let `recover()` and `claim()` tell a torn file from a whole one.
+        `recover()` remakes a lost or torn output from it. The CRC-32 and length in the
+        envelope let `recover()` tell a torn file from a whole one. Claimed, because the
+        worker that made it delivers it next, without a trip through the queue.
         """
         queue_id = derived_id(origin)
         extra = {**envelope.extra, "origin": origin, "size": len(raw), "crc32": zlib.crc32(raw)}
@@ -133,11 +134,11 @@ class Spool:
             with open(tmp, "wb") as fh:
                 fh.write(MAGIC + sealed.to_json().encode() + b"\n")
                 fh.write(raw)
-            os.rename(tmp, self._path("incoming", queue_id))
+            os.rename(tmp, self._path("active", queue_id))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
-        return queue_id
+        return Entry(queue_id, sealed, raw, RetryState())
 
     # --- claiming ------------------------------------------------------------------
     def incoming_ids(self) -> list[str]:

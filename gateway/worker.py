@@ -74,6 +74,27 @@ def failed_stage(entry: Entry, settings: Settings,
     return Processed(output, report, None, ())
 
 
+@dataclass(frozen=True)
+class HandedOn:
+    """A sanitized message: its output, claimed for delivery, and the report for the log."""
+
+    output: Entry
+    report: Report
+
+
+def hand_on(entry: Entry, processed: Processed, spool: Spool, stores: Stores) -> HandedOn:
+    """Log the message, spool its output (not fsynced), keep the original in hold/.
+
+    One call for the three, in whichever thread or process sanitized: each hop back to
+    the event loop costs it a future, a wake-up and a GIL hand-over.
+    """
+    record_stage(entry, processed, stores)
+    out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
+    output = spool.put_derived(processed.output, out_env, entry.queue_id)
+    spool.to_hold(entry.queue_id)
+    return HandedOn(output, processed.report)
+
+
 def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
     """Log the message and keep quarantined originals. Runs on the message-log thread."""
     stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
@@ -95,7 +116,7 @@ class Worker:
         executor: Executor,
         attachments: AttachmentContext,
         on_event: Callable[[str, str], None] | None = None,
-        sanitizer: Callable[[Entry], Awaitable[Processed]] | None = None,
+        sanitizer: Callable[[Entry], Awaitable[HandedOn]] | None = None,
     ) -> None:
         self.settings = settings
         self.attachments = attachments
@@ -109,8 +130,8 @@ class Worker:
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         #: (event, queue_id) for metrics: "delivered", "deferred", "bounced", "sanitized"
         self.on_event = on_event or (lambda _e, _q: None)
-        #: The sanitize stage: `SanitizePool.run` (child processes) in `mugaika serve`;
-        #: by default `sanitize_stage` in `executor`'s threads.
+        #: Sanitize, record, spool the output, hold the original: `SanitizePool.run`
+        #: (child processes) in `mugaika serve`; by default `executor`'s threads.
         self.sanitizer = sanitizer or self._sanitize_in_thread
 
     def enqueue(self, queue_id: str) -> None:
@@ -182,29 +203,17 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize(self, entry: Entry) -> None:
-        processed = await self.sanitizer(entry)
-        out_id = await self._db(self._hand_on, entry, processed)
+        handed = await self.sanitizer(entry)
         self.on_event("sanitized", entry.queue_id)
-        log.info("sanitized", queue_id=entry.queue_id, out=out_id,
-                 verdict=processed.report.verdict.value, parts=len(processed.report.actions))
-        self.enqueue(out_id)
+        log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
+                 verdict=handed.report.verdict.value, parts=len(handed.report.actions))
+        await self._deliver(handed.output)
 
-    async def _sanitize_in_thread(self, entry: Entry) -> Processed:
+    async def _sanitize_in_thread(self, entry: Entry) -> HandedOn:
         processed = await self._in_thread(sanitize_stage, entry, self.settings,
                                           self.attachments, self.templates)
         assert isinstance(processed, Processed)
-        return processed
-
-    def _hand_on(self, entry: Entry, processed: Processed) -> str:
-        """Log the message, spool its output (not fsynced), keep the original in hold/.
-
-        One thread hop for the three: each hop costs the event loop a future and a wake-up.
-        """
-        record_stage(entry, processed, self.stores)
-        out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
-        out_id = self.spool.put_derived(processed.output, out_env, entry.queue_id)
-        self.spool.to_hold(entry.queue_id)
-        return out_id
+        return await self._db(hand_on, entry, processed, self.spool, self.stores)
 
     def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
                 detail: str) -> None:

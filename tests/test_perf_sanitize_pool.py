@@ -7,16 +7,20 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
+from contextlib import closing
 from email import message_from_bytes
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.attachments import AttachmentContext
 from gateway.envelope import Envelope
 from gateway.report import Verdict
 from gateway.sanitize_pool import SanitizePool
 from gateway.settings import Settings
-from gateway.spool import Entry, RetryState
-from gateway.worker import failed_stage, sanitize_stage
+from gateway.spool import Entry, Spool, derived_id
+from gateway.store import SqlStores, open_stores
+from gateway.worker import HandedOn, failed_stage, sanitize_stage
 
 RAW = (b"Received: from mx ([192.0.2.1])\r\n\tby gw (mugaika) with ESMTP id Q1;\r\n"
        b"\tTue, 01 Apr 2025 09:00:00 +0900\r\n"
@@ -25,56 +29,80 @@ RAW = (b"Received: from mx ([192.0.2.1])\r\n\tby gw (mugaika) with ESMTP id Q1;\
        b"Content-Type: text/html; charset=utf-8\r\n\r\n"
        b"<p>hello <a href='http://evil.invalid/'>https://city.example.lg.jp/</a></p>"
        b"<script>alert(1)</script>\r\n")
-ENTRY = Entry("Q1", Envelope("sender@external.example", ("user@example.lg.jp",)), RAW,
-              RetryState())
+T = TypeVar("T")
+ENV = Envelope("sender@external.example", ("user@example.lg.jp",))
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, workers=2)
+    """Settings on a data dir whose database is migrated, as `mugaika serve` leaves it."""
+    settings = Settings(data_dir=tmp_path, workers=2)
+    open_stores(settings).close()
+    return settings
 
 
-def test_child_process_gives_the_same_output_as_a_thread(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
-    pool = SanitizePool(settings, 2)
+def _claimed(spool: Spool) -> Entry:
+    entry = spool.claim(spool.put(RAW, ENV))
+    assert entry is not None
+    return entry
+
+
+def _in_pool(settings: Settings, stores: SqlStores, processes: int,
+             scenario: Callable[[SanitizePool], Coroutine[Any, Any, T]]) -> T:
+    pool = SanitizePool(settings, processes, Spool(settings.spool_dir), stores)
     try:
-        in_child = asyncio.run(pool.run(ENTRY))
+        return asyncio.run(scenario(pool))
     finally:
         pool.close()
+
+
+def test_child_sanitizes_records_and_hands_on_like_a_thread(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    spool = Spool(settings.spool_dir)
+    entry = _claimed(spool)
+    with closing(open_stores(settings)) as stores:
+        handed = _in_pool(settings, stores, 2, lambda pool: pool.run(entry))
+        record = stores.messages.get(entry.queue_id)
+    assert record is not None and record.verdict == handed.report.verdict.value
+    assert record.subject == "pool test" and record.size == len(RAW)
+    out = handed.output
+    assert out.queue_id == derived_id(entry.queue_id)
+    assert (settings.spool_dir / "active" / out.queue_id).exists(), "claimed for delivery"
+    assert (settings.spool_dir / "hold" / entry.queue_id).exists(), "original kept"
     with AttachmentContext.from_settings(settings) as ctx:
-        in_thread = sanitize_stage(ENTRY, settings, ctx)
-    assert in_child.report == in_thread.report
-    assert in_child.subject == in_thread.subject == "pool test"
-    # Only the generated Date/Message-ID could differ; this message has its own id.
-    assert in_child.output == in_thread.output
-    text = message_from_bytes(in_child.output).get_payload(decode=True)
+        in_thread = sanitize_stage(entry, settings, ctx)
+    assert handed.report == in_thread.report
+    assert out.data == in_thread.output  # the message has its own Message-ID and Date
+    text = message_from_bytes(out.data).get_payload(decode=True)
     assert b"<script>" not in text and b"alert(1)" not in text
 
 
 def test_dead_child_is_replaced_and_the_message_still_processed(tmp_path: Path) -> None:
-    pool = SanitizePool(_settings(tmp_path), 1)
+    settings = _settings(tmp_path)
+    spool = Spool(settings.spool_dir)
+    first_entry, second_entry = _claimed(spool), _claimed(spool)
 
-    async def scenario() -> tuple[Verdict, Verdict]:
-        first = await pool.run(ENTRY)  # starts the child
+    async def scenario(pool: SanitizePool) -> tuple[HandedOn, HandedOn]:
+        first = await pool.run(first_entry)  # starts the child
         broken = pool._executor
-        for pid in list(pool._executor._processes):  # the test kills the child
+        for pid in list(broken._processes):  # the test kills the child
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while pool._executor._broken is False and time.monotonic() < deadline:
+        while broken._broken is False and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        second = await pool.run(ENTRY)
+        second = await pool.run(second_entry)
         assert pool._executor is not broken, "the broken pool was replaced"
-        return first.report.verdict, second.report.verdict
+        return first, second
 
-    try:
-        first, second = asyncio.run(scenario())
-    finally:
-        pool.close()
-    assert first is second
-    assert second is not Verdict.QUARANTINED, "one break is retried, not quarantined"
+    with closing(open_stores(settings)) as stores:
+        first, second = _in_pool(settings, stores, 1, scenario)
+    assert first.report.verdict is second.report.verdict
+    assert second.report.verdict is not Verdict.QUARANTINED, "one break is retried"
+    assert second.output.data.count(b"pool test") == 1
 
 
 def test_failed_stage_quarantines_with_a_notice(tmp_path: Path) -> None:
-    processed = failed_stage(ENTRY, _settings(tmp_path))
+    entry = Entry("Q1", ENV, RAW, _claimed(Spool(tmp_path / "spool")).state)
+    processed = failed_stage(entry, _settings(tmp_path))
     assert processed.report.verdict is Verdict.QUARANTINED
     assert processed.report.reason == "processing_error"
     assert b"X-Mugaika-Verdict: quarantined" in processed.output

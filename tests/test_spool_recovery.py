@@ -28,7 +28,7 @@ def _sanitized(tmp_path: Path) -> tuple[Spool, str, str]:
     assert spool.claim(origin) is not None
     out = spool.put_derived(OUTPUT, OUT_ENV, origin)
     spool.to_hold(origin)
-    return spool, origin, out
+    return spool, origin, out.queue_id
 
 
 def _areas(root: Path) -> dict[str, list[str]]:
@@ -36,37 +36,44 @@ def _areas(root: Path) -> dict[str, list[str]]:
             for area in ("incoming", "active", "deferred", "hold", "failed")}
 
 
-def test_whole_output_is_delivered_from_spool_and_original_stays_held(tmp_path: Path) -> None:
-    spool, origin, out = _sanitized(tmp_path)
+def test_output_is_born_claimed_and_survives_a_restart(tmp_path: Path) -> None:
+    _, origin, out = _sanitized(tmp_path)
     assert out == derived_id(origin)
-    entry = spool.claim(out)
-    assert entry is not None and entry.data == OUTPUT
-    assert entry.envelope.extra["origin"] == origin
+    assert _areas(tmp_path)["active"] == [out], "the worker that made it delivers it"
     Spool(tmp_path).recover()  # crash while delivering
     assert _areas(tmp_path)["incoming"] == [out]
     assert _areas(tmp_path)["hold"] == [origin]
+    entry = Spool(tmp_path).claim(out)
+    assert entry is not None and entry.data == OUTPUT
+    assert entry.envelope.extra["origin"] == origin and entry.envelope.kind == "outbound"
 
 
 @pytest.mark.parametrize("keep", [0, 10, len(OUTPUT) // 2])
 def test_torn_output_is_dropped_and_original_sanitized_again(tmp_path: Path, keep: int) -> None:
     _, origin, out = _sanitized(tmp_path)
-    path = tmp_path / "incoming" / out
+    path = tmp_path / "active" / out
     blob = path.read_bytes()
     header_end = blob.index(b"\n") + 1
     path.write_bytes(blob[:header_end + keep])  # power loss: the data never all reached disk
-    with pytest.raises(SpoolError):
-        Spool(tmp_path).claim(out)
-    (tmp_path / "active" / out).rename(path)  # the failed claim took it; a crash follows
     Spool(tmp_path).recover()
     assert _areas(tmp_path)["incoming"] == [origin]
-    assert _areas(tmp_path)["hold"] == []
+    assert _areas(tmp_path)["hold"] == [] and _areas(tmp_path)["active"] == []
     entry = Spool(tmp_path).claim(origin)
     assert entry is not None and entry.data == ORIGINAL and entry.envelope.kind == "inbound"
 
 
+def test_torn_output_is_refused_by_claim(tmp_path: Path) -> None:
+    _, _origin, out = _sanitized(tmp_path)
+    path = tmp_path / "active" / out
+    path.write_bytes(path.read_bytes()[:-7])
+    path.rename(tmp_path / "incoming" / out)
+    with pytest.raises(SpoolError):
+        Spool(tmp_path).claim(out)
+
+
 def test_flipped_byte_in_output_is_detected(tmp_path: Path) -> None:
     _, origin, out = _sanitized(tmp_path)
-    path = tmp_path / "incoming" / out
+    path = tmp_path / "active" / out
     blob = bytearray(path.read_bytes())
     blob[-5] ^= 0xFF
     path.write_bytes(bytes(blob))
@@ -76,7 +83,7 @@ def test_flipped_byte_in_output_is_detected(tmp_path: Path) -> None:
 
 def test_output_that_never_reached_disk_is_remade(tmp_path: Path) -> None:
     _, origin, out = _sanitized(tmp_path)
-    (tmp_path / "incoming" / out).unlink()  # power loss before the rename was written
+    (tmp_path / "active" / out).unlink()  # power loss before the rename was written
     assert Spool(tmp_path).recover() == 0
     assert _areas(tmp_path)["incoming"] == [origin]
     assert _areas(tmp_path)["hold"] == []
@@ -86,16 +93,15 @@ def test_crash_between_output_and_hold_keeps_one_copy(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     origin = spool.put(ORIGINAL, ENV)
     assert spool.claim(origin) is not None
-    out = spool.put_derived(OUTPUT, OUT_ENV, origin)
-    # crash before to_hold: the original is still claimed in active/
-    assert Spool(tmp_path).recover() == 1
+    out = spool.put_derived(OUTPUT, OUT_ENV, origin).queue_id
+    # crash before to_hold: the original and its output are both in active/
+    assert Spool(tmp_path).recover() == 2
     assert _areas(tmp_path)["incoming"] == [out], "the whole output is delivered, not remade"
     assert _areas(tmp_path)["hold"] == [origin]
 
 
 def test_deferred_output_survives_restart_with_its_retry_state(tmp_path: Path) -> None:
     spool, origin, out = _sanitized(tmp_path)
-    assert spool.claim(out) is not None
     spool.defer(out, RetryState(attempts=2, next_try=time.time() + 3600))
     Spool(tmp_path).recover()
     assert _areas(tmp_path)["deferred"] == [out]
@@ -105,7 +111,6 @@ def test_deferred_output_survives_restart_with_its_retry_state(tmp_path: Path) -
 
 def test_bounced_output_moves_its_original_to_failed_on_restart(tmp_path: Path) -> None:
     spool, origin, out = _sanitized(tmp_path)
-    assert spool.claim(out) is not None
     spool.fail(out)  # crash before release_hold(origin, failed=True)
     Spool(tmp_path).recover()
     areas = _areas(tmp_path)
@@ -115,7 +120,6 @@ def test_bounced_output_moves_its_original_to_failed_on_restart(tmp_path: Path) 
 
 def test_delivered_output_then_crash_before_release_duplicates_never_loses(tmp_path: Path) -> None:
     spool, origin, out = _sanitized(tmp_path)
-    assert spool.claim(out) is not None
     spool.done(out)  # delivered; crash before release_hold(origin)
     Spool(tmp_path).recover()
     assert _areas(tmp_path)["incoming"] == [origin], "at-least-once: sent again, not lost"

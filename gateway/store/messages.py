@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.envelope import Envelope
 from gateway.report import Report
@@ -86,13 +88,7 @@ class SqlMessageLog:
             "size": size,
         }
         with write(self._engine, durable=False) as conn:
-            found = conn.execute(
-                select(messages.c.queue_id).where(messages.c.queue_id == queue_id)
-            ).first()
-            if found:
-                conn.execute(update(messages).where(messages.c.queue_id == queue_id).values(values))
-            else:
-                conn.execute(insert(messages).values(queue_id=queue_id, **values))
+            conn.execute(self._upsert(dict(queue_id=queue_id, **values), values))
 
     def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
         with write(self._engine, durable=False) as conn:
@@ -110,13 +106,22 @@ class SqlMessageLog:
     def record_delivery(
         self, queue_id: str, status: DeliveryStatus, attempts: int, detail: str
     ) -> None:
+        """May come before `record_received`: an API release is in the spool (and can be
+        delivered) before the API logs it. The row is then made here with placeholders
+        that `record_received` fills in, and the outcome is never lost to the race."""
+        now = self._clock()
+        values = {"status": status, "attempts": attempts, "status_detail": detail[:2000],
+                  "status_at": now}
+        placeholder = {"received_at": now, "mail_from": "", "recipients": "", "size": 0}
         with write(self._engine, durable=False) as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.queue_id == queue_id)
-                .values(status=status, attempts=attempts, status_detail=detail[:2000],
-                        status_at=self._clock())
-            )
+            conn.execute(self._upsert({"queue_id": queue_id, **placeholder, **values}, values))
+
+    def _upsert(self, row: dict[str, Any], on_conflict: dict[str, Any]) -> Any:
+        """One atomic INSERT … ON CONFLICT (queue_id) DO UPDATE (SQLite and PostgreSQL)."""
+        dialect = self._engine.dialect.name
+        make = postgresql_insert if dialect == "postgresql" else sqlite_insert
+        return make(messages).values(**row).on_conflict_do_update(
+            index_elements=[messages.c.queue_id], set_=on_conflict)
 
     def get(self, queue_id: str) -> MessageRecord | None:
         with self._engine.connect() as conn:
