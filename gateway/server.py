@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -26,17 +25,11 @@ log = structlog.get_logger("mugaika.server")
 #: Concurrent fsyncs share one ext4 journal commit: 8 writers accepted 257 msgs/s where
 #: 2 accepted 157 (bench gateway, 20 sessions); MEASURED.md saw raw fsync threads slow down.
 SPOOL_WRITERS = 8
-#: The loop hands work to spool, record and sanitize threads and waits for their answers:
-#: a thread that comes back from I/O waits for the GIL up to this long (CPython's default
-#: 5 ms), a convoy that held the loop's helpers up. 0.5 ms: 145 msgs/s delivered against
-#: 119 in one A/B pair of `bench gateway` runs (docs/performance.md).
-GIL_SWITCH_SECONDS = 0.0005
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start."""
     stop = stop or asyncio.Event()
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
