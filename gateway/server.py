@@ -22,8 +22,9 @@ from gateway.worker import Worker
 
 log = structlog.get_logger("mugaika.server")
 
-#: Concurrent fsyncs share one ext4 journal commit: 8 writers accepted 257 msgs/s where
-#: 2 accepted 157 (bench gateway, 20 sessions); MEASURED.md saw raw fsync threads slow down.
+#: Concurrent fsyncs share one ext4 journal commit: 8 writers accepted 484 and 449 msgs/s
+#: where 2 accepted 329 and 239 (alternating runs, 20 sessions, docs/performance.md),
+#: although MEASURED.md saw raw fsync threads slow each other down.
 SPOOL_WRITERS = 8
 
 
