@@ -21,6 +21,7 @@ import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 
 import structlog
 
@@ -31,7 +32,13 @@ from gateway.spool import Entry, Spool
 from gateway.store import SqlStores
 from gateway.store.engine import make_engine
 from gateway.stores import Stores
-from gateway.worker import HandedOn, failed_stage, hand_on, sanitize_stage
+from gateway.worker import (
+    THIN_ABOVE_BYTES,
+    HandedOn,
+    failed_stage,
+    hand_on,
+    sanitize_stage,
+)
 
 log = structlog.get_logger("mugaika.sanitize_pool")
 
@@ -87,8 +94,12 @@ def _init(settings: Settings, converter_workers: int) -> None:
 
 def _run(entry: Entry) -> HandedOn:
     assert _CHILD is not None, "initializer did not run"
+    entry = _CHILD.spool.full(entry)
     processed = sanitize_stage(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates)
-    return hand_on(entry, processed, _CHILD.spool, _CHILD.stores())
+    handed = hand_on(entry, processed, _CHILD.spool, _CHILD.stores())
+    if len(handed.output.data) > THIN_ABOVE_BYTES:  # the parent reads it from the spool
+        return replace(handed, output=handed.output.thinned())
+    return handed
 
 
 class SanitizePool:
@@ -123,9 +134,10 @@ class SanitizePool:
                 if self._executor is executor:  # the first to notice replaces it
                     executor.shutdown(wait=False, cancel_futures=True)
                     self._executor = self._start()
-        failed = failed_stage(entry, self.settings)
-        return await asyncio.get_running_loop().run_in_executor(
-            None, hand_on, entry, failed, self.spool, self.stores)
+        loop = asyncio.get_running_loop()
+        whole = await loop.run_in_executor(None, self.spool.full, entry)
+        failed = failed_stage(whole, self.settings)
+        return await loop.run_in_executor(None, hand_on, whole, failed, self.spool, self.stores)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -20,7 +20,7 @@ from gateway.sanitize_pool import SanitizePool
 from gateway.settings import Settings
 from gateway.spool import Entry, Spool, derived_id
 from gateway.store import SqlStores, open_stores
-from gateway.worker import HandedOn, failed_stage, sanitize_stage
+from gateway.worker import THIN_ABOVE_BYTES, HandedOn, failed_stage, sanitize_stage
 
 RAW = (b"Received: from mx ([192.0.2.1])\r\n\tby gw (mugaika) with ESMTP id Q1;\r\n"
        b"\tTue, 01 Apr 2025 09:00:00 +0900\r\n"
@@ -108,3 +108,26 @@ def test_failed_stage_quarantines_with_a_notice(tmp_path: Path) -> None:
     assert processed.report.reason == "processing_error"
     assert b"X-Mugaika-Verdict: quarantined" in processed.output
     assert RAW.split(b"\r\n\r\n", 1)[1] not in processed.output
+
+
+def test_large_message_crosses_as_a_queue_id_both_ways(tmp_path: Path) -> None:
+    """A 2 MB mail goes to the child thin (read from active/) and comes back thin."""
+    settings = _settings(tmp_path)
+    spool = Spool(settings.spool_dir)
+    body = ("大きな本文の行です。" * 20 + "\r\n").encode() * 3500
+    big = (b"From: sender@external.example\r\nTo: user@example.lg.jp\r\nSubject: big\r\n"
+           b"Date: Tue, 01 Apr 2025 09:00:00 +0900\r\nMessage-ID: <big@example.invalid>\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Transfer-Encoding: 8bit\r\n\r\n" + body)
+    assert len(big) > THIN_ABOVE_BYTES
+    entry = spool.claim(spool.put(big, ENV))
+    assert entry is not None
+    with closing(open_stores(settings)) as stores:
+        handed = _in_pool(settings, stores, 1, lambda pool: pool.run(entry.thinned()))
+        record = stores.messages.get(entry.queue_id)
+    assert record is not None and record.size == len(big), "logged from the whole file"
+    assert handed.output.thin and handed.output.data == b""
+    output = spool.full(handed.output)
+    assert len(output.data) > THIN_ABOVE_BYTES
+    text = message_from_bytes(output.data).get_payload(decode=True)
+    assert isinstance(text, bytes) and "大きな本文の行です。".encode() in text
