@@ -15,6 +15,7 @@ from gateway.egress import forwarder_from_settings
 from gateway.ingress import IngressHandler, server_factory
 from gateway.metrics import Metrics
 from gateway.ppap import sandboxed_decrypter
+from gateway.sanitize_pool import SanitizePool
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.store import open_stores
@@ -22,8 +23,10 @@ from gateway.worker import Worker
 
 log = structlog.get_logger("mugaika.server")
 
-#: fsync is serial on one disk: more writer threads made it slower here (MEASURED.md).
-SPOOL_WRITERS = 2
+#: Concurrent fsyncs share one ext4 journal commit: 8 writers accepted 484 and 449 msgs/s
+#: where 2 accepted 329 and 239 (alternating runs, 20 sessions, docs/performance.md),
+#: although MEASURED.md saw raw fsync threads slow each other down.
+SPOOL_WRITERS = 8
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -42,8 +45,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
+    processes = (SanitizePool(settings, settings.workers, spool, stores)
+                 if settings.sanitize_processes else None)
     worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
-                    metrics)
+                    metrics, sanitizer=processes.run if processes else None)
 
     def queued(queue_id: str, _size: int) -> None:
         metrics.message("received")
@@ -73,7 +78,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await forwarder.close()
+        worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
+        if processes:
+            processes.close()
         spool_pool.shutdown(wait=True)
         stores.close()
         attachments.close()

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     release_link_base_url: str | None = None
     #: HMAC key of those links; the same on every node. Links are off without it.
     release_link_key: SecretStr | None = None
+    #: Sanitize in `workers` child processes (all cores; docs/performance.md); false: threads.
+    sanitize_processes: bool = True
 
     toml_path: ClassVar[Path | None] = None
 

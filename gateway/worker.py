@@ -2,6 +2,9 @@
 
 An inbound entry goes through sanitize → rebuild; its output becomes a new spool entry of
 kind "outbound" (so a retry never converts twice) and its original waits in `hold/`.
+The output is not fsynced: after a crash the spool makes it again from the original
+(`Spool.put_derived`, `Spool.recover`). Spool and database calls run in threads, never
+on the event loop, which must stay free for SMTP.
 Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
 expiry means a DSN to the sender. Every entry ends delivered, bounced or kept in `failed/`.
 """
@@ -10,60 +13,101 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
+from typing import TypeVar
 
 import structlog
 
-from gateway.attachments import AttachmentContext
+from gateway.attachments import AttachmentContext, HeldOriginal
 from gateway.dsn import build_dsn
 from gateway.egress import DeliveryResult, Forwarder, retry_delay
 from gateway.envelope import Envelope
 from gateway.metrics import Metrics
+from gateway.notice import NoticeTemplates, load_templates
 from gateway.parse import ParsedMessage
 from gateway.rebuild import rebuild
 from gateway.report import Report, Verdict
 from gateway.sanitize import Sanitized, sanitize
 from gateway.settings import Settings
 from gateway.spool import Entry, RetryState, Spool
-from gateway.stores import Stores
+from gateway.stores import DeliveryStatus, Stores
 
 log = structlog.get_logger("mugaika.worker")
 
 SCAN_SECONDS = 1.0
+#: Messages larger than this cross to a sanitize child, and their outputs back, as a queue
+#: id: the other side reads the claimed spool file. A pickled 20 MB message costs a copy
+#: in each process and pushed the memory bench's peak past its 1.5 GB target.
+THIN_ABOVE_BYTES = 1 << 20
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Processed:
-    """What the sanitize stage hands to delivery."""
+    """What the sanitize stage hands to delivery (and to the message log)."""
 
     output: bytes
     report: Report
+    subject: str | None
+    held: tuple[HeldOriginal, ...]
 
 
-def sanitize_stage(entry: Entry, settings: Settings, stores: Stores,
-                   attachments: AttachmentContext) -> Processed:
-    """Sanitize and rebuild one message; record it; hold originals. Runs in a worker thread.
+def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext,
+                   templates: NoticeTemplates | None = None) -> Processed:
+    """Sanitize and rebuild one message. Runs in a worker thread; no I/O of its own.
 
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
     message is then held whole and the recipient gets a notice instead.
     """
-    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     try:
         result = sanitize(entry.data, entry.queue_id, settings, attachments)
-        output = _own_trace(entry.data) + rebuild(result, settings)
+        output = _own_trace(entry.data) + rebuild(result, settings, templates)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         log.exception("pipeline_error", queue_id=entry.queue_id)
-        report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
-        result = Sanitized(ParsedMessage((), ()), report, "")
-        output = rebuild(result, settings)
-    stores.messages.record_processed(entry.queue_id, result.parsed.header("Subject"), result.report)
-    if result.held or result.report.verdict is Verdict.QUARANTINED:
-        stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, result.report,
-                               result.held)
-    return Processed(output, result.report)
+        return failed_stage(entry, settings, templates)
+    return Processed(output, result.report, result.parsed.header("Subject"), result.held)
+
+
+def failed_stage(entry: Entry, settings: Settings,
+                 templates: NoticeTemplates | None = None) -> Processed:
+    """The pipeline broke on this message: hold it whole, send the recipient a notice."""
+    report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
+    output = rebuild(Sanitized(ParsedMessage((), ()), report, ""), settings, templates)
+    return Processed(output, report, None, ())
+
+
+@dataclass(frozen=True)
+class HandedOn:
+    """A sanitized message: its output, claimed for delivery, and the report for the log."""
+
+    output: Entry
+    report: Report
+
+
+def hand_on(entry: Entry, processed: Processed, spool: Spool, stores: Stores) -> HandedOn:
+    """Log the message, spool its output (not fsynced), keep the original in hold/.
+
+    One call for the three, in whichever thread or process sanitized: each hop back to
+    the event loop costs it a future, a wake-up and a GIL hand-over.
+    """
+    assert not entry.thin, "the original must be whole: it may go to the quarantine"
+    record_stage(entry, processed, stores)
+    out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
+    output = spool.put_derived(processed.output, out_env, entry.queue_id)
+    spool.to_hold(entry.queue_id)
+    return HandedOn(output, processed.report)
+
+
+def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
+    """Log the message and keep quarantined originals. Runs on the message-log thread."""
+    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
+    stores.messages.record_processed(entry.queue_id, processed.subject, processed.report)
+    if processed.held or processed.report.verdict is Verdict.QUARANTINED:
+        stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, processed.report,
+                               processed.held)
 
 
 class Worker:
@@ -78,6 +122,7 @@ class Worker:
         executor: Executor,
         attachments: AttachmentContext,
         metrics: Metrics,
+        sanitizer: Callable[[Entry], Awaitable[HandedOn]] | None = None,
     ) -> None:
         self.settings = settings
         self.attachments = attachments
@@ -85,14 +130,40 @@ class Worker:
         self.stores = stores
         self.forwarder = forwarder
         self.executor = executor
+        #: Notice wording, read once: per message it cost a file read and a TOML parse.
+        self.templates = load_templates(settings)
+        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.metrics = metrics
+        #: Sanitize, record, spool the output, hold the original: `SanitizePool.run`
+        #: (child processes) in `mugaika serve`; by default `executor`'s threads.
+        self.sanitizer = sanitizer or self._sanitize_in_thread
 
     def enqueue(self, queue_id: str) -> None:
         self.queue.put_nowait(queue_id)
 
     async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        """Spool and database calls: the loop's default thread pool, not the sanitize one.
+
+        A rename or unlink can wait for an ext4 journal commit that another thread's
+        fsync started (milliseconds): on the loop that stalled every SMTP session.
+        """
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def _db(self, fn: Callable[..., T], *args: object) -> T:
+        """Message-log writes (and the spool moves that go with them), one at a time.
+
+        Concurrent SQLite writers in one process meet the write lock, and SQLite's busy
+        handler then sleeps 1 to 100 ms: serialized here, they never wait on each other.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
+
+    def close(self) -> None:
+        """Stop the message-log thread (after the tasks that use it were cancelled)."""
+        self._db_thread.shutdown(wait=True)
 
     async def run(self) -> None:
         while True:
@@ -121,30 +192,51 @@ class Worker:
         log.info("spool_recovered", recovered=recovered, waiting=self.queue.qsize())
         while True:
             await asyncio.sleep(SCAN_SECONDS)
-            for queue_id in self.spool.due_deferred(time.time()):
+            for queue_id in await self._io(self._due):
                 self.enqueue(queue_id)
 
+    def _due(self) -> list[str]:
+        return list(self.spool.due_deferred(time.time()))
+
     async def process(self, queue_id: str) -> None:
-        entry = self.spool.claim(queue_id)
+        entry = await self._io(self.spool.claim, queue_id)
         if entry is None:
             return
         if entry.envelope.kind == "inbound":
+            if len(entry.data) > THIN_ABOVE_BYTES:
+                # Rebinding drops this process's copy while a sanitize child works on it.
+                entry = entry.thinned()
             await self._sanitize(entry)
         else:
             await self._deliver(entry)
 
     async def _sanitize(self, entry: Entry) -> None:
-        processed = await self._in_thread(sanitize_stage, entry, self.settings, self.stores,
-                                          self.attachments)
+        handed = await self.sanitizer(entry)
+        if handed.output.thin:
+            handed = replace(handed, output=await self._io(self.spool.full, handed.output))
+        self.metrics.observe_report(handed.report)
+        log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
+                 verdict=handed.report.verdict.value, parts=len(handed.report.actions))
+        await self._deliver(handed.output)
+
+    async def _sanitize_in_thread(self, entry: Entry) -> HandedOn:
+        entry = await self._io(self.spool.full, entry)
+        processed = await self._in_thread(sanitize_stage, entry, self.settings,
+                                          self.attachments, self.templates)
         assert isinstance(processed, Processed)
-        out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
-        out_id = await self._in_thread(self.spool.put, processed.output, out_env)
-        assert isinstance(out_id, str)
-        self.spool.to_hold(entry.queue_id)
-        self.metrics.observe_report(processed.report)
-        log.info("sanitized", queue_id=entry.queue_id, out=out_id,
-                 verdict=processed.report.verdict.value, parts=len(processed.report.actions))
-        self.enqueue(out_id)
+        return await self._db(hand_on, entry, processed, self.spool, self.stores)
+
+    def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
+                detail: str) -> None:
+        """Log the outcome; drop the output first, then its original (never an output
+        that nothing can remake)."""
+        self.stores.messages.record_delivery(origin, status, attempts, detail)
+        failed = status == "bounced"
+        if failed:
+            self.spool.fail(queue_id)
+        else:
+            self.spool.done(queue_id)
+        self.spool.release_hold(origin, failed=failed)
 
     async def _deliver(self, entry: Entry) -> None:
         env, state = entry.envelope, entry.state
@@ -163,14 +255,9 @@ class Worker:
         if result.temporary:
             await self._defer(entry, state, result)
             return
-        status = "bounced" if result.permanent else "delivered"
-        await self._in_thread(self.stores.messages.record_delivery, origin, status,
-                              state.attempts, _summary(result))
-        if result.permanent:
-            self.spool.fail(entry.queue_id)
-        else:
-            self.spool.done(entry.queue_id)
-        self.spool.release_hold(origin, failed=bool(result.permanent))
+        status: DeliveryStatus = "bounced" if result.permanent else "delivered"
+        await self._db(self._settle, entry.queue_id, origin, status, state.attempts,
+                       _summary(result))
         self.metrics.message(status)
         if not result.permanent:
             self.metrics.observe_delivery(env.received_at, time.time())
@@ -182,9 +269,9 @@ class Worker:
         delay = retry_delay(state.attempts, self.settings)
         state = replace(state, next_try=time.time() + delay, pending=sorted(result.temporary),
                         last_error=next(iter(result.temporary.values()))[:300])
-        self.spool.defer(entry.queue_id, state)
-        await self._in_thread(self.stores.messages.record_delivery, origin, "deferred",
-                              state.attempts, state.last_error)
+        await self._io(self.spool.defer, entry.queue_id, state)
+        await self._db(self.stores.messages.record_delivery, origin, "deferred",
+                       state.attempts, state.last_error)
         self.metrics.message("deferred")
         log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  retry_in=round(delay), reply=state.last_error)
@@ -202,9 +289,7 @@ class Worker:
                         settings=self.settings)
         dsn_env = Envelope(mail_from="", rcpt_tos=(env.mail_from,), kind="dsn",
                            received_at=time.time())
-        dsn_id = await self._in_thread(self.spool.put, dsn, dsn_env)
-        assert isinstance(dsn_id, str)
-        self.enqueue(dsn_id)
+        self.enqueue(await self._io(self.spool.put, dsn, dsn_env))
 
 
 def _own_trace(data: bytes) -> bytes:

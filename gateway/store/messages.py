@@ -91,11 +91,12 @@ class SqlMessageLog:
             "helo": envelope.helo[:255],
             "size": size,
         }
+        row = {"queue_id": queue_id, **values}
         if conn is not None:
-            conn.execute(_upsert(conn.dialect.name, queue_id, values))
+            conn.execute(_upsert(conn.dialect.name, row, values))
             return
         with write(self._engine, durable=False) as own:
-            own.execute(_upsert(own.dialect.name, queue_id, values))
+            own.execute(_upsert(own.dialect.name, row, values))
 
     def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
         with write(self._engine, durable=False) as conn:
@@ -113,13 +114,16 @@ class SqlMessageLog:
     def record_delivery(
         self, queue_id: str, status: DeliveryStatus, attempts: int, detail: str
     ) -> None:
+        """May come before `record_received`: an API release is in the spool (and can be
+        delivered) before the API logs it. The row is then made here with placeholders
+        that `record_received` fills in, and the outcome is never lost to the race."""
+        now = self._clock()
+        values = {"status": status, "attempts": attempts, "status_detail": detail[:2000],
+                  "status_at": now}
+        placeholder = {"received_at": now, "mail_from": "", "recipients": "", "size": 0}
+        row = {"queue_id": queue_id, **placeholder, **values}
         with write(self._engine, durable=False) as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.queue_id == queue_id)
-                .values(status=status, attempts=attempts, status_detail=detail[:2000],
-                        status_at=self._clock())
-            )
+            conn.execute(_upsert(conn.dialect.name, row, values))
 
     def get(self, queue_id: str) -> MessageRecord | None:
         with self._engine.connect() as conn:
@@ -149,12 +153,12 @@ class SqlMessageLog:
         return Page(items, total, q.limit, q.offset)
 
 
-def _upsert(dialect: str, queue_id: str, values: dict[str, Any]) -> Any:
-    """INSERT, or UPDATE when the row exists, in one statement: the worker and the API may
-    log the same queue id at the same moment (a release is logged by both)."""
+def _upsert(dialect: str, row: dict[str, Any], on_conflict: dict[str, Any]) -> Any:
+    """INSERT, or UPDATE `on_conflict` when the row exists, in one statement: the worker
+    and the API may log the same queue id at the same moment (a release is logged by both)."""
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(messages).values(queue_id=queue_id, **values)
-    return stmt.on_conflict_do_update(index_elements=[messages.c.queue_id], set_=values)
+    stmt = module.insert(messages).values(**row)
+    return stmt.on_conflict_do_update(index_elements=[messages.c.queue_id], set_=on_conflict)
 
 
 def _record(row: Any) -> MessageRecord:
