@@ -101,21 +101,36 @@ def test_size_advertised_and_enforced(make_gateway, sink: Sink) -> None:  # type
         assert (code, reply[:5]) == (552, b"5.3.4")
 
 
+def _greeting(port: int) -> tuple[socket.socket, bytes]:
+    conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return conn, conn.recv(200)
+
+
+def _two_slots(port: int) -> list[socket.socket]:
+    """Two accepted connections, once earlier probes' slots are free (bounded wait)."""
+    deadline = time.monotonic() + 10
+    while True:
+        pairs = [_greeting(port) for _ in range(2)]
+        if all(reply.startswith(b"220 ") for _, reply in pairs):
+            return [conn for conn, _ in pairs]
+        for conn, _ in pairs:
+            conn.close()
+        assert time.monotonic() < deadline, "slots of closed connections never freed"
+        time.sleep(0.2)
+
+
 def test_per_client_connection_cap(make_gateway, sink: Sink) -> None:  # type: ignore[no-untyped-def]
     gw = make_gateway(sink.port, MUGAIKA_MAX_CONNECTIONS_PER_CLIENT="2")
-    time.sleep(0.3)  # let the fixture's port probe disconnect first
-    held = [socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=10) for _ in range(2)]
+    held = _two_slots(gw.smtp_port)
     try:
-        for s in held:
-            assert s.recv(200).startswith(b"220 ")
-        with socket.create_connection(("127.0.0.1", gw.smtp_port), timeout=10) as third:
-            assert third.recv(200).startswith(b"421 4.7.0")
+        third, reply = _greeting(gw.smtp_port)
+        third.close()
+        assert reply.startswith(b"421 4.7.0")
     finally:
-        for s in held:
-            s.close()
-    time.sleep(0.2)
-    with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as client:
-        assert client.noop()[0] == 250
+        for conn in held:
+            conn.close()
+    for conn in _two_slots(gw.smtp_port):  # closing frees the slots again
+        conn.close()
 
 
 def _converse(port: int, script: bytes) -> bytes:
