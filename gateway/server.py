@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from converters.sandbox import decide_sandboxing
 from gateway.api import create_app
 from gateway.api.serve import NotifyingSpool, serve_api
 from gateway.attachments import AttachmentContext
@@ -36,9 +37,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # First: refuses to start when bubblewrap cannot run, unless unsandboxed is allowed.
-    attachments = AttachmentContext.from_settings(settings)
-    # Start the sandboxed converters now, so that a broken install fails here, not on mail.
-    await asyncio.to_thread(attachments.pool.warm)
+    # With sanitize processes each child owns its converters; here only the check runs.
+    attachments = None
+    if settings.sanitize_processes:
+        decide_sandboxing(settings.allow_unsandboxed)
+    else:
+        attachments = AttachmentContext.from_settings(settings)
+        # Start the sandboxed converters now, so a broken install fails here, not on mail.
+        await asyncio.to_thread(attachments.pool.warm)
     spool = Spool(settings.spool_dir)
     stores = open_stores(settings)
     forwarder = forwarder_from_settings(settings)
@@ -84,4 +90,5 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             processes.close()
         spool_pool.shutdown(wait=True)
         stores.close()
-        attachments.close()
+        if attachments is not None:
+            attachments.close()

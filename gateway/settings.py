@@ -146,10 +146,6 @@ class Settings(BaseSettings):
         return self.data_dir / "spool"
 
     @property
-    def quarantine_dir(self) -> Path:
-        return self.data_dir / "quarantine"
-
-    @property
     def maildir(self) -> Path:
         """Where delivery goes when no downstream host is set (a newcomer's first run)."""
         return self.data_dir / "maildir"

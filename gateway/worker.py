@@ -55,7 +55,7 @@ class Processed:
     held: tuple[HeldOriginal, ...]
 
 
-def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext,
+def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
                    templates: NoticeTemplates | None = None) -> Processed:
     """Sanitize and rebuild one message. Runs in a worker thread; no I/O of its own.
 
@@ -120,11 +120,12 @@ class Worker:
         stores: Stores,
         forwarder: Forwarder,
         executor: Executor,
-        attachments: AttachmentContext,
+        attachments: AttachmentContext | None,
         metrics: Metrics,
         sanitizer: Callable[[Entry], Awaitable[HandedOn]] | None = None,
     ) -> None:
         self.settings = settings
+        #: None when `sanitizer` runs in child processes, each with converters of its own.
         self.attachments = attachments
         self.spool = spool
         self.stores = stores

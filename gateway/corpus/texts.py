@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from gateway.corpus.japanese import encode_iso2022jp_cp932, encoded_word_iso2022jp
-from gateway.corpus.mail import Attachment, mime_mail, raw_mail
+from gateway.corpus.mail import mime_mail, raw_mail
 
 NEC_TEXT = (
     "関係各位\n\n"
@@ -123,6 +123,3 @@ def plain_5kb(name: str = "plain-5kb") -> bytes:
     line = "市役所からのお知らせ：窓口の受付時間は平日8時30分から17時15分までです。\n"
     return mime_mail(name, "窓口受付時間のお知らせ", line * 33, [])
 
-
-def text_attachment(name: str, filename: str, text: str) -> Attachment:
-    return Attachment(filename, text.encode("utf-8"), "text/plain")
