@@ -46,7 +46,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         # Start the sandboxed converters now, so a broken install fails here, not on mail.
         await asyncio.to_thread(attachments.pool.warm)
     spool = Spool(settings.spool_dir)
-    stores = open_stores(settings)
+    stores = open_stores(settings, write_behind=True)
     forwarder = forwarder_from_settings(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")

@@ -25,12 +25,13 @@ if TYPE_CHECKING:  # gateway.audit and gateway.tokens import this package's modu
 class SqlStores:
     """All stores on one engine. Thread-safe: each call takes its own connection."""
 
-    def __init__(self, engine: Engine, retention_days: int, clock: Clock = utcnow) -> None:
+    def __init__(self, engine: Engine, retention_days: int, clock: Clock = utcnow,
+                 write_behind: bool = False) -> None:
         from gateway.audit import AuditLog
         from gateway.tokens import TokenStore
 
         self.engine = engine
-        self.messages = SqlMessageLog(engine, clock)
+        self.messages = SqlMessageLog(engine, clock, write_behind)
         self.quarantine = SqlQuarantine(engine, retention_days, clock)
         self.audit: AuditLog = AuditLog(engine, clock)
         self.tokens: TokenStore = TokenStore(engine, clock)
@@ -45,14 +46,18 @@ class SqlStores:
         return True
 
     def close(self) -> None:
+        self.messages.close()
         self.engine.dispose()
 
 
-def open_stores(settings: Settings, clock: Clock = utcnow) -> SqlStores:
-    """Open (and migrate) the database the settings name."""
+def open_stores(settings: Settings, clock: Clock = utcnow, write_behind: bool = False) -> SqlStores:
+    """Open (and migrate) the database the settings name.
+
+    `write_behind`: the message log is written by a thread of its own, in batches
+    (`gateway.store.behind`); for the gateway's long-running process."""
     engine = make_engine(settings.effective_database_url)
     migrate(engine)
-    return SqlStores(engine, settings.quarantine_retention_days, clock)
+    return SqlStores(engine, settings.quarantine_retention_days, clock, write_behind)
 
 
 __all__ = ["SqlStores", "open_stores"]

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.envelope import Envelope
 from gateway.report import Report
+from gateway.store.behind import Row, WriteBehind
 from gateway.store.common import (
     Clock,
     Page,
@@ -64,11 +65,18 @@ class MessageQuery:
 
 
 class SqlMessageLog:
-    """`gateway.stores.MessageLog` on SQLAlchemy, plus the search the API needs."""
+    """`gateway.stores.MessageLog` on SQLAlchemy, plus the search the API needs.
 
-    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+    `write_behind=True` (the gateway's own process) queues the rows for one writer thread
+    (`gateway.store.behind`); otherwise each call writes before it returns (CLI, API
+    tools, sanitize children, tests)."""
+
+    def __init__(self, engine: Engine, clock: Clock = utcnow, write_behind: bool = False) -> None:
         self._engine = engine
         self._clock = clock
+        self._statements = _statements(engine.dialect.name)
+        self._behind = (WriteBehind(lambda: write(engine, durable=False), self._write_batch)
+                        if write_behind else None)
 
     def record_received(
         self, queue_id: str, envelope: Envelope, size: int, conn: Connection | None = None
@@ -82,7 +90,8 @@ class SqlMessageLog:
             if envelope.received_at
             else self._clock()
         )
-        values = {
+        row = {
+            "queue_id": queue_id,
             "received_at": received,
             "kind": envelope.kind,
             "mail_from": envelope.mail_from[:512],
@@ -91,25 +100,19 @@ class SqlMessageLog:
             "helo": envelope.helo[:255],
             "size": size,
         }
-        row = {"queue_id": queue_id, **values}
         if conn is not None:
-            conn.execute(_upsert(conn.dialect.name, row, values))
-            return
-        with write(self._engine, durable=False) as own:
-            own.execute(_upsert(own.dialect.name, row, values))
+            self._write_batch(conn, [("received", row)])
+        else:
+            self._put("received", row)
 
     def record_processed(self, queue_id: str, subject: str | None, report: Report) -> None:
-        with write(self._engine, durable=False) as conn:
-            conn.execute(
-                update(messages)
-                .where(messages.c.queue_id == queue_id)
-                .values(
-                    subject=subject[:MAX_SUBJECT] if subject is not None else None,
-                    verdict=report.verdict.value,
-                    processed_at=self._clock(),
-                    report_json=dumps(report.to_dict()),
-                )
-            )
+        self._put("processed", {
+            "b_queue_id": queue_id,
+            "b_subject": subject[:MAX_SUBJECT] if subject is not None else None,
+            "b_verdict": report.verdict.value,
+            "b_processed_at": self._clock(),
+            "b_report_json": dumps(report.to_dict()),
+        })
 
     def record_delivery(
         self, queue_id: str, status: DeliveryStatus, attempts: int, detail: str
@@ -118,14 +121,37 @@ class SqlMessageLog:
         delivered) before the API logs it. The row is then made here with placeholders
         that `record_received` fills in, and the outcome is never lost to the race."""
         now = self._clock()
-        values = {"status": status, "attempts": attempts, "status_detail": detail[:2000],
-                  "status_at": now}
-        placeholder = {"received_at": now, "mail_from": "", "recipients": "", "size": 0}
-        row = {"queue_id": queue_id, **placeholder, **values}
+        self._put("delivery", {
+            "queue_id": queue_id, "received_at": now, "mail_from": "", "recipients": "",
+            "size": 0, "status": status, "attempts": attempts,
+            "status_detail": detail[:2000], "status_at": now,
+        })
+
+    def flush(self) -> None:
+        """Wait until every row recorded so far is in the database."""
+        if self._behind is not None:
+            self._behind.flush()
+
+    def close(self) -> None:
+        if self._behind is not None:
+            self._behind.close()
+
+    def _put(self, name: str, row: dict[str, Any]) -> None:
+        if self._behind is not None:
+            self._behind.put(name, row)
+            return
         with write(self._engine, durable=False) as conn:
-            conn.execute(_upsert(conn.dialect.name, row, values))
+            self._write_batch(conn, [(name, row)])
+
+    def _write_batch(self, conn: Connection, batch: list[Row]) -> None:
+        """All rows of `batch`, one `executemany` per statement, in `_ORDER`."""
+        for name in _ORDER:
+            rows = [row for kind, row in batch if kind == name]
+            if rows:
+                conn.execute(self._statements[name], rows)
 
     def get(self, queue_id: str) -> MessageRecord | None:
+        self.flush()
         with self._engine.connect() as conn:
             row = conn.execute(select(messages).where(messages.c.queue_id == queue_id)).first()
         return _record(row._mapping) if row else None
@@ -147,18 +173,43 @@ class SqlMessageLog:
         if q.status:
             query = query.where(messages.c.status == q.status)
         order = (messages.c.received_at.desc(), messages.c.queue_id.desc())
+        self.flush()
         with self._engine.connect() as conn:
             total, rows = paged(conn, query, order, q.limit, q.offset)
         items = tuple(_record(r._mapping) for r in rows)
         return Page(items, total, q.limit, q.offset)
 
 
-def _upsert(dialect: str, row: dict[str, Any], on_conflict: dict[str, Any]) -> Any:
-    """INSERT, or UPDATE `on_conflict` when the row exists, in one statement: the worker
-    and the API may log the same queue id at the same moment (a release is logged by both)."""
+#: The order a batch is written in. It gives the same rows as the order of the calls:
+#: an arrival and a delivery set disjoint columns (either may come first, see
+#: `record_delivery`), "processed" always follows its own "received", and rows of one
+#: kind keep their order (deferred, then delivered).
+_ORDER = ("received", "processed", "delivery")
+_RECEIVED = ("received_at", "kind", "mail_from", "recipients", "client_addr", "helo", "size")
+_DELIVERY = ("status", "attempts", "status_detail", "status_at")
+
+
+def _statements(dialect: str) -> dict[str, Any]:
+    """One statement per row kind, built once: building one per call (cache key, value
+    coercion) cost more than running it."""
+    processed = (
+        update(messages)
+        .where(messages.c.queue_id == bindparam("b_queue_id"))
+        .values(subject=bindparam("b_subject"), verdict=bindparam("b_verdict"),
+                processed_at=bindparam("b_processed_at"), report_json=bindparam("b_report_json"))
+    )
+    return {"received": _upsert(dialect, _RECEIVED), "processed": processed,
+            "delivery": _upsert(dialect, _DELIVERY)}
+
+
+def _upsert(dialect: str, on_conflict: tuple[str, ...]) -> Any:
+    """INSERT, or UPDATE the `on_conflict` columns when the row exists, in one statement:
+    the worker and the API may log the same queue id at the same moment (a release is
+    logged by both)."""
     module: Any = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(messages).values(**row)
-    return stmt.on_conflict_do_update(index_elements=[messages.c.queue_id], set_=on_conflict)
+    stmt = module.insert(messages)
+    return stmt.on_conflict_do_update(index_elements=[messages.c.queue_id],
+                                      set_={c: stmt.excluded[c] for c in on_conflict})
 
 
 def _record(row: Any) -> MessageRecord:

@@ -1,0 +1,78 @@
+"""The message log written behind (the gateway's process) ends as if written call by call."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from gateway.envelope import Envelope
+from gateway.report import Report, Verdict
+from gateway.settings import Settings
+from gateway.store import SqlStores, open_stores
+from gateway.store.common import write
+
+
+def _log_traffic(stores: SqlStores, count: int) -> None:
+    """Arrivals, verdicts and outcomes in the order a busy gateway makes them."""
+    for i in range(count):
+        qid = f"Q{i:04d}"
+        if i % 7 == 0:  # an API release: delivered before it is logged as received
+            stores.messages.record_delivery(qid, "delivered", 1, "250 ok")
+        env = Envelope(f"sender{i}@example.com", (f"clerk{i}@example.lg.jp",),
+                       received_at=1_700_000_000.0 + i, kind="inbound")
+        stores.messages.record_received(qid, env, 1000 + i)
+        verdict = Verdict.QUARANTINED if i % 5 == 0 else Verdict.CLEAN
+        stores.messages.record_processed(qid, f"件名 {i}", Report(qid, verdict))
+        if i % 3 == 0:
+            stores.messages.record_delivery(qid, "deferred", 1, "451 4.3.0 later")
+        if i % 7:
+            stores.messages.record_delivery(qid, "delivered", 2, "250 2.0.0 ok")
+
+
+def _rows(stores: SqlStores, count: int) -> list[tuple[Any, ...]]:
+    out = []
+    for i in range(count):
+        rec = stores.messages.get(f"Q{i:04d}")
+        assert rec is not None
+        out.append((rec.kind, rec.mail_from, rec.recipients, rec.size, rec.subject,
+                    rec.verdict, rec.status, rec.attempts, rec.status_detail))
+    return out
+
+
+def test_write_behind_ends_like_call_by_call(tmp_path: Path) -> None:
+    count = 300
+    with closing(open_stores(Settings(data_dir=tmp_path / "a"))) as direct:
+        _log_traffic(direct, count)
+        expected = _rows(direct, count)
+    with closing(open_stores(Settings(data_dir=tmp_path / "b"), write_behind=True)) as behind:
+        _log_traffic(behind, count)
+        assert _rows(behind, count) == expected
+    assert expected[3][6:8] == ("delivered", 2) and expected[7][6] == "delivered"
+    assert expected[5][5] == "quarantined" and expected[1][4] == "件名 1"
+
+
+def test_rows_survive_failed_writes_and_close(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database error is retried, never dropped; `close()` writes what is left."""
+    with closing(open_stores(Settings(data_dir=tmp_path / "a"))) as direct:
+        _log_traffic(direct, 20)
+        expected = _rows(direct, 20)
+    settings = Settings(data_dir=tmp_path / "b")
+    stores = open_stores(settings, write_behind=True)
+    failures = iter([True, True])
+
+    def flaky(engine: Any, durable: bool = True) -> Any:
+        if next(failures, False):
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return write(engine, durable)
+
+    monkeypatch.setattr("gateway.store.behind.RETRY_DELAYS", (0.01,))
+    monkeypatch.setattr("gateway.store.messages.write", flaky)
+    _log_traffic(stores, 20)
+    stores.close()
+    with closing(open_stores(settings)) as reopened:
+        assert _rows(reopened, 20) == expected
