@@ -5,23 +5,21 @@ parser and rebuilt here from parts we checked: addresses from the stdlib address
 (so an encoded display name can never smuggle in a second address), message ids from a
 strict `<id>` pattern, dates re-formatted, subjects stripped of control characters.
 
-Header injection: Python 3.11.7's serializer does not quote a CR/LF that reaches it
-inside a header value (CVE-2024-6923, fixed in 3.11.10). We never hand it one: every
-value loses its control characters first, and `assert_safe_headers` checks the bytes we
-produce, so a regression in either place fails closed instead of delivering.
+The bytes are written by `gateway.mimewrite` (encoding and folding only; the stdlib
+generator re-parsed every value and cost two thirds of this stage). Header injection
+(CVE-2024-6923 in the 3.11.7 stdlib serializer): every value loses its control characters
+here first, and `assert_safe_headers` checks the bytes written, so a regression in either
+place fails closed instead of delivering.
 """
 
 from __future__ import annotations
 
-import base64
-import email
 import email.policy
 import re
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
-from email.message import EmailMessage
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.utils import format_datetime, formatdate, make_msgid, parsedate_to_datetime
 
-from converters.charset import encode_iso2022jp
+from gateway import mimewrite
 from gateway.headers import decode_words
 from gateway.notice import NoticeTemplates, render_notice
 from gateway.sanitize import Sanitized
@@ -42,9 +40,8 @@ OUTPUT_HEADERS = frozenset(
 class _HeaderClasses(HeaderRegistry):
     """The stdlib's header registry, but each header class is made once per name.
 
-    `HeaderRegistry.__getitem__` builds a new class with `type()` on every call: ~25
-    calls per rebuilt message, a fifth of `rebuild`'s time. The classes depend only on
-    the name, so the memo is a pure cache (bounded by the handful of names we set).
+    `HeaderRegistry.__getitem__` builds a new class with `type()` on every call; the
+    classes depend only on the name, so the memo is a pure cache (a handful of names).
     """
 
     def __init__(self) -> None:
@@ -59,9 +56,8 @@ class _HeaderClasses(HeaderRegistry):
         return made
 
 
-#: CRLF line endings, 78-column folding, RFC 2047 for non-ASCII: safe for any downstream.
-OUTPUT_POLICY = email.policy.SMTP.clone(max_line_length=78, header_factory=_HeaderClasses())
-#: How input address headers are parsed (the stdlib's parser, with the class memo).
+#: How input address headers are parsed: the stdlib's parser (with the class memo), so
+#: that an encoded display name can never become a second address.
 _PARSE_POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
 #: Renderings we attach. Anything else a converter might return (HTML, SVG, scripts) is
 #: not delivered, whatever produced it.
@@ -88,41 +84,53 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
     `templates` (from `gateway.notice.load_templates`) lets a long-running worker load
     the notice wording once instead of per message.
     """
-    msg = EmailMessage(policy=OUTPUT_POLICY)
-    for name in ADDRESS_HEADERS:
-        _set_addresses(msg, name, s.parsed.raw_header(name))
-    _set_subject(msg, s.parsed.header("Subject"), settings)
-    _set_date(msg, s.parsed.header("Date"))
+    charset = "iso-2022-jp" if settings.output_charset == "iso-2022-jp" else "utf-8"
+    fields = [_addresses(name, s.parsed.raw_header(name), charset) for name in ADDRESS_HEADERS]
+    fields.append(_subject(s.parsed.header("Subject"), settings, charset))
+    fields.append(mimewrite.fold("Date", [_date(s.parsed.header("Date"))]))
     ids = _msg_ids(s.parsed.header("Message-ID"))
-    _try_set(msg, "Message-ID", ids[0] if ids else make_msgid(domain=settings.hostname))
+    fields.append(mimewrite.fold("Message-ID",
+                                 [ids[0] if ids else make_msgid(domain=settings.hostname)]))
     for name in ("In-Reply-To", "References"):
         ids = _msg_ids(s.parsed.header(name))[:50]
         if ids:
-            _try_set(msg, name, " ".join(ids))
-    msg["X-Mugaika-Verdict"] = s.report.verdict.value
-    msg["X-Mugaika-Actions"] = actions_summary(s) or (
+            fields.append(mimewrite.fold(name, ids))
+    fields.append(f"X-Mugaika-Verdict: {s.report.verdict.value}\r\n")
+    actions = actions_summary(s) or (
         f"0=quarantined/{clean(s.report.reason)[:60]}" if s.report.reason else "none")
-    msg["X-Mugaika-Queue-Id"] = clean(s.report.queue_id)[:64]
+    fields.append(mimewrite.fold("X-Mugaika-Actions", actions.split(" ")))
+    fields.append(mimewrite.fold("X-Mugaika-Queue-Id", [_ascii(s.report.queue_id)[:64]]))
     if s.report.link_warnings:
-        msg["X-Mugaika-Link-Warnings"] = str(len(s.report.link_warnings))
-    _set_body(msg, s, settings, templates)
-    for out in s.outputs:
-        base_type = out.content_type.split(";", 1)[0].strip().lower()
-        if base_type in SAFE_OUTPUT_TYPES:
-            maintype, _, subtype = base_type.partition("/")
-            name = clean(out.filename).replace("/", "_").replace("\\", "_")[:150] or "file"
-            if base_type == "message/rfc822":
-                # Attached as a message, not as bytes: RFC 2046 forbids base64 on
-                # message/rfc822, and mail clients then show it as a mail.
-                inner = email.message_from_bytes(out.data, policy=OUTPUT_POLICY)
-                msg.add_attachment(inner, filename=name)
-                continue
-            params = {"charset": "utf-8"} if maintype == "text" else None  # renderings are UTF-8
-            msg.add_attachment(out.data, maintype=maintype, subtype=subtype, filename=name,
-                               params=params)
-    data = msg.as_bytes()
+        fields.append(f"X-Mugaika-Link-Warnings: {len(s.report.link_warnings)}\r\n")
+    parts = [_body(s, settings, templates), *_attachments(s)]
+    data = mimewrite.message("".join(fields), parts)
     assert_safe_headers(data)
     return data
+
+
+def _attachments(s: Sanitized) -> list[mimewrite.Part]:
+    parts = []
+    for out in s.outputs:
+        base_type = out.content_type.split(";", 1)[0].strip().lower()
+        if base_type not in SAFE_OUTPUT_TYPES:
+            continue
+        name = clean(out.filename).replace("/", "_").replace("\\", "_")[:150] or "file"
+        if base_type == "message/rfc822":
+            _assert_own_message(out.data)
+        parts.append(mimewrite.attachment(base_type, name, out.data))
+    return parts
+
+
+def _assert_own_message(data: bytes) -> None:
+    """A forwarded mail is attached as a message (clients show it as one), unencoded: so
+    it must be one we wrote (7-bit, CRLF only, our headers), never a converter's bytes."""
+    if not data.isascii() or re.search(rb"\r(?!\n)|(?<!\r)\n", data):
+        raise ValueError("attached message is not 7-bit CRLF")
+    assert_safe_headers(data)
+
+
+def _ascii(value: str) -> str:
+    return clean(value).encode("ascii", "replace").decode("ascii")
 
 
 def actions_summary(s: Sanitized) -> str:
@@ -132,39 +140,19 @@ def actions_summary(s: Sanitized) -> str:
     return clean(" ".join(items)).encode("ascii", "replace").decode("ascii")
 
 
-def _try_set(msg: EmailMessage, name: str, value: object) -> bool:
-    """Set a header only if the serializer can fold it; otherwise leave it out.
-
-    The header is folded here, once, and stored folded: the serializer then writes the
-    lines as they are instead of parsing and folding the value a second time (it still
-    refolds any line over 78 columns itself).
-    """
-    policy = OUTPUT_POLICY  # every rebuilt message is made with it
-    try:
-        header = policy.header_factory(name, value)
-        folded = header.fold(policy=policy)
-        folded.encode("ascii")  # as fold_binary would: non-ASCII output drops the header
-    except Exception:  # any failure to serialize an untrusted value drops the header
-        return False
-    prefix = f"{header.name}: "
-    if not folded.startswith(prefix) or not folded.endswith(policy.linesep):
-        return False
-    msg.set_raw(header.name, folded[len(prefix):-len(policy.linesep)])
-    return True
-
-
-def _set_addresses(msg: EmailMessage, name: str, untrusted: str | None) -> None:
+def _addresses(name: str, untrusted: str | None, charset: str) -> str:
+    """The field with every valid mailbox of the original, or "" when none is left."""
     if untrusted is None:
-        return
+        return ""
     try:
         header = _PARSE_POLICY.header_factory(name, clean(untrusted))
         parsed = getattr(header, "addresses", ())
     except Exception:  # an unparsable address header is dropped
         parsed = ()
-    addresses = [Address(display_name=_display_name(a.display_name), addr_spec=a.addr_spec)
-                 for a in parsed[:200] if _ADDR_SPEC.fullmatch(a.addr_spec or "")]
-    if addresses:
-        _try_set(msg, name, addresses)
+    boxes = [mimewrite.mailbox_tokens(_display_name(a.display_name), a.addr_spec, charset)
+             for a in parsed[:200]
+             if a.addr_spec.isascii() and _ADDR_SPEC.fullmatch(a.addr_spec or "")]
+    return mimewrite.address_field(name, boxes) if boxes else ""
 
 
 def _display_name(untrusted: str) -> str:
@@ -174,57 +162,33 @@ def _display_name(untrusted: str) -> str:
     return clean(untrusted)[:200]
 
 
-def _set_subject(msg: EmailMessage, untrusted: str | None, settings: Settings) -> None:
+def _subject(untrusted: str | None, settings: Settings, charset: str) -> str:
     subject = clean(untrusted or "")[:_MAX_SUBJECT]
     tag = settings.subject_tag
     if tag and not subject.startswith(tag):
         subject = f"{tag} {subject}".strip()
-    if not subject:
-        return
-    if settings.output_charset == "iso-2022-jp" and not subject.isascii():
-        words = _iso2022jp_words(subject)
-        if words is not None:
-            msg.set_raw("Subject", words)
-            return
-    _try_set(msg, "Subject", subject)
+    return mimewrite.fold("Subject", mimewrite.text_tokens(subject, charset)) if subject else ""
 
 
-def _iso2022jp_words(text: str) -> str | None:
-    """RFC 2047 words in ISO-2022-JP, each short enough for a 78-column line."""
-    words: list[str] = []
-    for start in range(0, len(text), 12):
-        raw = encode_iso2022jp(text[start:start + 12])
-        if raw is None:
-            return None
-        words.append(f"=?ISO-2022-JP?B?{base64.b64encode(raw).decode('ascii')}?=")
-    return "\r\n ".join(words)
-
-
-def _set_date(msg: EmailMessage, untrusted: str | None) -> None:
+def _date(untrusted: str | None) -> str:
     try:
-        when = parsedate_to_datetime(clean(untrusted or ""))
-        value = format_datetime(when)
+        return format_datetime(parsedate_to_datetime(clean(untrusted or "")))
     except (TypeError, ValueError, IndexError, OverflowError):
-        value = formatdate(localtime=True)
-    _try_set(msg, "Date", value)
+        return formatdate(localtime=True)
 
 
 def _msg_ids(untrusted: str | None) -> list[str]:
     return _MSG_ID.findall(untrusted or "")
 
 
-def _set_body(msg: EmailMessage, s: Sanitized, settings: Settings,
-              templates: NoticeTemplates | None) -> None:
+def _body(s: Sanitized, settings: Settings,
+          templates: NoticeTemplates | None) -> mimewrite.Part:
     notice = render_notice(s.report, settings, templates)
     text = f"{notice}\n\n{s.body}" if notice and s.body else (notice or s.body)
     text = text.rstrip("\n") + "\n"
-    if settings.output_charset == "iso-2022-jp":
-        encoded = encode_iso2022jp(_wrap_long_lines(text))
-        if encoded is not None:  # otherwise keep UTF-8 rather than lose characters
-            msg.set_content(encoded.replace(b"\n", b"\r\n"), maintype="text",
-                            subtype="plain", cte="7bit", params={"charset": "ISO-2022-JP"})
-            return
-    msg.set_content(text, subtype="plain", charset="utf-8", cte="base64")
+    if settings.output_charset == "iso-2022-jp":  # falls back to UTF-8 rather than lose text
+        return mimewrite.text_part(_wrap_long_lines(text), iso2022jp=True)
+    return mimewrite.text_part(text, iso2022jp=False)
 
 
 def _wrap_long_lines(text: str, width: int = 300) -> str:
