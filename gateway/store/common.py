@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +42,17 @@ def paged(
     return int(total), rows
 
 
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> contextlib.AbstractContextManager[object]:
+    if engine.dialect.name != "sqlite":
+        return contextlib.nullcontext()
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(engine, threading.Lock())
+
+
 @contextlib.contextmanager
 def write(engine: Engine, durable: bool = True) -> Iterator[Connection]:
     """One write transaction; `durable=False` may lose its last commits on power loss.
@@ -51,8 +64,13 @@ def write(engine: Engine, durable: bool = True) -> Iterator[Connection]:
     never corrupt, but the last moments may be missing after a power cut). Quarantine
     originals, release state, tokens and the audit log stay fully durable: the spool
     entry is dropped after `hold`, and an audit trail must not lose a release.
+
+    SQLite has one writer at a time: this process's writers (the message-log thread, the
+    sanitize threads holding originals, the API) take turns on a lock here, because
+    SQLite's own busy handler would make the loser sleep 1 to 100 ms.
     """
-    with engine.connect() as conn:
+    lock = _sqlite_writer(engine)
+    with lock, engine.connect() as conn:
         sqlite = conn.dialect.name == "sqlite"
         if sqlite and durable:
             conn.exec_driver_sql("PRAGMA synchronous=FULL")
