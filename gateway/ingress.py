@@ -46,6 +46,12 @@ _ENHANCED = {
 }
 
 _BARE_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+#: `<local@domain>` with a dot-atom local part and a plain domain: what nearly every MTA
+#: sends in MAIL FROM and RCPT TO. The stdlib header parser that aiosmtpd runs on every
+#: address (5 % of the gateway's time under load) returns exactly these two strings for it.
+_PLAIN_PATH = re.compile(
+    r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\.)*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.S)
 
 
 def normalize_line_ends(untrusted: bytes) -> bytes:
@@ -176,6 +182,17 @@ class GatewaySMTP(SMTP):
         self.limiter = limiter
         self._peer_addr: str | None = None
         self._refused = False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is not None and len(plain[1].rpartition("@")[0]) <= 64:
+            return plain[1], plain[2]
+        try:  # anything unusual: aiosmtpd's full parser
+            return super()._getaddr(arg)
+        except (AttributeError, IndexError, ValueError):
+            # The 3.11 stdlib parser crashes on some invalid domains (`<x@[>`): that is a
+            # syntax error (501), not a local problem (451).
+            return None, None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")

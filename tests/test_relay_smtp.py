@@ -77,6 +77,17 @@ def test_relay_attempts_refused(gateway: Gateway, rcpt: str) -> None:
     assert (code, reply[:5]) == (550, b"5.7.1")
 
 
+def test_address_the_parser_chokes_on_is_a_syntax_error(gateway: Gateway) -> None:
+    """`<x@[>` crashes the 3.11 stdlib address parser: the client gets aiosmtpd's answers
+    to a malformed address (501, 553), not 451 (which would have it retry for days)."""
+    with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
+        client.ehlo()
+        assert client.docmd("MAIL FROM:<x@[>")[0] == 501
+        assert client.mail("a@example.com")[0] == 250
+        assert client.docmd("RCPT TO:<x@[>")[0] == 553
+        assert client.rcpt("clerk@example.lg.jp")[0] == 250
+
+
 def test_too_many_recipients(gateway: Gateway) -> None:
     with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
         client.ehlo()

@@ -28,6 +28,10 @@ log = structlog.get_logger("mugaika.store")
 
 #: Queued rows beyond which `put` waits for the writer (the database is down or slow).
 MAX_PENDING = 50_000
+#: How long the writer lets rows gather after the first one: one wake-up and one
+#: transaction for all of them instead of a GIL hand-over per row (a reader's `flush()`
+#: waits at most this much longer).
+LINGER_SECONDS = 0.05
 #: Retry delays after a failed batch, seconds (the last one repeats).
 RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0)
 
@@ -84,6 +88,10 @@ class WriteBehind:
                 self._cv.wait_for(lambda: bool(self._rows) or self._closed)
                 if not self._rows:
                     return
+                closed = self._closed
+            if not closed:
+                time.sleep(LINGER_SECONDS)
+            with self._cv:
                 batch, self._rows = self._rows, []
             self._write(batch)
             with self._cv:
