@@ -79,10 +79,10 @@ def test_relay_attempts_refused(gateway: Gateway, rcpt: str) -> None:
 
 def test_address_the_parser_chokes_on_is_a_syntax_error(gateway: Gateway) -> None:
     """`<x@[>` crashes the 3.11 stdlib address parser: the client gets aiosmtpd's answers
-    to a malformed address (501, 553), not 451 (which would have it retry for days)."""
+    to a malformed address (553 5.1.3), not 451 (which would have it retry for days)."""
     with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
         client.ehlo()
-        assert client.docmd("MAIL FROM:<x@[>")[0] == 501
+        assert client.docmd("MAIL FROM:<x@[>")[0] == 553
         assert client.mail("a@example.com")[0] == 250
         assert client.docmd("RCPT TO:<x@[>")[0] == 553
         assert client.rcpt("clerk@example.lg.jp")[0] == 250
