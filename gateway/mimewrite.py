@@ -34,8 +34,9 @@ MAX_LINE = 78
 #: RFC 2047 2 allows 75 characters an encoded word; 66 keeps the first line of any of our
 #: fields ("Reply-To: " is the longest name) within 78 columns.
 MAX_WORD = 66
-#: A phrase of atoms (RFC 5322 3.2.3) and spaces: written as it is.
-_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ .-]*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]")
+#: A phrase of atoms and spaces (RFC 5322 3.2.5): written as it is. A dot makes it the
+#: obsolete form (`obs-phrase`), which parsers disagree on: such a name is quoted.
+_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]")
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _TOKEN_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~ -]+")
 

@@ -71,6 +71,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
 _ADDR_SPEC = re.compile(r"[^\s<>()\[\]\\,;:\"@]{1,64}@[A-Za-z0-9.-]{1,253}")
 _MAX_SUBJECT = 500
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+#: One mailbox in the forms nearly all mail uses: `a@b`, `Name <a@b>`, `"Name" <a@b>`,
+#: `=?charset?B?...?= <a@b>`. The stdlib address parser reads these to the same name and
+#: addr-spec, at a tenth of the cost; anything else (lists, comments, routes, odd quoting)
+#: goes to it. Encoded text may not hold `<>,"` here, so it cannot hide a second address.
+_SIMPLE_MAILBOX = re.compile(
+    rf"(?:(?P<name>[A-Za-z0-9 .'_-]*|\"[^\"\\]*\"|(?:=\?[^?\s]+\?[BbQq]\?[^?\s<>,\"]*\?=[ \t]*)+)"
+    rf"[ \t]*<(?P<spec>{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    rf"|(?P<bare>{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))")
 
 
 def clean(value: str) -> str:
@@ -144,22 +153,33 @@ def _addresses(name: str, untrusted: str | None, charset: str) -> str:
     """The field with every valid mailbox of the original, or "" when none is left."""
     if untrusted is None:
         return ""
+    boxes = [mimewrite.mailbox_tokens(_display_name(display), spec, charset)
+             for display, spec in _mailboxes(name, clean(untrusted))[:200]
+             if spec.isascii() and _ADDR_SPEC.fullmatch(spec)]
+    return mimewrite.address_field(name, boxes) if boxes else ""
+
+
+def _mailboxes(name: str, value: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) of each mailbox; [] when the header does not parse."""
+    simple = _SIMPLE_MAILBOX.fullmatch(value)
+    if simple is not None:
+        display = (simple["name"] or "").strip()
+        if display.startswith('"'):
+            display = display[1:-1]
+        return [(display, simple["spec"] or simple["bare"])]
     try:
-        header = _PARSE_POLICY.header_factory(name, clean(untrusted))
+        header = _PARSE_POLICY.header_factory(name, value)
         parsed = getattr(header, "addresses", ())
     except Exception:  # an unparsable address header is dropped
-        parsed = ()
-    boxes = [mimewrite.mailbox_tokens(_display_name(a.display_name), a.addr_spec, charset)
-             for a in parsed[:200]
-             if a.addr_spec.isascii() and _ADDR_SPEC.fullmatch(a.addr_spec or "")]
-    return mimewrite.address_field(name, boxes) if boxes else ""
+        return []
+    return [(a.display_name, a.addr_spec or "") for a in parsed]
 
 
 def _display_name(untrusted: str) -> str:
     """The stdlib leaves words it cannot decode (CP50220, CP932) encoded: we decode them."""
     if "=?" in untrusted:
         untrusted = decode_words(untrusted)
-    return clean(untrusted)[:200]
+    return " ".join(clean(untrusted).split())[:200]
 
 
 def _subject(untrusted: str | None, settings: Settings, charset: str) -> str:
