@@ -1,9 +1,9 @@
 """PDF → page images (an image-only PDF by default), plus the text layer as UTF-8.
 
 pypdfium2 renders (the pdfium in its wheels has no JavaScript or XFA engine, so nothing
-in the file runs). Pages are rendered at the policy DPI by as many forked processes as
-there are CPUs, each encoding its own pages (`converters.encode`): encoding is what
-costs, and it parallelises cleanly. Text comes from pdfium too: about 800 pages/s
+in the file runs). Pages are rendered at the policy DPI by as many processes as there
+are CPUs (this one and forked renderers), each encoding its own pages
+(`converters.encode`): encoding costs as much as rendering, and it parallelises cleanly. Text comes from pdfium too: about 800 pages/s
 against pdfminer.six's 24 on the same Japanese PDF with the same text (bench/bench_pdf.py).
 
 Caps: `max_pages` pages are rendered, the rest are named in a note; a page whose pixels
@@ -14,10 +14,15 @@ only pixels leave.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -35,6 +40,8 @@ from converters.pdfwrite import Page, write_pdf
 MAX_RENDER_PROCESSES = 4
 #: A preview this small (about 24 DPI for A4) tells grey pages from colour ones in ~1 ms.
 PREVIEW_PIXELS = 60_000
+#: How deep into nested form XObjects to look for images.
+IMAGE_SEARCH_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -96,15 +103,28 @@ def _render_encoded(page: pdfium.PdfPage, scale: float, area_pt: float, prefer: 
                               rev_byteorder=True).to_pil()
         if look(preview).grey:
             grey = page.render(scale=scale, may_draw_forms=True, grayscale=True).to_pil()
-            grey = grey.convert("L")
             return to_grey4(grey) if look(grey).flat else to_jpeg(grey)
     image = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True).to_pil()
     return encode(image, prefer)
 
 
 def _has_images(page: pdfium.PdfPage) -> bool:
-    image = pdfium_c.FPDF_PAGEOBJ_IMAGE
-    return any(True for _ in page.get_objects(filter=(image,), max_depth=3))
+    return _contains_image(page.raw, pdfium_c.FPDFPage_CountObjects, pdfium_c.FPDFPage_GetObject)
+
+
+def _contains_image(parent: Any, count: Callable[[Any], int], get: Callable[[Any, int], Any],
+                    depth: int = IMAGE_SEARCH_DEPTH) -> bool:
+    """An image among a page's (or form XObject's) objects, `depth` forms deep. Raw calls:
+    pypdfium2's `get_objects` builds a wrapper per object, 4x slower on a table page."""
+    for i in range(count(parent)):
+        obj = get(parent, i)
+        kind = pdfium_c.FPDFPageObj_GetType(obj)
+        if kind == pdfium_c.FPDF_PAGEOBJ_IMAGE:
+            return True
+        if kind == pdfium_c.FPDF_PAGEOBJ_FORM and depth > 1 and _contains_image(
+                obj, pdfium_c.FPDFFormObj_CountObjects, pdfium_c.FPDFFormObj_GetObject, depth - 1):
+            return True
+    return False
 
 
 def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPolicy,
@@ -137,14 +157,11 @@ def _collect(read_fd: int, policy: ConversionPolicy) -> list[RenderedPage]:
                                       text.decode("utf-8"), h["reduced"]))
 
 
-def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
-               prefer: Kind | None) -> list[RenderedPage]:
-    """Render pages 0..count-1 in parallel forked processes, in page order."""
-    procs = max(1, min(count, len(os.sched_getaffinity(0)), MAX_RENDER_PROCESSES))
-    if procs == 1:
-        return [render_page(doc, i, policy, prefer) for i in range(count)]
+def _start_renderers(doc: pdfium.PdfDocument, count: int, procs: int,
+                     policy: ConversionPolicy, prefer: Kind | None) -> list[tuple[int, int]]:
+    """Fork renderers for shares 1..procs-1 (share 0 is ours); (pid, read fd) for each."""
     children: list[tuple[int, int]] = []
-    for k in range(procs):
+    for k in range(1, procs):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -154,13 +171,42 @@ def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
             _render_share(doc, range(k, count, procs), policy, prefer, write_fd)
         os.close(write_fd)
         children.append((pid, read_fd))
-    pages: list[RenderedPage] = []
-    failed = False
-    for pid, read_fd in children:  # sequential reads cannot deadlock: shares are independent
-        pages.extend(_collect(read_fd, policy))
+    return children
+
+
+def _reap(children: list[tuple[int, int]], kill: bool) -> bool:
+    """Wait for every renderer (killed first when we gave up); True if all exited cleanly."""
+    clean = True
+    for pid, _ in children:
+        if kill:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
-        failed = failed or status != 0
-    if failed or len(pages) != count:
+        clean = clean and status == 0
+    return clean
+
+
+def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
+               prefer: Kind | None) -> list[RenderedPage]:
+    """Render pages 0..count-1, in page order, on every CPU.
+
+    This process renders one share itself: it is warm (fonts, glyph caches, heap), and a
+    forked renderer pays about 50 ms of page faults and cache warm-up before its first
+    page. Threads drain the renderers' pipes meanwhile, so none blocks on a full pipe."""
+    procs = max(1, min(count, len(os.sched_getaffinity(0)), MAX_RENDER_PROCESSES))
+    if procs == 1:
+        return [render_page(doc, i, policy, prefer) for i in range(count)]
+    children = _start_renderers(doc, count, procs, policy, prefer)  # before any thread
+    with ThreadPoolExecutor(len(children)) as readers:
+        shares = [readers.submit(_collect, read_fd, policy) for _, read_fd in children]
+        try:
+            pages = [render_page(doc, i, policy, prefer) for i in range(0, count, procs)]
+            for share in shares:
+                pages.extend(share.result())
+        except BaseException:
+            _reap(children, kill=True)
+            raise
+    if not _reap(children, kill=False) or len(pages) != count:
         raise SandboxFailure("a PDF renderer failed")
     return sorted(pages, key=lambda p: p.index)
 
