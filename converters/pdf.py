@@ -3,8 +3,9 @@
 pypdfium2 renders (the pdfium in its wheels has no JavaScript or XFA engine, so nothing
 in the file runs). Pages are rendered at the policy DPI by as many processes as there
 are CPUs (this one and forked renderers), each encoding its own pages
-(`converters.encode`): encoding costs as much as rendering, and it parallelises cleanly. Text comes from pdfium too: about 800 pages/s
-against pdfminer.six's 24 on the same Japanese PDF with the same text (bench/bench_pdf.py).
+(`converters.encode`): encoding costs as much as rendering, and it parallelises cleanly.
+Text comes from pdfium too: about 800 pages/s against pdfminer.six's 24 on the same
+Japanese PDF with the same text (bench/bench_pdf.py).
 
 Caps: `max_pages` pages are rendered, the rest are named in a note; a page whose pixels
 at the policy DPI would exceed `max_page_pixels` is rendered at a lower DPI (and noted).
@@ -136,8 +137,9 @@ def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPol
             for index in indexes:
                 p = render_page(doc, index, policy, prefer)
                 header = {"index": p.index, "kind": p.image.kind, "w": p.image.width,
-                          "h": p.image.height, "grey": p.image.grey, "wpt": p.width_pt,
-                          "hpt": p.height_pt, "reduced": p.reduced}
+                          "h": p.image.height, "grey": p.image.grey,
+                          "at": p.image.placement, "wpt": p.width_pt, "hpt": p.height_pt,
+                          "reduced": p.reduced}
                 write_frame(out, header, (p.image.data, p.text.encode("utf-8")))
     except BaseException:  # a renderer reports failure by its exit status
         code = 1
@@ -152,7 +154,7 @@ def _collect(read_fd: int, policy: ConversionPolicy) -> list[RenderedPage]:
                 h, (data, text) = read_frame(inp, policy.limits.max_output_bytes)
             except EOFError:
                 return pages
-            image = Encoded(h["kind"], data, h["w"], h["h"], h["grey"])
+            image = Encoded(h["kind"], data, h["w"], h["h"], h["grey"], tuple(h["at"]))
             pages.append(RenderedPage(h["index"], image, h["wpt"], h["hpt"],
                                       text.decode("utf-8"), h["reduced"]))
 

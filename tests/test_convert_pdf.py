@@ -202,3 +202,27 @@ def test_link_targets_are_listed_in_the_text_file() -> None:
     assert "Click here" in text
     assert "[links]\nhttps://www.city.example.lg.jp/kurashi/" in text
     assert b"/URI" not in conv.outputs[0].data  # the rendering itself has no links
+
+
+def test_text_page_keeps_every_mark_up_to_the_margins() -> None:
+    """Grey pages are stored cropped to their ink: a heading, a tiny page number in the
+    corner and a hairline at the edge stay where they were; a blank page stays blank."""
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.drawString(72, 720, "Heading")
+    pdf.setFont("Helvetica", 6)
+    pdf.drawString(575, 8, "12")
+    pdf.line(3, 3, 3, 80)
+    pdf.showPage()
+    pdf.showPage()
+    pdf.save()
+    original = buf.getvalue()
+    out = PdfConverter().convert(original, "t.pdf", POLICY).outputs[0].data
+    for page in range(2):
+        before, after = _page_image(original, page), _page_image(out, page)
+        assert ImageChops.invert(after).getbbox() == ImageChops.invert(before).getbbox()
+        assert _ink(after) == pytest.approx(_ink(before), rel=0.1, abs=1e-6)
+    corner = _page_image(out, 0).crop((1190, 1725, 1241, 1754))  # the page number
+    assert _ink(corner) > 0.02
