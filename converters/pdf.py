@@ -41,6 +41,9 @@ from converters.pdfwrite import Page, write_pdf
 
 #: Renderer processes per PDF; two cores measured 1.9-2.0x one (docs/MEASURED.md).
 MAX_RENDER_PROCESSES = 4
+#: A forked renderer costs about a page of work before its first page (page faults, this
+#: document's fonts), so a process is worth forking only for at least this many pages.
+MIN_PAGES_PER_PROCESS = 2
 #: A preview this small (about 24 DPI for A4) tells grey pages from colour ones in ~1 ms.
 PREVIEW_PIXELS = 60_000
 #: How deep into nested form XObjects to look for images.
@@ -204,7 +207,8 @@ def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
     This process renders one share itself: it is warm (fonts, glyph caches, heap), and a
     forked renderer pays about 50 ms of page faults and cache warm-up before its first
     page. Threads drain the renderers' pipes meanwhile, so none blocks on a full pipe."""
-    procs = max(1, min(count, len(os.sched_getaffinity(0)), MAX_RENDER_PROCESSES))
+    procs = max(1, min(count // MIN_PAGES_PER_PROCESS, len(os.sched_getaffinity(0)),
+                       MAX_RENDER_PROCESSES))
     if procs == 1:
         return [render_page(doc, i, policy, prefer) for i in range(count)]
     children = _start_renderers(doc, count, procs, policy, prefer)  # before any thread
