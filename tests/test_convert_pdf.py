@@ -249,7 +249,7 @@ def test_a_page_failing_in_any_renderer_fails_the_pdf_and_leaves_no_process(
         return real(doc, index, policy, prefer)
 
     monkeypatch.setattr(pdf_module, "render_page", failing)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(pdf_module, "free_cpus", lambda: 2)
     before = _children()
     with pytest.raises(error):
         PdfConverter().convert(japanese_pdf(4), "a.pdf", POLICY)
