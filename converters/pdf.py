@@ -2,7 +2,7 @@
 
 pypdfium2 renders (the pdfium in its wheels has no JavaScript or XFA engine, so nothing
 in the file runs). Pages are rendered at the policy DPI by as many processes as there
-are CPUs (this one and forked renderers), each encoding its own pages
+are idle CPUs (this one and forked renderers), each encoding its own pages
 (`converters.encode`): encoding costs as much as rendering, and it parallelises cleanly.
 Text comes from pdfium too: about 800 pages/s against pdfminer.six's 24 on the same
 Japanese PDF with the same text (bench/bench_pdf.py).
@@ -220,8 +220,8 @@ def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
                prefer: Kind | None) -> list[RenderedPage]:
     """Render pages 0..count-1, in page order, on every idle CPU.
 
-    This process renders one share itself: it is warm (fonts, glyph caches, heap), and a
-    forked renderer pays about 50 ms of page faults and cache warm-up before its first
+    This process renders one share itself: it is warm (this document's fonts, its heap),
+    while a forked renderer pays 10-15 ms of page faults and font set-up before its first
     page. Threads drain the renderers' pipes meanwhile, so none blocks on a full pipe."""
     procs = max(1, min(count // MIN_PAGES_PER_PROCESS, free_cpus(), MAX_RENDER_PROCESSES))
     if procs == 1:
