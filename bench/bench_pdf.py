@@ -10,7 +10,12 @@ Figures (ratios matter, absolute numbers move with machine load):
 - worker_start_ms vs pooled_small_ms: what a small attachment would pay without the pool;
 - text extraction pages/s, pypdfium2 against pdfminer.six, on the same PDF.
 
-Run: .venv/bin/python -m bench.bench_pdf
+Pass/fail: median raw time / median pipeline time over interleaved rounds, in-process and
+sandboxed, must both reach TARGET_RATIO (best-of times are in the details). The raw baseline renders 3-byte
+RGB; the pipeline renders RGBX (no copy into PIL) and grey pages in grey, so it can beat
+the baseline on one core.
+
+Run: .venv/bin/python -m bench pdf (MUGAIKA_BENCH_QUICK=1: 3 rounds instead of 9)
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ import sys
 import time
 from typing import Any
 
+from bench.common import quick, result
+
 PAGES = 20
 DPI = 150
+#: Issue #4: the pipeline keeps at least this share of the raw renderer's page rate.
+TARGET_RATIO = 0.8
 FONT = "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf"
 
 
@@ -108,28 +117,29 @@ def pipeline(data: bytes) -> None:
     PdfConverter().convert(data, "a.pdf", ConversionPolicy(dpi=DPI))
 
 
-def interleaved(data: bytes, rounds: int = 5) -> dict[str, float]:
+def interleaved(data: bytes, rounds: int) -> dict[str, Any]:
     """Raw, pipeline and sandboxed runs alternate, so load from other processes hits all
-    three alike; the best of each is kept."""
+    three alike; the median and the best time of each are kept."""
     from converters.limits import ConversionPolicy
     from converters.registry import Registry
     from converters.sandbox import SandboxConfig, SandboxPool
 
     policy = ConversionPolicy(dpi=DPI)
-    best = {"raw": float("inf"), "pipeline": float("inf"), "sandboxed": float("inf")}
+    times: dict[str, list[float]] = {"raw": [], "pipeline": [], "sandboxed": []}
     with SandboxPool(SandboxConfig(Registry().targets()), 1) as pool:
         pool.warm()
         runs = {"raw": lambda: raw_render(data), "pipeline": lambda: pipeline(data),
                 "sandboxed": lambda: pool.convert("pdf", data, "a.pdf", policy)}
         for _ in range(rounds):
             for name, fn in runs.items():
-                best[name] = min(best[name], _best_of(1, fn))
-        best["sandboxed_cpu"] = min(
+                times[name].append(_best_of(1, fn))
+        cpu = {"sandboxed": min(
             int(pool.convert("pdf", data, "a.pdf", policy).extra["cpu_ms"]) / 1000
-            for _ in range(rounds))
-        best["raw_cpu"] = _best_cpu_of(rounds, runs["raw"])
-        best["pipeline_cpu"] = _best_cpu_of(rounds, runs["pipeline"])
-    return best
+            for _ in range(rounds))}
+        cpu["raw"] = _best_cpu_of(rounds, runs["raw"])
+        cpu["pipeline"] = _best_cpu_of(rounds, runs["pipeline"])
+    return {"median": {k: statistics.median(v) for k, v in times.items()},
+            "best": {k: min(v) for k, v in times.items()}, "cpu": cpu}
 
 
 def startup(small: bytes) -> dict[str, float]:
@@ -205,25 +215,32 @@ def peak_memory(pages: int = 50) -> dict[str, float]:
 def run() -> dict[str, Any]:
     data = build_pdf(PAGES)
     small = "氏名,金額\n山田,1200\n".encode()
-    best = interleaved(data)
-    return {
-        "pages": PAGES, "dpi": DPI,
-        "raw_render_pages_per_s": _rate(PAGES, best["raw"]),
-        "pipeline_pages_per_s": _rate(PAGES, best["pipeline"]),
-        "sandboxed_pages_per_s": _rate(PAGES, best["sandboxed"]),
-        "pipeline_vs_raw": round(best["raw"] / best["pipeline"], 2),
-        "sandboxed_vs_raw": round(best["raw"] / best["sandboxed"], 2),
+    m = interleaved(data, rounds=3 if quick() else 9)
+    median, best, cpu = m["median"], m["best"], m["cpu"]
+    pipeline_ratio, sandboxed_ratio = (median["raw"] / median[k] for k in ("pipeline", "sandboxed"))
+    return result(
+        "PDF pages/s through the sandboxed pipeline at 150 DPI (median round)",
+        _rate(PAGES, median["sandboxed"]), "pages/s",
+        f">= {TARGET_RATIO:g}x raw render (in-process and sandboxed)",
+        min(pipeline_ratio, sandboxed_ratio) >= TARGET_RATIO,
+        baseline=_rate(PAGES, median["raw"]), baseline_name="raw pypdfium2 render, 1 process",
+        pages=PAGES, dpi=DPI,
+        pipeline_pages_per_s=_rate(PAGES, median["pipeline"]),
+        pipeline_vs_raw=round(pipeline_ratio, 2), sandboxed_vs_raw=round(sandboxed_ratio, 2),
+        best_raw_pages_per_s=_rate(PAGES, best["raw"]),
+        best_pipeline_pages_per_s=_rate(PAGES, best["pipeline"]),
+        best_sandboxed_pages_per_s=_rate(PAGES, best["sandboxed"]),
         # CPU per page is what load cannot distort; with N idle cores the pipeline's wall
         # rate approaches N x raw_cpu / pipeline_cpu of the one-process raw render rate.
-        "raw_cpu_ms_per_page": round(best["raw_cpu"] / PAGES * 1000, 1),
-        "pipeline_cpu_ms_per_page": round(best["pipeline_cpu"] / PAGES * 1000, 1),
-        "sandboxed_cpu_ms_per_page": round(best["sandboxed_cpu"] / PAGES * 1000, 1),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "cpus": len(os.sched_getaffinity(0)),
+        raw_cpu_ms_per_page=round(cpu["raw"] / PAGES * 1000, 1),
+        pipeline_cpu_ms_per_page=round(cpu["pipeline"] / PAGES * 1000, 1),
+        sandboxed_cpu_ms_per_page=round(cpu["sandboxed"] / PAGES * 1000, 1),
+        load_average_1min=round(os.getloadavg()[0], 2),
+        cpus=len(os.sched_getaffinity(0)),
         **startup(small),
         **text_extraction(data),
         **peak_memory(),
-    }
+    )
 
 
 if __name__ == "__main__":

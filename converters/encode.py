@@ -29,6 +29,9 @@ MIDTONE_LOW, MIDTONE_HIGH = 48, 208
 FLAT_PALETTE = 64
 JPEG_QUALITY = 85
 _GREY16_PALETTE = bytes(v for i in range(16) for v in (i * 17,) * 3)
+_GREY16_LEVELS = [(v * 15 + 127) // 255 for v in range(256)]
+#: The same 16 levels as ink (0 = white): what is not white is then what getbbox() finds.
+_INK16_LEVELS = [15 - level for level in _GREY16_LEVELS]
 #: zlib level 1: measured ~3x faster than the default with files ~15% larger.
 PNG_LEVEL = 1
 
@@ -43,6 +46,9 @@ class Encoded:
     height: int
     #: A one-component JPEG (the PDF writer must say /DeviceGray).
     grey: bool = False
+    #: Where the image sits on its page, as fractions (left, top, right, bottom): grey4
+    #: images are cropped to their ink, the rest of the page being plain white.
+    placement: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
 
 
 def _thumbnail(img: Image.Image) -> Image.Image:
@@ -72,14 +78,23 @@ def look(img: Image.Image) -> Look:
         flat = True  # so few colours that a palette holds them exactly
     else:
         flat = midtones <= FLAT_MAX_MIDTONES and thumb.getcolors(FLAT_MAX_COLOURS) is not None
-    grey = thumb.mode == "L" or thumb.convert("L").convert("RGB").tobytes() == thumb.tobytes()
-    return Look(flat, grey)
+    return Look(flat, is_grey(thumb))
+
+
+def is_grey(img: Image.Image) -> bool:
+    """No colour at all: R, G and B equal on every pixel (0.15 ms on a 60,000-pixel
+    preview, a quarter of a full `look`)."""
+    if img.mode in {"L", "1"}:
+        return True
+    bands = (img if img.mode in {"RGB", "RGBX"} else img.convert("RGB")).split()
+    return bands[0].tobytes() == bands[1].tobytes() == bands[2].tobytes()
 
 
 def _grey16(img: Image.Image) -> Image.Image:
     """16 grey levels as a 4-bit palette image: anti-aliased text stays smooth and the PNG
     is about 7x smaller than 8-bit grey (measured 36 KB against 251 KB for an A4 page)."""
-    levels = img.convert("L").point(lambda v: (v * 15 + 127) // 255)
+    grey = img if img.mode == "L" else img.convert("L")
+    levels = grey.point(_GREY16_LEVELS)
     levels.putpalette(_GREY16_PALETTE)  # L with a palette becomes P, no copy
     return levels
 
@@ -102,17 +117,30 @@ def to_png(img: Image.Image, seen: Look | None = None) -> Encoded:
 
 
 def to_grey4(img: Image.Image) -> Encoded:
-    """16 grey levels packed two pixels a byte and deflated as is, for the PDF writer.
+    """16 grey levels as ink, cropped to the inked area, packed two pixels a byte and
+    deflated as is, for the PDF writer (which maps ink back to grey with /Decode).
 
     Measured on an A4 text page: 1.9 ms against 5.7 ms for the same pixels as a 4-bit
-    PNG (whose per-row filter search is the cost), at the same size (36 KB).
-    """
-    packed = _grey16(img).tobytes("raw", "P;4")  # rows padded to whole bytes, as PDF wants
-    return Encoded("grey4", zlib.compress(packed, 1), img.width, img.height, True)
+    PNG (whose per-row filter search is the cost), at the same size (36 KB). Deflate is
+    most of what remains, so the white margins are left out: -35% on a text page, -60%
+    on a half-empty table page. The crop is exact (getbbox on every pixel), so nothing
+    on the page is lost."""
+    grey = img if img.mode == "L" else img.convert("L")
+    ink = grey.point(_INK16_LEVELS)
+    box = ink.getbbox() or (0, 0, 1, 1)  # a blank page: one white pixel
+    ink = ink.crop(box)
+    ink.putpalette(_GREY16_PALETTE)  # P is what the 4-bit packer takes
+    packed = ink.tobytes("raw", "P;4")  # rows padded to whole bytes, as PDF wants
+    left, top, right, bottom = box
+    placement = (left / img.width, top / img.height, right / img.width, bottom / img.height)
+    return Encoded("grey4", zlib.compress(packed, 1), ink.width, ink.height, True, placement)
 
 
 def to_jpeg(img: Image.Image) -> Encoded:
-    prepared = img.convert("L") if img.mode in {"L", "1"} else img.convert("RGB")
+    if img.mode in {"L", "RGB", "RGBX"}:
+        prepared = img  # a conversion would copy the page (2 ms for A4 at 150 DPI)
+    else:
+        prepared = img.convert("L") if img.mode == "1" else img.convert("RGB")
     out = io.BytesIO()
     prepared.save(out, "JPEG", quality=JPEG_QUALITY, optimize=False)
     return Encoded("jpeg", out.getvalue(), img.width, img.height, prepared.mode == "L")

@@ -1,8 +1,9 @@
 """The sandboxed converter worker: a small fork server speaking framed JSON on stdin/stdout.
 
 Started once by `converters.sandbox` inside bubblewrap, it imports every converter up
-front (pypdfium2, Pillow, ...) and then forks one child per attachment, so a small file
-pays a fork (about a millisecond), not an interpreter start-up. Each child sets its own
+front (pypdfium2, Pillow, ...), lets those with a `warm()` method pay their first-use
+costs, and then forks one child per attachment, so a small file pays a fork (about a
+millisecond), not an interpreter start-up. Each child sets its own
 rlimits (address space, CPU seconds, file size, processes) before it touches a byte of
 the attachment, converts, and sends its answer through a pipe; the server relays a
 well-formed frame or an error code. A child that dies (CPU limit, segfault, killed)
@@ -149,6 +150,9 @@ def main(argv: list[str]) -> int:
     for arg in argv:
         name, _, target = arg.partition("=")
         converters[name] = load_converter(target)
+        warm = getattr(converters[name], "warm", None)
+        if callable(warm):  # start-up costs paid here once, not in every forked child
+            warm()
     write_frame(out, {"ready": True, "pid": os.getpid(), "converters": sorted(converters)})
     while True:
         try:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+from pathlib import Path
 
 import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageChops
 
-from converters.errors import Corrupt, Encrypted
+from converters import pdf as pdf_module
+from converters.errors import Corrupt, Encrypted, SandboxFailure
 from converters.limits import ConversionPolicy, Limits
-from converters.pdf import PdfConverter
+from converters.pdf import PdfConverter, RenderedPage
 from tests.convert_helpers import (
     corrupt_pdf,
     encrypted_pdf,
@@ -202,3 +205,60 @@ def test_link_targets_are_listed_in_the_text_file() -> None:
     assert "Click here" in text
     assert "[links]\nhttps://www.city.example.lg.jp/kurashi/" in text
     assert b"/URI" not in conv.outputs[0].data  # the rendering itself has no links
+
+
+def test_text_page_keeps_every_mark_up_to_the_margins() -> None:
+    """Grey pages are stored cropped to their ink: a heading, a tiny page number in the
+    corner and a hairline at the edge stay where they were; a blank page stays blank."""
+    from reportlab.pdfgen import canvas
+
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.drawString(72, 720, "Heading")
+    pdf.setFont("Helvetica", 6)
+    pdf.drawString(575, 8, "12")
+    pdf.line(3, 3, 3, 80)
+    pdf.showPage()
+    pdf.showPage()
+    pdf.save()
+    original = buf.getvalue()
+    out = PdfConverter().convert(original, "t.pdf", POLICY).outputs[0].data
+    for page in range(2):
+        before, after = _page_image(original, page), _page_image(out, page)
+        assert ImageChops.invert(after).getbbox() == ImageChops.invert(before).getbbox()
+        assert _ink(after) == pytest.approx(_ink(before), rel=0.1, abs=1e-6)
+    corner = _page_image(out, 0).crop((1190, 1725, 1241, 1754))  # the page number
+    assert _ink(corner) > 0.02
+
+
+def _children() -> set[str]:
+    return set(Path(f"/proc/self/task/{os.getpid()}/children").read_text().split())
+
+
+@pytest.mark.parametrize(("bad_page", "error"), [(0, Corrupt), (1, SandboxFailure)])
+def test_a_page_failing_in_any_renderer_fails_the_pdf_and_leaves_no_process(
+        monkeypatch: pytest.MonkeyPatch, bad_page: int, error: type[Exception]) -> None:
+    """Pages are shared between this process (0, 2, ...) and a forked renderer (1, 3, ...):
+    a failure in either fails the conversion, and no renderer is left behind."""
+    real = pdf_module.render_page
+
+    def failing(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
+                prefer: pdf_module.Kind | None) -> RenderedPage:
+        if index == bad_page:
+            raise Corrupt("bad page")
+        return real(doc, index, policy, prefer)
+
+    monkeypatch.setattr(pdf_module, "render_page", failing)
+    monkeypatch.setattr(pdf_module, "free_cpus", lambda: 2)
+    before = _children()
+    with pytest.raises(error):
+        PdfConverter().convert(japanese_pdf(4), "a.pdf", POLICY)
+    assert _children() == before
+
+
+def test_active_feature_names_match_whole_names_in_any_escape() -> None:
+    from converters.pdfscan import active_features
+
+    assert active_features(b"<< /S /J#61#76aScript /J#53 (x) /AA<<>> >>") == (
+        "pdf:AA", "pdf:JavaScript")
+    assert active_features(b"<< /JSON 1 /AAB 2 /OpenActions 3 /Launch#58 4 >>") == ()
