@@ -49,8 +49,10 @@ BWRAP_ARGS = (
 )
 def code_binds(project_root: Path = PROJECT_ROOT) -> list[str]:
     """Bind our code and interpreter back in read-only: a checkout or venv under /tmp (as CI
-    clones) would otherwise vanish under the sandbox's private /tmp."""
-    paths = dict.fromkeys((str(project_root), sys.prefix))
+    clones) would otherwise vanish under the sandbox's private /tmp. Real paths: bwrap
+    cannot mount onto a symlink (a venv linked into a checkout); the link itself is seen
+    through the bind of its parent and leads to the real path bound here."""
+    paths = dict.fromkeys(os.path.realpath(p) for p in (project_root, sys.prefix))
     return [arg for path in paths for arg in ("--ro-bind", path, path)]
 
 
