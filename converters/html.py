@@ -23,8 +23,9 @@ and `file:` targets are removed; a link whose text is another host's URL is repo
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -41,51 +42,85 @@ _PARA = "\ue003"  # a paragraph boundary: a blank line
 _BR = "\ue004"  # a <br>: one line break each, never merged with its neighbours
 _LI = "\ue005"  # a list item starts
 _QS, _QE = "\ue006", "\ue007"  # a blockquote starts / ends: its lines get "> "
+_ROW = "\f"  # a table row starts (whitespace: the only text the parser keeps between rows)
 _ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI, _QS, _QE)
+_NO_MARKERS = dict.fromkeys(map(ord, _ALL_MARKERS), " ")  # for text read from one element
 
 _DROP = ["script", "style", "head", "title", "noscript", "template", "iframe", "object",
          "embed", "applet", "svg", "math", "select", "textarea", "input", "button",
          "frameset", "frame", "audio", "video", "canvas", "map"]
-_DROP_SELECTOR = ",".join(["[data-mugaika-hidden]", *_DROP])
-_PARA_TAGS = "p|h[1-6]|table|dl|ul|ol|figure|address|center|fieldset|pre"
-_LINE_TAGS = "div|li|dt|dd|section|article|header|footer|nav|aside|main|caption|figcaption|form"
-# Every substitution consumes a literal "<" (fast search) and has a constant replacement
-# (no per-match template expansion). Closing markers go *before* the end tag, inside the
-# element; table cells are marked at their end, since text placed between cells or rows
-# would be moved out of the table by the HTML parser ("foster parenting").
+_PARA_TAGS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "dl", "ul", "ol", "figure",
+              "address", "center", "fieldset", "pre")
+_LINE_TAGS = ("div", "li", "dt", "dd", "section", "article", "header", "footer", "nav", "aside",
+              "main", "caption", "figcaption", "form")
 
 
 def _ci(names: str) -> str:
-    """Tag names (letters, digits, "|") as [xX] classes: 3x faster than IGNORECASE."""
+    """Tag-name patterns with each letter as an [xX] class: 3x faster than IGNORECASE."""
     return re.sub("[a-z]", lambda m: f"[{m[0]}{m[0].upper()}]", names)
 
 
-def _source_marks(case: Callable[[str], str]) -> tuple[tuple[re.Pattern[str], str], ...]:
-    para = "|".join(f"h{n}" for n in range(1, 7)).join(_PARA_TAGS.split("h[1-6]"))
-    no_table = para.replace("table|", "")
-    line = _LINE_TAGS
-    rules = (
-        # one pass per marker: the "<" is consumed and put back, so "</p" stays "</p"
-        (rf"<(?=(?:{case(para)})[\s/>]|/(?:{case(no_table)})[\s>])", _PARA + "<"),
-        (rf"</{case('table')}\s*>", "</table>" + _PARA),
-        (rf"<(?=/?(?:{case(line)})[\s/>])", _NL + "<"),
-        (rf"<(?={case('li')}[\s/>])", _LI + "<"),
-        (rf"<(?={case('blockquote')}[\s/>])", _PARA + _QS + "<"),
-        (rf"<(?=/{case('blockquote')}\s*>)", _PARA + _QE + "<"),
-        (rf"<(?=/(?:{case('td|th')})\s*>\s*</{case('tr')}\s*>)", _NL + "<"),
-        (rf"<(?=/(?:{case('td|th')})\s*>)", _CELL + "<"),
-        (rf"<{case('br')}(?=[\s/>])[^>]*>", _BR),
-        (rf"<{case('hr')}(?=[\s/>])[^>]*>", f"{_PARA}――――――――――{_PARA}"),
-    )
-    return tuple((re.compile(pattern), replacement) for pattern, replacement in rules)
+def _trie(words: Iterable[str]) -> str:
+    """`words` as an alternation factored on shared prefixes: re tries the branches of
+    an alternation one by one, so `s(?:cript|tyle)` costs one test where `script|style`
+    costs two, at every "<" of the document."""
+    tails: dict[str, list[str]] = {}
+    for word in sorted(set(words)):
+        tails.setdefault(word[0], []).append(word[1:])
+    branches = []
+    for head, rests in tails.items():
+        if len(rests) == 1:
+            branches.append(re.escape(head + rests[0]))
+            continue
+        longer = [rest for rest in rests if rest]
+        inner = f"(?:{_trie(longer)})" if longer else ""
+        optional = "?" if longer and len(longer) < len(rests) else ""
+        branches.append(re.escape(head) + inner + optional)
+    return "|".join(branches)
 
 
-#: Most mail writes tags in lower case; those patterns are twice as fast again, so the
-#: case-blind set runs only when an upper-case tag is present.
-_SOURCE_MARKS_LOWER = _source_marks(str)
-_SOURCE_MARKS_ANY = _source_marks(_ci)
+def _marked_tags() -> dict[str, str]:
+    """Each tag opening ("<p", "</td") that gets markers, and its markers.
+
+    Markers go *before* the tag, so closing markers land inside the element they close.
+    Text between table rows would be moved out of the table by the HTML parser ("foster
+    parenting"), except whitespace: a row start gets a form feed (`_ROW`), every other
+    table marker goes inside a cell (a cell is marked at its end tag; the blank line
+    after a table is put after its end tag by `_TABLE_END_*`).
+    """
+    marks = {}
+    for tag in _PARA_TAGS:
+        marks[f"<{tag}"] = marks[f"</{tag}"] = _PARA
+    for tag in _LINE_TAGS:
+        marks[f"<{tag}"] = marks[f"</{tag}"] = _NL
+    marks["</table"] = ""
+    marks["<li"] = _NL + _LI
+    marks["<tr"] = _ROW
+    marks["</td"] = marks["</th"] = _CELL
+    marks["<br"] = _BR
+    marks["<hr"] = f"{_PARA}――――――――――{_PARA}"
+    marks["<blockquote"] = _PARA + _QS
+    marks["</blockquote"] = _PARA + _QE
+    return marks
+
+
+_MARKS = _marked_tags()
+#: One pass finds every tag opening to mark; the pieces between are left as they are.
+#: Most mail writes tags in lower case, and that pattern is 3x faster, so the
+#: case-blind one runs only when a tag name starts with an upper-case letter.
+_TAG_NAMES = _trie(tag[1:] for tag in _MARKS)
+_MARK_LOWER = re.compile(rf"(<(?:{_TAG_NAMES}))(?=[\s/>])")
+_MARK_ANY = re.compile(rf"(<(?:{_ci(_TAG_NAMES)}))(?=[\s/>])")
 _UPPER_TAG = re.compile(r"</?[A-Z]")
-_WHITESPACE = re.compile("[ \t\n\r\f\u00a0\u200b]+")
+_TABLE_END_LOWER = re.compile(r"</table\s*>")
+_TABLE_END_ANY = re.compile(rf"</{_ci('table')}\s*>")
+#: Tags whose queries or removal run only when the source has them (matched on the
+#: ASCII-lower-cased UTF-8 source, so any case; a false hit only costs a query).
+_RARE_TAG = re.compile(
+    rf"<({_trie([*_DROP, 'dialog', 'pre', 'ol', 'area'])})[\s/>]".encode())
+#: HTML whitespace collapses to one space (plus no-break and zero-width spaces).
+_SPACES = ("\t", "\n", "\r", "\u00a0", "\u200b")
+_SPACE_RUN = re.compile("  +")
 _MARKER_RUN = re.compile("[\ue000\ue001\ue003-\ue005][\ue000\ue001\ue003-\ue005 ]*")
 _BLANK_RUNS = re.compile("\n{3,}")
 _QUOTE_MARK = re.compile("([\ue006\ue007])")
@@ -167,14 +202,17 @@ def html_to_text(
     for marker in _ALL_MARKERS:
         if marker in source:
             source = source.replace(marker, "")
-    marks = _SOURCE_MARKS_ANY if _UPPER_TAG.search(source) else _SOURCE_MARKS_LOWER
-    for pattern, replacement in marks:
-        source = pattern.sub(replacement, source)
-    tree = LexborHTMLParser(source)
-    hidden = _drop_hidden(tree)
-    mismatched, removed = _links(tree)
+    source = _mark_source(source)
+    # Parse from bytes we encode ourselves (selectolax would do the same, errors
+    # ignored): their ASCII-folded copy tells which rare tags exist, so that only
+    # their queries run (each CSS query is one walk of the whole tree).
+    encoded = source.encode("utf-8", "ignore")
+    present = frozenset(_RARE_TAG.findall(encoded.lower()))
+    tree = LexborHTMLParser(encoded)
+    hidden = _drop_hidden(tree, present)
+    mismatched, removed = _links(tree, present)
     _images(tree, cid_names or {}, image_label)
-    _layout(tree)
+    _layout(tree, present)
     root = tree.body or tree.root
     raw = root.text(deep=True, separator="") if root is not None else ""
     text = _lines(raw)
@@ -183,27 +221,40 @@ def html_to_text(
     return HtmlText(text, tuple(mismatched), removed, hidden)
 
 
-def _drop_hidden(tree: LexborHTMLParser) -> int:
+def _mark_source(source: str) -> str:
+    """Insert the block, line, cell and quote markers before the tags that need them."""
+    upper = _UPPER_TAG.search(source) is not None
+    parts = (_MARK_ANY if upper else _MARK_LOWER).split(source.replace(_ROW, " "))
+    # parts alternate text and tag openings ("<p", "</TD"): mapped to markers in C
+    tags = parts[1::2]
+    marks = map(_MARKS.__getitem__, map(str.lower, tags) if upper else tags)
+    parts[1::2] = map(operator.add, marks, tags)
+    table_end = _TABLE_END_ANY if upper else _TABLE_END_LOWER
+    return table_end.sub("</table>" + _PARA, "".join(parts))
+
+
+def _drop_hidden(tree: LexborHTMLParser, present: frozenset[bytes]) -> int:
     """Remove hidden elements and everything in `_DROP`; return how many were hidden.
 
-    Hidden elements are marked first, then removed together with the dropped tags in one
-    query, deepest first: a parent's removal frees its children, so removing in reverse
-    document order never touches a freed node.
+    Removal only unlinks a node from its parent (lexbor frees nodes with the document),
+    so nodes inside an already removed one can be unlinked safely in any order.
     """
-    selectors = ["[hidden]", "dialog:not([open])"]
-    for style in tree.css("style"):
+    selectors = ["[hidden]"]
+    if b"dialog" in present:
+        selectors.append("dialog:not([open])")
+    styles = tree.css("style") if b"style" in present else []
+    for style in styles:
         selectors.extend(_hiding_selectors(style.text(deep=True)))
+    hidden: dict[int, LexborNode] = {}  # by node address: one element may match twice
     for selector in selectors:
-        for node in _select(tree, selector):
-            node.attrs["data-mugaika-hidden"] = "1"
+        hidden.update((node.mem_id, node) for node in _select(tree, selector))
     for node in tree.css(_MAYBE_HIDDEN):
         if _is_hidden(node.attributes.get("style") or ""):
-            node.attrs["data-mugaika-hidden"] = "1"
-    hidden = 0
-    for node in reversed(tree.css(_DROP_SELECTOR)):
-        hidden += "data-mugaika-hidden" in node.attributes
-        node.decompose()
-    return hidden
+            hidden[node.mem_id] = node
+    dropped = ",".join(tag for tag in _DROP if tag.encode() in present)
+    for node in [*hidden.values(), *(tree.css(dropped) if dropped else ())]:
+        node.decompose(recursive=False)
+    return len(hidden)
 
 
 def _select(tree: LexborHTMLParser, selector: str) -> list[LexborNode]:
@@ -244,10 +295,11 @@ def _hiding_selectors(css: str) -> list[str]:
     return found[:200]
 
 
-def _links(tree: LexborHTMLParser) -> tuple[list[tuple[str, str]], int]:
+def _links(tree: LexborHTMLParser,
+           present: frozenset[bytes]) -> tuple[list[tuple[str, str]], int]:
     mismatched: list[tuple[str, str]] = []
     removed = 0
-    for a in tree.css("a[href], area[href]"):
+    for a in tree.css("a[href], area[href]" if b"area" in present else "a[href]"):
         target = _STRIP_IN_URL.sub("", a.attributes.get("href") or "")
         lowered = target.lower()
         if _UNSAFE_SCHEME.match(lowered):
@@ -260,7 +312,7 @@ def _links(tree: LexborHTMLParser) -> tuple[list[tuple[str, str]], int]:
             continue
         if not lowered.startswith(("http://", "https://", "ftp://")):
             continue  # relative or in-page links have no target worth showing
-        label = " ".join(a.text(deep=True, separator=" ").split())
+        label = " ".join(a.text(deep=True, separator=" ").translate(_NO_MARKERS).split())
         if ("." in label and _mismatch(label, target)) or _hides_host(target):
             mismatched.append((label[:200], target[:2000]))
         if not label:
@@ -327,12 +379,12 @@ def _tiny(img: LexborNode) -> bool:
     return any(s.strip().rstrip("px") in ("0", "1") for s in sizes)
 
 
-def _layout(tree: LexborHTMLParser) -> None:
+def _layout(tree: LexborHTMLParser, present: frozenset[bytes]) -> None:
     """What the source markers cannot do: keep <pre> spacing, number ordered lists."""
-    for pre in tree.css("pre"):
+    for pre in tree.css("pre") if b"pre" in present else ():
         text = pre.text(deep=True, separator="")
         pre.replace_with(text.replace("\n", _BR).replace(" ", _SP))
-    for ol in tree.css("ol"):
+    for ol in tree.css("ol") if b"ol" in present else ():
         number = 0
         for li in ol.iter():
             before = li.prev if li.tag == "li" else None
@@ -365,15 +417,15 @@ def _lines(raw: str) -> str:
     own); a cell end inside a line is ` | `, at a line end nothing; a list item start
     adds a bullet.
     """
-    memo: dict[str, str] = {}
-
-    def replace(m: re.Match[str]) -> str:
-        key = m[0].replace(" ", "")
-        if key not in memo:
-            memo[key] = _run(key)
-        return memo[key]
-
-    text = _MARKER_RUN.sub(replace, _WHITESPACE.sub(" ", raw))
+    text = raw.replace(_ROW, _NL)  # the source's own form feeds became spaces
+    for space in _SPACES:  # str.replace and a literal-prefixed regex: C speed
+        text = text.replace(space, " ")
+    text = _SPACE_RUN.sub(" ", text)
+    # A newsletter has thousands of marker runs but only a few distinct ones: replace
+    # each distinct run everywhere, longest first. Runs are maximal, so a shorter run
+    # can only occur inside a longer one, which is gone by the time it is replaced.
+    for run in sorted(set(_MARKER_RUN.findall(text)), key=len, reverse=True):
+        text = text.replace(run, _run(run.replace(" ", "")))
     text = text.replace(" \n", "\n").replace("\n ", "\n")
     if _QS in text or _QE in text:
         text = _quote(text)
