@@ -35,13 +35,14 @@ from converters.charset import decode_bytes, normalize_label
 
 __all__ = ["HtmlText", "decode_html", "defang_urls", "html_to_text"]
 
+# The markers that merge into runs (see `_lines`) are one range, U+E000..U+E004.
 _NL = "\ue000"  # a line break we inserted (runs of them are one break)
 _CELL = "\ue001"  # a table cell ends (placed before </td>, inside the cell)
-_SP = "\ue002"  # a space that must survive whitespace collapsing (in <pre>)
-_PARA = "\ue003"  # a paragraph boundary: a blank line
-_BR = "\ue004"  # a <br>: one line break each, never merged with its neighbours
-_LI = "\ue005"  # a list item starts
-_QS, _QE = "\ue006", "\ue007"  # a blockquote starts / ends: its lines get "> "
+_PARA = "\ue002"  # a paragraph boundary: a blank line
+_BR = "\ue003"  # a <br>: one line break each, never merged with its neighbours
+_LI = "\ue004"  # a list item starts
+_QS, _QE = "\ue005", "\ue006"  # a blockquote starts / ends: its lines get "> "
+_SP = "\ue007"  # a space that must survive whitespace collapsing (in <pre>)
 _ROW = "\f"  # a table row starts (whitespace: the only text the parser keeps between rows)
 _ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI, _QS, _QE)
 _NO_MARKERS = dict.fromkeys(map(ord, _ALL_MARKERS), " ")  # for text read from one element
@@ -101,37 +102,39 @@ def _marked_tags() -> dict[str, str]:
     marks["<hr"] = f"{_PARA}――――――――――{_PARA}"
     marks["<blockquote"] = _PARA + _QS
     marks["</blockquote"] = _PARA + _QE
+    for tag in _GATED:  # found by the same pass, unmarked: see `_mark_source`
+        marks.setdefault(f"<{tag}", "")
     return marks
 
 
+#: Tags whose queries or removal run only when the source has them: each CSS query is
+#: one walk of the whole tree, and most of these tags never occur in mail.
+_GATED = (*_DROP, "dialog", "pre", "ol", "area")
 _MARKS = _marked_tags()
+_MARKED = {tag: marks + tag for tag, marks in _MARKS.items()}
 #: One pass finds every tag opening to mark; the pieces between are left as they are.
-#: Most mail writes tags in lower case, and that pattern is 3x faster, so the
-#: case-blind one runs only when a tag name starts with an upper-case letter.
+#: Most mail writes tags in lower case, and that pattern is 2x faster, so the
+#: case-blind one runs only when a tag name has an upper-case letter.
 _TAG_NAMES = _trie(tag[1:] for tag in _MARKS)
 _MARK_LOWER = re.compile(rf"(<(?:{_TAG_NAMES}))(?=[\s/>])")
 _MARK_ANY = re.compile(rf"(<(?:{_ci(_TAG_NAMES)}))(?=[\s/>])")
-_UPPER_TAG = re.compile(r"</?[A-Z]")
+_UPPER_TAG = re.compile(r"</?[a-z0-9]*+[A-Z]")
 _TABLE_END_LOWER = re.compile(r"</table\s*>")
 _TABLE_END_ANY = re.compile(rf"</{_ci('table')}\s*>")
-#: Tags whose queries or removal run only when the source has them (matched on the
-#: ASCII-lower-cased UTF-8 source, so any case; a false hit only costs a query).
-_RARE_TAG = re.compile(
-    rf"<({_trie([*_DROP, 'dialog', 'pre', 'ol', 'area'])})[\s/>]".encode())
 #: HTML whitespace collapses to one space (plus no-break and zero-width spaces).
 _SPACES = ("\t", "\n", "\r", "\u00a0", "\u200b")
 _SPACE_RUN = re.compile("  +")
-_MARKER_RUN = re.compile("[\ue000\ue001\ue003-\ue005][\ue000\ue001\ue003-\ue005 ]*")
+_MARKER_RUN = re.compile("([\ue000-\ue004][\ue000-\ue004 ]*+)")
 _BLANK_RUNS = re.compile("\n{3,}")
-_QUOTE_MARK = re.compile("([\ue006\ue007])")
+_QUOTE_MARK = re.compile(f"([{_QS}{_QE}])")
 #: Substrings of a whitespace-free, lower-cased style that hide the element outright.
 _HIDING = ("display:none", "visibility:hidden", "mso-hide:all", "color:transparent")
 _ZERO = re.compile(r"(?<![-\w])(?:font-size|opacity):0*\.?0+(?:px|pt|em|rem|%)?(?:;|!|$)")
 _ZERO_SIZE = re.compile(r"(?<![-\w])(?:max-)?(?:width|height):0+(?:px)?(?:;|!|$)")
 #: A C-side prefilter: only styles containing one of these can hide anything.
 _MAYBE_HIDDEN = ",".join(f'[style*="{word}" i]' for word in (
-    "none", "hidden", "mso-hide", "transparent", "font-size:0", "font-size: 0",
-    "font-size:.", "opacity:0", "opacity: 0", "opacity:."))
+    "none", "hidden", "mso-hide", "transparent", "opacity", "font-size:0", "font-size: 0",
+    "font-size:."))
 _UNSAFE_SCHEME = re.compile(r"^(?:javascript|data|vbscript|file|about|blob):", re.IGNORECASE)
 _STRIP_IN_URL = re.compile(r"[\x00-\x20\x7f]")
 _URLISH = re.compile(
@@ -202,13 +205,8 @@ def html_to_text(
     for marker in _ALL_MARKERS:
         if marker in source:
             source = source.replace(marker, "")
-    source = _mark_source(source)
-    # Parse from bytes we encode ourselves (selectolax would do the same, errors
-    # ignored): their ASCII-folded copy tells which rare tags exist, so that only
-    # their queries run (each CSS query is one walk of the whole tree).
-    encoded = source.encode("utf-8", "ignore")
-    present = frozenset(_RARE_TAG.findall(encoded.lower()))
-    tree = LexborHTMLParser(encoded)
+    source, present = _mark_source(source)
+    tree = LexborHTMLParser(source)
     hidden = _drop_hidden(tree, present)
     mismatched, removed = _links(tree, present)
     _images(tree, cid_names or {}, image_label)
@@ -221,28 +219,36 @@ def html_to_text(
     return HtmlText(text, tuple(mismatched), removed, hidden)
 
 
-def _mark_source(source: str) -> str:
-    """Insert the block, line, cell and quote markers before the tags that need them."""
+def _mark_source(source: str) -> tuple[str, frozenset[str]]:
+    """Insert the block, line, cell and quote markers before the tags that need them.
+
+    Also returns the tag openings found, lower-cased ("<p", "</td", "<script").
+    """
     upper = _UPPER_TAG.search(source) is not None
     parts = (_MARK_ANY if upper else _MARK_LOWER).split(source.replace(_ROW, " "))
-    # parts alternate text and tag openings ("<p", "</TD"): mapped to markers in C
+    # parts alternate text and tag openings; the openings are mapped in C, not in a loop
     tags = parts[1::2]
-    marks = map(_MARKS.__getitem__, map(str.lower, tags) if upper else tags)
-    parts[1::2] = map(operator.add, marks, tags)
-    table_end = _TABLE_END_ANY if upper else _TABLE_END_LOWER
-    return table_end.sub("</table>" + _PARA, "".join(parts))
+    if upper:
+        found = list(map(str.lower, tags))
+        parts[1::2] = map(operator.add, map(_MARKS.__getitem__, found), tags)
+        table_end = _TABLE_END_ANY
+    else:
+        found = tags
+        parts[1::2] = map(_MARKED.__getitem__, tags)
+        table_end = _TABLE_END_LOWER
+    return table_end.sub("</table>" + _PARA, "".join(parts)), frozenset(found)
 
 
-def _drop_hidden(tree: LexborHTMLParser, present: frozenset[bytes]) -> int:
+def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
     """Remove hidden elements and everything in `_DROP`; return how many were hidden.
 
     Removal only unlinks a node from its parent (lexbor frees nodes with the document),
     so nodes inside an already removed one can be unlinked safely in any order.
     """
     selectors = ["[hidden]"]
-    if b"dialog" in present:
+    if "<dialog" in present:
         selectors.append("dialog:not([open])")
-    styles = tree.css("style") if b"style" in present else []
+    styles = tree.css("style") if "<style" in present else []
     for style in styles:
         selectors.extend(_hiding_selectors(style.text(deep=True)))
     hidden: dict[int, LexborNode] = {}  # by node address: one element may match twice
@@ -251,8 +257,10 @@ def _drop_hidden(tree: LexborHTMLParser, present: frozenset[bytes]) -> int:
     for node in tree.css(_MAYBE_HIDDEN):
         if _is_hidden(node.attributes.get("style") or ""):
             hidden[node.mem_id] = node
-    dropped = ",".join(tag for tag in _DROP if tag.encode() in present)
-    for node in [*hidden.values(), *(tree.css(dropped) if dropped else ())]:
+    # the <style> elements are in hand; <head> matters only without a <body> to read
+    skip = ("style", "head") if tree.body is not None else ("style",)
+    dropped = ",".join(tag for tag in _DROP if f"<{tag}" in present and tag not in skip)
+    for node in [*hidden.values(), *styles, *(tree.css(dropped) if dropped else ())]:
         node.decompose(recursive=False)
     return len(hidden)
 
@@ -296,10 +304,10 @@ def _hiding_selectors(css: str) -> list[str]:
 
 
 def _links(tree: LexborHTMLParser,
-           present: frozenset[bytes]) -> tuple[list[tuple[str, str]], int]:
+           present: frozenset[str]) -> tuple[list[tuple[str, str]], int]:
     mismatched: list[tuple[str, str]] = []
     removed = 0
-    for a in tree.css("a[href], area[href]" if b"area" in present else "a[href]"):
+    for a in tree.css("a[href], area[href]" if "<area" in present else "a[href]"):
         target = _STRIP_IN_URL.sub("", a.attributes.get("href") or "")
         lowered = target.lower()
         if _UNSAFE_SCHEME.match(lowered):
@@ -363,28 +371,29 @@ def _bare(url: str) -> str:
 
 def _images(tree: LexborHTMLParser, cid_names: Mapping[str, str], label: str) -> None:
     for img in tree.css("img"):
-        src = (img.attributes.get("src") or "").strip()
-        alt = " ".join((img.attributes.get("alt") or "").split())
+        attributes = img.attributes  # a new dict on every access
+        src = (attributes.get("src") or "").strip()
+        alt = " ".join((attributes.get("alt") or "").split())
         if src.lower().startswith("cid:"):
             name = cid_names.get(src[4:].strip("<>"), alt)
             img.replace_with(f"[{label}: {name}]" if name else f"[{label}]")
-        elif alt and not _tiny(img):
+        elif alt and not _tiny(attributes):
             img.replace_with(f"[{alt}]")
         else:
             img.decompose()  # tracking pixels and decoration say nothing to a reader
 
 
-def _tiny(img: LexborNode) -> bool:
-    sizes = (img.attributes.get("width") or "", img.attributes.get("height") or "")
+def _tiny(attributes: Mapping[str, str | None]) -> bool:
+    sizes = (attributes.get("width") or "", attributes.get("height") or "")
     return any(s.strip().rstrip("px") in ("0", "1") for s in sizes)
 
 
-def _layout(tree: LexborHTMLParser, present: frozenset[bytes]) -> None:
+def _layout(tree: LexborHTMLParser, present: frozenset[str]) -> None:
     """What the source markers cannot do: keep <pre> spacing, number ordered lists."""
-    for pre in tree.css("pre") if b"pre" in present else ():
+    for pre in tree.css("pre") if "<pre" in present else ():
         text = pre.text(deep=True, separator="")
         pre.replace_with(text.replace("\n", _BR).replace(" ", _SP))
-    for ol in tree.css("ol") if b"ol" in present else ():
+    for ol in tree.css("ol") if "<ol" in present else ():
         number = 0
         for li in ol.iter():
             before = li.prev if li.tag == "li" else None
@@ -421,12 +430,13 @@ def _lines(raw: str) -> str:
     for space in _SPACES:  # str.replace and a literal-prefixed regex: C speed
         text = text.replace(space, " ")
     text = _SPACE_RUN.sub(" ", text)
-    # A newsletter has thousands of marker runs but only a few distinct ones: replace
-    # each distinct run everywhere, longest first. Runs are maximal, so a shorter run
-    # can only occur inside a longer one, which is gone by the time it is replaced.
-    for run in sorted(set(_MARKER_RUN.findall(text)), key=len, reverse=True):
-        text = text.replace(run, _run(run.replace(" ", "")))
-    text = text.replace(" \n", "\n").replace("\n ", "\n")
+    # A newsletter has thousands of marker runs but only a few distinct ones: work out
+    # each distinct one once, then map the runs (every other piece of the split) in C.
+    parts = _MARKER_RUN.split(text)
+    runs = parts[1::2]
+    output = {run: _run(run.replace(" ", "")) for run in set(runs)}
+    parts[1::2] = map(output.__getitem__, runs)
+    text = "".join(parts).replace(" \n", "\n").replace("\n ", "\n")
     if _QS in text or _QE in text:
         text = _quote(text)
     return _BLANK_RUNS.sub("\n\n", text.replace(_SP, " ")).strip("\n ")
