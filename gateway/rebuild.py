@@ -90,7 +90,8 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
     """
     msg = EmailMessage(policy=OUTPUT_POLICY)
     for name in ADDRESS_HEADERS:
-        _set_addresses(msg, name, s.parsed.raw_header(name))
+        _set_addresses(msg, name, s.parsed.raw_header(name),
+                       iso2022jp=settings.output_charset == "iso-2022-jp")
     _set_subject(msg, s.parsed.header("Subject"), settings)
     _set_date(msg, s.parsed.header("Date"))
     ids = _msg_ids(s.parsed.header("Message-ID"))
@@ -153,7 +154,8 @@ def _try_set(msg: EmailMessage, name: str, value: object) -> bool:
     return True
 
 
-def _set_addresses(msg: EmailMessage, name: str, untrusted: str | None) -> None:
+def _set_addresses(msg: EmailMessage, name: str, untrusted: str | None,
+                   iso2022jp: bool = False) -> None:
     if untrusted is None:
         return
     try:
@@ -163,8 +165,32 @@ def _set_addresses(msg: EmailMessage, name: str, untrusted: str | None) -> None:
         parsed = ()
     addresses = [Address(display_name=_display_name(a.display_name), addr_spec=a.addr_spec)
                  for a in parsed[:200] if _ADDR_SPEC.fullmatch(a.addr_spec or "")]
-    if addresses:
-        _try_set(msg, name, addresses)
+    if not addresses:
+        return
+    if iso2022jp and not all(a.display_name.isascii() for a in addresses):
+        value = _iso2022jp_addresses(addresses)
+        if value is not None:
+            msg.set_raw(name, value)
+            return
+    _try_set(msg, name, addresses)
+
+
+def _iso2022jp_addresses(addresses: list[Address]) -> str | None:
+    """An address list with ISO-2022-JP display names, as for the Subject (the serializer
+    would write UTF-8 words). Each address goes on a line of its own after its name, so
+    that no line needs refolding (which would re-encode the name as UTF-8)."""
+    items: list[str] = []
+    for address in addresses:
+        if not address.addr_spec.isascii():
+            return None
+        if address.display_name.isascii():
+            items.append(str(address))
+            continue
+        words = _iso2022jp_words(address.display_name)
+        if words is None:
+            return None
+        items.append(f"{words}\r\n <{address.addr_spec}>")
+    return ",\r\n ".join(items)
 
 
 def _display_name(untrusted: str) -> str:
