@@ -87,7 +87,7 @@ def _marked_tags() -> dict[str, str]:
     Text between table rows would be moved out of the table by the HTML parser ("foster
     parenting"), except whitespace: a row start gets a form feed (`_ROW`), every other
     table marker goes inside a cell (a cell is marked at its end tag; the blank line
-    after a table is put after its end tag by `_TABLE_END_*`).
+    after a table goes after its end tag).
     """
     marks = {}
     for tag in _PARA_TAGS:
@@ -111,20 +111,18 @@ def _marked_tags() -> dict[str, str]:
 #: one walk of the whole tree, and most of these tags never occur in mail.
 _GATED = (*_DROP, "dialog", "pre", "ol", "area")
 _MARKS = _marked_tags()
-_MARKED = {tag: marks + tag for tag, marks in _MARKS.items()}
-#: One pass finds every tag opening to mark; the pieces between are left as they are.
-#: Most mail writes tags in lower case, and that pattern is 2x faster, so the
-#: case-blind one runs only when a tag name has an upper-case letter.
 _TAG_NAMES = _trie(tag[1:] for tag in _MARKS)
-_MARK_LOWER = re.compile(rf"(<(?:{_TAG_NAMES}))(?=[\s/>])")
+#: Most mail writes tags in lower case, so one pass does: tag openings to mark, a table's
+#: end tag whole (its blank line goes after it), and any tag name with an upper-case
+#: letter, which has no entry in `_MARKED` and sends the source to the case-blind passes.
+_MARK_LOWER = re.compile(rf"(</table\s*+>|<(?:{_TAG_NAMES})(?=[\s/>])|</?[a-z0-9]*+[A-Z])")
+_MARKED = {tag: marks + tag for tag, marks in _MARKS.items()} | {"</table>": "</table>" + _PARA}
 _MARK_ANY = re.compile(rf"(<(?:{_ci(_TAG_NAMES)}))(?=[\s/>])")
-_UPPER_TAG = re.compile(r"</?[a-z0-9]*+[A-Z]")
-_TABLE_END_LOWER = re.compile(r"</table\s*>")
-_TABLE_END_ANY = re.compile(rf"</{_ci('table')}\s*>")
+_TABLE_END = re.compile(rf"</{_ci('table')}\s*>")
 #: HTML whitespace collapses to one space (plus no-break and zero-width spaces).
 _SPACES = ("\t", "\n", "\r", "\u00a0", "\u200b")
 _SPACE_RUN = re.compile("  +")
-_MARKER_RUN = re.compile("([\ue000-\ue004][\ue000-\ue004 ]*+)")
+_MARKER_RUN = re.compile("([\f\ue000-\ue004][\f\ue000-\ue004 ]*+)")
 _BLANK_RUNS = re.compile("\n{3,}")
 _QUOTE_MARK = re.compile(f"([{_QS}{_QE}])")
 #: Substrings of a whitespace-free, lower-cased style that hide the element outright.
@@ -224,19 +222,23 @@ def _mark_source(source: str) -> tuple[str, frozenset[str]]:
 
     Also returns the tag openings found, lower-cased ("<p", "</td", "<script").
     """
-    upper = _UPPER_TAG.search(source) is not None
-    parts = (_MARK_ANY if upper else _MARK_LOWER).split(source.replace(_ROW, " "))
+    source = source.replace(_ROW, " ")
+    parts = _MARK_LOWER.split(source)
     # parts alternate text and tag openings; the openings are mapped in C, not in a loop
     tags = parts[1::2]
-    if upper:
-        found = list(map(str.lower, tags))
-        parts[1::2] = map(operator.add, map(_MARKS.__getitem__, found), tags)
-        table_end = _TABLE_END_ANY
-    else:
-        found = tags
+    try:
         parts[1::2] = map(_MARKED.__getitem__, tags)
-        table_end = _TABLE_END_LOWER
-    return table_end.sub("</table>" + _PARA, "".join(parts)), frozenset(found)
+    except KeyError:  # an upper-case letter in a tag name, or "</table >"
+        return _mark_any_case(source)
+    return "".join(parts), frozenset(tags)
+
+
+def _mark_any_case(source: str) -> tuple[str, frozenset[str]]:
+    parts = _MARK_ANY.split(source)
+    tags = parts[1::2]
+    found = list(map(str.lower, tags))
+    parts[1::2] = map(operator.add, map(_MARKS.__getitem__, found), tags)
+    return _TABLE_END.sub("</table>" + _PARA, "".join(parts)), frozenset(found)
 
 
 def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
@@ -254,8 +256,12 @@ def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
     hidden: dict[int, LexborNode] = {}  # by node address: one element may match twice
     for selector in selectors:
         hidden.update((node.mem_id, node) for node in _select(tree, selector))
+    verdicts: dict[str, bool] = {}  # newsletters repeat the same few styles
     for node in tree.css(_MAYBE_HIDDEN):
-        if _is_hidden(node.attributes.get("style") or ""):
+        style = node.attributes.get("style") or ""
+        if style not in verdicts:
+            verdicts[style] = _is_hidden(style)
+        if verdicts[style]:
             hidden[node.mem_id] = node
     # the <style> elements are in hand; <head> matters only without a <body> to read
     skip = ("style", "head") if tree.body is not None else ("style",)
@@ -407,7 +413,7 @@ def _layout(tree: LexborHTMLParser, present: frozenset[str]) -> None:
 
 def _run(markers: str) -> str:
     """What one run of adjacent markers becomes (see `_lines`)."""
-    breaks = max(markers.count(_BR), 1 if _NL in markers else 0)
+    breaks = max(markers.count(_BR), 1 if _NL in markers or _ROW in markers else 0)
     if _PARA in markers:
         out = "\n\n"
     elif breaks:
@@ -426,7 +432,7 @@ def _lines(raw: str) -> str:
     own); a cell end inside a line is ` | `, at a line end nothing; a list item start
     adds a bullet.
     """
-    text = raw.replace(_ROW, _NL)  # the source's own form feeds became spaces
+    text = raw
     for space in _SPACES:  # str.replace and a literal-prefixed regex: C speed
         text = text.replace(space, " ")
     text = _SPACE_RUN.sub(" ", text)
