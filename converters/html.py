@@ -258,10 +258,10 @@ def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
         hidden.update((node.mem_id, node) for node in _select(tree, selector))
     verdicts: dict[str, bool] = {}  # newsletters repeat the same few styles
     for node in tree.css(_MAYBE_HIDDEN):
-        style = node.attributes.get("style") or ""
-        if style not in verdicts:
-            verdicts[style] = _is_hidden(style)
-        if verdicts[style]:
+        inline = node.attributes.get("style") or ""
+        if inline not in verdicts:
+            verdicts[inline] = _is_hidden(inline)
+        if verdicts[inline]:
             hidden[node.mem_id] = node
     # the <style> elements are in hand; <head> matters only without a <body> to read
     skip = ("style", "head") if tree.body is not None else ("style",)
