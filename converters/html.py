@@ -123,7 +123,7 @@ _TABLE_END = re.compile(rf"</{_ci('table')}\s*>")
 _SPACES = ("\t", "\n", "\r", "\u00a0", "\u200b")
 _SPACE_RUN = re.compile("  +")
 _MARKER_RUN = re.compile("([\f\ue000-\ue004][\f\ue000-\ue004 ]*+)")
-_BLANK_RUNS = re.compile("\n{3,}")
+_BLANK_RUNS = re.compile("\n\n\n+")  # not "\n{3,}": a literal start is searched far faster
 _QUOTE_MARK = re.compile(f"([{_QS}{_QE}])")
 #: Substrings of a whitespace-free, lower-cased style that hide the element outright.
 _HIDING = ("display:none", "visibility:hidden", "mso-hide:all", "color:transparent")
