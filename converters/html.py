@@ -61,12 +61,20 @@ def _ci(names: str) -> str:
     return re.sub("[a-z]", lambda m: f"[{m[0]}{m[0].upper()}]", names)
 
 
+#: First letters of the tags mail uses most ("</td", "<tr", "<p", "<div", "<li", "<br"):
+#: their branches are tried first.
+_COMMON_FIRST = "/tpdlbh"
+
+
 def _trie(words: Iterable[str]) -> str:
     """`words` as an alternation factored on shared prefixes: re tries the branches of
     an alternation one by one, so `s(?:cript|tyle)` costs one test where `script|style`
     costs two, at every "<" of the document."""
     tails: dict[str, list[str]] = {}
-    for word in sorted(set(words)):
+    def order(word: str) -> tuple[bool, int, str]:
+        return word[0] not in _COMMON_FIRST, _COMMON_FIRST.find(word[0]), word
+
+    for word in sorted(set(words), key=order):
         tails.setdefault(word[0], []).append(word[1:])
     branches = []
     for head, rests in tails.items():
