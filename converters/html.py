@@ -35,17 +35,20 @@ from converters.charset import decode_bytes, normalize_label
 
 __all__ = ["HtmlText", "decode_html", "defang_urls", "html_to_text"]
 
-# The markers that merge into runs (see `_lines`) are one range, U+E000..U+E004.
-_NL = "\ue000"  # a line break we inserted (runs of them are one break)
-_CELL = "\ue001"  # a table cell ends (placed before </td>, inside the cell)
-_PARA = "\ue002"  # a paragraph boundary: a blank line
-_BR = "\ue003"  # a <br>: one line break each, never merged with its neighbours
-_LI = "\ue004"  # a list item starts
-_QS, _QE = "\ue005", "\ue006"  # a blockquote starts / ends: its lines get "> "
-_SP = "\ue007"  # a space that must survive whitespace collapsing (in <pre>)
+# Markers that merge into runs (see `_lines`) are a lead character and a kind: a run
+# then starts with a literal character, which the regex engine finds several times
+# faster than a character class.
+_LEAD = "\ue000"
+_NL = _LEAD + "\ue001"  # a line break we inserted (runs of them are one break)
+_CELL = _LEAD + "\ue002"  # a table cell ends (placed before </td>, inside the cell)
+_PARA = _LEAD + "\ue003"  # a paragraph boundary: a blank line
+_BR = _LEAD + "\ue004"  # a <br>: one line break each, never merged with its neighbours
+_LI = _LEAD + "\ue005"  # a list item starts
+_QS, _QE = "\ue006", "\ue007"  # a blockquote starts / ends: its lines get "> "
+_SP = "\ue008"  # a space that must survive whitespace collapsing (in <pre>)
 _ROW = "\f"  # a table row starts (whitespace: the only text the parser keeps between rows)
-_ALL_MARKERS = (_NL, _CELL, _SP, _PARA, _BR, _LI, _QS, _QE)
-_NO_MARKERS = dict.fromkeys(map(ord, _ALL_MARKERS), " ")  # for text read from one element
+_MARKER_CHARS = tuple(chr(code) for code in range(0xE000, 0xE009))
+_NO_MARKERS = dict.fromkeys(map(ord, _MARKER_CHARS), " ")  # for text read from one element
 
 _DROP = ["script", "style", "head", "title", "noscript", "template", "iframe", "object",
          "embed", "applet", "svg", "math", "select", "textarea", "input", "button",
@@ -130,7 +133,7 @@ _TABLE_END = re.compile(rf"</{_ci('table')}\s*>")
 #: HTML whitespace collapses to one space (plus no-break and zero-width spaces).
 _SPACES = ("\t", "\n", "\r", "\u00a0", "\u200b")
 _SPACE_RUN = re.compile("  +")
-_MARKER_RUN = re.compile("([\f\ue000-\ue004][\f\ue000-\ue004 ]*+)")
+_MARKER_RUN = re.compile(f"({_LEAD}[\ue000-\ue005 ]*+)")
 _BLANK_RUNS = re.compile("\n\n\n+")  # not "\n{3,}": a literal start is searched far faster
 _QUOTE_MARK = re.compile(f"([{_QS}{_QE}])")
 #: Substrings of a whitespace-free, lower-cased style that hide the element outright.
@@ -208,7 +211,7 @@ def html_to_text(
 ) -> HtmlText:
     """Render `untrusted` HTML as plain text (see the module docstring for the rules)."""
     source = untrusted
-    for marker in _ALL_MARKERS:
+    for marker in _MARKER_CHARS:
         if marker in source:
             source = source.replace(marker, "")
     source, present = _mark_source(source)
@@ -416,12 +419,12 @@ def _layout(tree: LexborHTMLParser, present: frozenset[str]) -> None:
             text = before.text()
             if text.endswith(_LI):
                 number += 1
-                before.replace_with(f"{text[:-1]}{number}. ")
+                before.replace_with(f"{text[:-len(_LI)]}{number}. ")
 
 
 def _run(markers: str) -> str:
     """What one run of adjacent markers becomes (see `_lines`)."""
-    breaks = max(markers.count(_BR), 1 if _NL in markers or _ROW in markers else 0)
+    breaks = max(markers.count(_BR), 1 if _NL in markers else 0)
     if _PARA in markers:
         out = "\n\n"
     elif breaks:
@@ -440,7 +443,7 @@ def _lines(raw: str) -> str:
     own); a cell end inside a line is ` | `, at a line end nothing; a list item start
     adds a bullet.
     """
-    text = raw
+    text = raw.replace(_ROW, _NL)  # the source's own form feeds became spaces
     for space in _SPACES:  # str.replace and a literal-prefixed regex: C speed
         text = text.replace(space, " ")
     text = _SPACE_RUN.sub(" ", text)
