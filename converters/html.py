@@ -51,7 +51,7 @@ _QS, _QE = "\ue006", "\ue007"  # a blockquote starts / ends: its lines get "> "
 _SP = "\ue008"  # a space that must survive whitespace collapsing (in <pre>)
 _ROW = "\f"  # a table row starts (whitespace: the only text the parser keeps between rows)
 _MARKER_CHARS = tuple(chr(code) for code in range(0xE000, 0xE009))
-_NO_MARKERS = dict.fromkeys(map(ord, _MARKER_CHARS), " ")  # for text read from one element
+_MARKER_CHAR = re.compile("[\ue000-\ue008]")  # for text read from one element
 
 _DROP = ["script", "style", "head", "title", "noscript", "template", "iframe", "object",
          "embed", "applet", "svg", "math", "select", "textarea", "input", "button",
@@ -328,7 +328,7 @@ def _links(tree: LexborHTMLParser,
     mismatched: list[tuple[str, str]] = []
     removed = 0
     for a in tree.css("a[href], area[href]" if "<area" in present else "a[href]"):
-        target = _STRIP_IN_URL.sub("", a.attributes.get("href") or "")
+        target = _clean_url(a.attributes.get("href") or "")
         lowered = target.lower()
         if _UNSAFE_SCHEME.match(lowered):
             removed += 1
@@ -340,14 +340,19 @@ def _links(tree: LexborHTMLParser,
             continue
         if not lowered.startswith(("http://", "https://", "ftp://")):
             continue  # relative or in-page links have no target worth showing
-        label = " ".join(a.text(deep=True, separator=" ").translate(_NO_MARKERS).split())
-        if ("." in label and _mismatch(label, target)) or _hides_host(target):
+        label = " ".join(_MARKER_CHAR.sub(" ", a.text(deep=True, separator=" ")).split())
+        if ("." in label and _mismatch(label, target)) or ("@" in target and _hides_host(target)):
             mismatched.append((label[:200], target[:2000]))
         if not label:
             a.insert_after(f"<{target}>")
         elif _bare(label) != _bare(lowered):
             a.insert_after(f" <{target}>")
     return mismatched, removed
+
+
+def _clean_url(href: str) -> str:
+    """The href without the controls and spaces browsers ignore in it ("jav&#x09;ascript:")."""
+    return href if href.isprintable() and " " not in href else _STRIP_IN_URL.sub("", href)
 
 
 def _host(text: str) -> str | None:
