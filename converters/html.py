@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import operator
 import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -158,6 +159,7 @@ _COMMON_TLDS = frozenset((
     "tw", "hk", "de", "fr", "ru", "app", "dev", "xyz", "top", "online", "site", "me", "tv", "asia",
 ))
 _DEFANGED = {"http": "hxxp", "https": "hxxps", "ftp": "fxp"}
+_ASCII_LETTERS = string.ascii_letters
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
 
 
@@ -190,10 +192,11 @@ def defang_urls(text: str) -> str:
     pieces: list[str] = []
     pos = 0
     while (found := text.find("://", pos)) >= 0:
-        start = found
-        while start > pos and text[start - 1].isascii() and text[start - 1].isalpha():
-            start -= 1
-        scheme = text[start:found]
+        # the letters just before "://"; 8 are enough to tell a 5-letter scheme from
+        # the tail of a longer word
+        head = text[max(pos, found - 8):found]
+        scheme = head[len(head.rstrip(_ASCII_LETTERS)):]
+        start = found - len(scheme)
         safe = _DEFANGED.get(scheme.lower())
         if safe is not None:
             pieces.append(text[pos:start])
