@@ -73,15 +73,16 @@ def _ci(names: str) -> str:
 _COMMON_FIRST = "/tpdlbh"
 
 
+def _common_first(word: str) -> tuple[bool, int, str]:
+    return word[0] not in _COMMON_FIRST, _COMMON_FIRST.find(word[0]), word
+
+
 def _trie(words: Iterable[str]) -> str:
     """`words` as an alternation factored on shared prefixes: re tries the branches of
     an alternation one by one, so `s(?:cript|tyle)` costs one test where `script|style`
     costs two, at every "<" of the document."""
     tails: dict[str, list[str]] = {}
-    def order(word: str) -> tuple[bool, int, str]:
-        return word[0] not in _COMMON_FIRST, _COMMON_FIRST.find(word[0]), word
-
-    for word in sorted(set(words), key=order):
+    for word in sorted(set(words), key=_common_first):
         tails.setdefault(word[0], []).append(word[1:])
     branches = []
     for head, rests in tails.items():
@@ -93,6 +94,11 @@ def _trie(words: Iterable[str]) -> str:
         optional = "?" if longer and len(longer) < len(rests) else ""
         branches.append(re.escape(head) + inner + optional)
     return "|".join(branches)
+
+
+#: Tags whose queries or removal run only when the source has them: each CSS query is
+#: one walk of the whole tree, and most of these tags never occur in mail.
+_GATED = (*_DROP, "dialog", "pre", "ol", "area")
 
 
 def _marked_tags() -> dict[str, str]:
@@ -122,9 +128,6 @@ def _marked_tags() -> dict[str, str]:
     return marks
 
 
-#: Tags whose queries or removal run only when the source has them: each CSS query is
-#: one walk of the whole tree, and most of these tags never occur in mail.
-_GATED = (*_DROP, "dialog", "pre", "ol", "area")
 _MARKS = _marked_tags()
 _TAG_NAMES = _trie(tag[1:] for tag in _MARKS)
 #: Most mail writes tags in lower case, so one pass does: tag openings to mark, a table's
