@@ -229,7 +229,9 @@ def html_to_text(
     mismatched, removed = _links(tree, present)
     _images(tree, cid_names or {}, image_label)
     _layout(tree, present)
-    root = tree.body or tree.root
+    root = tree.body
+    if root is None or root.parent is None:  # none, hidden, or replaced by a <frameset>
+        root = tree.root
     raw = root.text(deep=True, separator="") if root is not None else ""
     text = _lines(raw)
     if defang:
@@ -283,10 +285,11 @@ def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
             verdicts[inline] = _is_hidden(inline)
         if verdicts[inline]:
             hidden[node.mem_id] = node
-    # the <style> elements are in hand; <head> matters only without a <body> to read
-    skip = ("style", "head") if tree.body is not None else ("style",)
-    dropped = ",".join(tag for tag in _DROP if f"<{tag}" in present and tag not in skip)
-    for node in [*hidden.values(), *styles, *(tree.css(dropped) if dropped else ())]:
+    # <style> elements are in hand, and <head> (there even when the source has none) too
+    dropped = ",".join(tag for tag in _DROP
+                       if f"<{tag}" in present and tag not in ("style", "head"))
+    head = [tree.head] if tree.head is not None else []
+    for node in [*hidden.values(), *styles, *head, *(tree.css(dropped) if dropped else ())]:
         node.decompose(recursive=False)
     return len(hidden)
 
@@ -336,24 +339,30 @@ def _links(tree: LexborHTMLParser,
     for a in tree.css("a[href], area[href]" if "<area" in present else "a[href]"):
         target = _clean_url(a.attrs.get("href") or "")
         lowered = target.lower()
-        if _UNSAFE_SCHEME.match(lowered):
+        if lowered.startswith(("http://", "https://", "ftp://")):  # most links: test first
+            _web_link(a, target, lowered, mismatched)
+        elif _UNSAFE_SCHEME.match(lowered):
             removed += 1
-            continue
-        if lowered.startswith("mailto:"):
+        elif lowered.startswith("mailto:"):
             address = target[7:].split("?", 1)[0]
             if address and address.lower() not in a.text(deep=True).lower():
                 a.insert_after(f" <{address}>")
-            continue
-        if not lowered.startswith(("http://", "https://", "ftp://")):
-            continue  # relative or in-page links have no target worth showing
-        label = " ".join(_MARKER_CHAR.sub(" ", a.text(deep=True, separator=" ")).split())
-        if ("." in label and _mismatch(label, target)) or ("@" in target and _hides_host(target)):
-            mismatched.append((label[:200], target[:2000]))
-        if not label:
-            a.insert_after(f"<{target}>")
-        elif _bare(label) != _bare(lowered):
-            a.insert_after(f" <{target}>")
+        # relative or in-page links have no target worth showing
     return mismatched, removed
+
+
+def _web_link(a: LexborNode, target: str, lowered: str,
+              mismatched: list[tuple[str, str]]) -> None:
+    """Show the target after the text, unless the text is the target; note a mismatch."""
+    label = " ".join(_MARKER_CHAR.sub(" ", a.text(deep=True, separator=" ")).split())
+    if ("." in label and _mismatch(label, target)) or ("@" in target and _hides_host(target)):
+        mismatched.append((label[:200], target[:2000]))
+    if not label:
+        a.insert_after(f"<{target}>")
+        return
+    shown = _bare(label)
+    if shown not in lowered or shown != _bare(lowered):  # the first test is the cheap one
+        a.insert_after(f" <{target}>")
 
 
 def _clean_url(href: str) -> str:

@@ -197,3 +197,10 @@ def test_tags_in_mixed_case_are_laid_out_and_dropped_alike() -> None:
 
 def test_a_greater_than_sign_inside_a_br_attribute_leaves_no_stray_text() -> None:
     assert html_to_text('<p>前<br title="a>b">後</p>').text == "前\n後"
+
+
+def test_a_frameset_replacing_the_body_does_not_bring_back_scripts() -> None:
+    """lexbor keeps pointing at a body a <frameset> replaced; its script must not show."""
+    for html in ("<td><script>var SECRET=1</script><frameset>",
+                 "<td><style>.SECRET{}</style><frameset><frame></frameset>"):
+        assert "SECRET" not in html_to_text(html).text
