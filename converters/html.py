@@ -54,7 +54,7 @@ _ROW = "\f"  # a table row starts (whitespace: the only text the parser keeps be
 _MARKER_CHARS = tuple(chr(code) for code in range(0xE000, 0xE009))
 _MARKER_CHAR = re.compile("[\ue000-\ue008]")  # for text read from one element
 
-_DROP = ["script", "style", "head", "title", "noscript", "template", "iframe", "object",
+_DROP = ["script", "style", "title", "noscript", "template", "iframe", "object",
          "embed", "applet", "svg", "math", "select", "textarea", "input", "button",
          "frameset", "frame", "audio", "video", "canvas", "map"]
 _PARA_TAGS = ("p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "dl", "ul", "ol", "figure",
@@ -264,7 +264,7 @@ def _mark_any_case(source: str) -> tuple[str, frozenset[str]]:
 
 
 def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
-    """Remove hidden elements and everything in `_DROP`; return how many were hidden.
+    """Remove hidden elements, `<head>` and everything in `_DROP`; return how many were hidden.
 
     Removal only unlinks a node from its parent (lexbor frees nodes with the document),
     so nodes inside an already removed one can be unlinked safely in any order.
@@ -285,9 +285,9 @@ def _drop_hidden(tree: LexborHTMLParser, present: frozenset[str]) -> int:
             verdicts[inline] = _is_hidden(inline)
         if verdicts[inline]:
             hidden[node.mem_id] = node
-    # <style> elements are in hand, and <head> (there even when the source has none) too
-    dropped = ",".join(tag for tag in _DROP
-                       if f"<{tag}" in present and tag not in ("style", "head"))
+    # the <style> elements are in hand, and so is <head> (there even when the source
+    # has none; its text matters when a <frameset> leaves no body to read)
+    dropped = ",".join(tag for tag in _DROP if f"<{tag}" in present and tag != "style")
     head = [tree.head] if tree.head is not None else []
     for node in [*hidden.values(), *styles, *head, *(tree.css(dropped) if dropped else ())]:
         node.decompose(recursive=False)
