@@ -419,8 +419,7 @@ def _images(tree: LexborHTMLParser, cid_names: Mapping[str, str], label: str) ->
             img.replace_with(f"[{label}: {name}]" if name else f"[{label}]")
         elif alt and not _tiny(attributes):
             img.replace_with(f"[{alt}]")
-        else:
-            img.decompose()  # tracking pixels and decoration say nothing to a reader
+        # else a tracking pixel or decoration: it says nothing, and has no text to remove
 
 
 def _tiny(attributes: Mapping[str, str | None]) -> bool:
