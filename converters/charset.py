@@ -9,8 +9,9 @@ Decisions:
   EUC-JP falls back to CP51932 (the same extensions) when strict EUC-JP fails.
 - A label is trusted only as far as the bytes agree with it: a strict decode failure,
   or 8-bit bytes under an ASCII/Latin-1 label, sends the bytes to detection.
-- Detection is Japanese-first (ESC sequences → ISO-2022-JP; UTF-8; then CP932 vs EUC-JP
-  scored by how Japanese the result looks) and only then charset-normalizer.
+- Detection is Japanese-first (ESC sequences → ISO-2022-JP; unmistakable UTF-7; UTF-8;
+  then CP932 vs EUC-JP scored by how Japanese the result looks) and only then
+  charset-normalizer.
 - U+FFFD appears only when no candidate decodes the bytes strictly.
 """
 
@@ -51,6 +52,8 @@ _OURS = {"cp50220": decode_cp50220, "cp51932": decode_cp51932}
 _HALF_WIDTH_KANA = re.compile("[\uff61-\uff9f]+")
 _KANA = re.compile("[\u3040-\u30ff]")
 _ESC_JIS = re.compile(rb"\x1b(?:\$[@B]|\$\(D|\(J|\(I|&@)")
+#: A UTF-7 shift sequence long enough to hold one UTF-16 unit (16 bits: 3 base64 digits).
+_UTF7_SHIFT = re.compile(rb"\+[A-Za-z0-9/][A-Za-z0-9+/]{2}")
 
 
 def normalize_label(untrusted_label: str | None) -> str | None:
@@ -130,6 +133,8 @@ def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None
     if untrusted.isascii():
         if _ESC_JIS.search(untrusted) and (text := _strict(untrusted, "cp50220")) is not None:
             return text, "cp50220"
+        if (text := _utf7(untrusted)) is not None:
+            return text, "utf_7"
         return untrusted.decode("ascii"), "ascii"
     text = _strict(untrusted, "utf-8")
     if text is not None:
@@ -138,6 +143,30 @@ def detect(untrusted: bytes, trust_latin: bool = True) -> tuple[str, str] | None
     if best is not None and score >= 0.6:
         return best
     return _detect_other_than_japanese(untrusted, score, best) if trust_latin else None
+
+
+def _utf7(untrusted: bytes) -> str | None:
+    """Unlabelled 7-bit bytes as UTF-7 (`+ZeVnLIqe-` is 日本語), only when unmistakable.
+
+    Plain ASCII uses "+" too (C++, 1+1, +81-3-..., user+tag@): the whole text must decode
+    strictly, which such uses almost never survive, to at least two characters outside
+    ASCII that read as Japanese and all exist in CP932. A stray decodable run yields
+    random code points (Hangul, rare CJK, private use), which fail the last test.
+    Mail in other scripts sent as unlabelled UTF-7 therefore stays ASCII.
+    """
+    if _UTF7_SHIFT.search(untrusted) is None:
+        return None
+    text = _strict(untrusted, "utf_7")
+    if text is None:
+        return None
+    shifted = "".join(ch for ch in text if not ch.isascii())
+    if len(shifted) < 2 or japanese_score(shifted) < 0.6:
+        return None
+    try:
+        shifted.encode("cp932")
+    except UnicodeEncodeError:
+        return None
+    return text
 
 
 def _detect_other_than_japanese(untrusted: bytes, score: float,

@@ -165,3 +165,42 @@ def test_blockquotes_are_quoted_like_a_mail_client_does() -> None:
             "<blockquote>さらに前</blockquote></blockquote><p>署名</p>")
     assert html_to_text(html).text == (
         "返信です\n\n> 元のメール\n\n> 二段落目\n> 改行\n\n>> さらに前\n\n署名")
+
+
+def test_link_text_after_a_line_break_is_still_checked_for_phishing() -> None:
+    """A <br> or block inside a link must not hide its URL-looking text from the check."""
+    raw = html_mail('<a href="https://login.evil.example.net/"><br>www.city.example.lg.jp</a>'
+                    '<a href="https://login.evil.example.net/x"><div>https://www.city.example.lg.jp/'
+                    '</div></a>')
+    result, _ = deliver(raw)
+    warnings = result.report.link_warnings  # type: ignore[attr-defined]
+    assert [(w.text, w.target) for w in warnings] == [
+        ("www.city.example.lg.jp", "https://login.evil.example.net/"),
+        ("https://www.city.example.lg.jp/", "https://login.evil.example.net/x")]
+    text = delivered_text(raw)
+    assert "実際のリンク先: hxxps://login.evil.example.net/" in text
+    assert not any("\ue000" <= ch <= "\ue00f" for ch in text)
+
+
+def test_rows_without_end_tags_keep_their_lines() -> None:
+    assert html_to_text("<table><tr><td>a<td>b<tr><td>c<td>d</table>後").text == "ab\ncd\n\n後"
+
+
+def test_tags_in_mixed_case_are_laid_out_and_dropped_alike() -> None:
+    """Only the first letter upper-case or only a later one: the same layout either way."""
+    for html in ("<tAble><tr><td>一</tD><td>二</td></tr></taBle>後<sCRIPT>var SECRET=1</sCRIPT>"
+                 "<p>段落</p><sTyle>.x{display:none}</sTyle><span class='x'>HIDDEN</span>",
+                 "<TAble><tr><td>一</TD><td>二</td></tr></Table>後<SCRIPT>var SECRET=1</SCRIPT>"
+                 "<P>段落</p><STyle>.x{display:none}</STyle><span class='x'>HIDDEN</span>"):
+        assert html_to_text(html).text == "一 | 二\n\n後\n\n段落"
+
+
+def test_a_greater_than_sign_inside_a_br_attribute_leaves_no_stray_text() -> None:
+    assert html_to_text('<p>前<br title="a>b">後</p>').text == "前\n後"
+
+
+def test_a_frameset_replacing_the_body_does_not_bring_back_scripts() -> None:
+    """lexbor keeps pointing at a body a <frameset> replaced; its script must not show."""
+    for html in ("<td><script>var SECRET=1</script><frameset>",
+                 "<td><style>.SECRET{}</style><frameset><frame></frameset>"):
+        assert "SECRET" not in html_to_text(html).text
