@@ -76,3 +76,26 @@ def test_rows_survive_failed_writes_and_close(tmp_path: Path,
     stores.close()
     with closing(open_stores(settings)) as reopened:
         assert _rows(reopened, 20) == expected
+
+
+def test_a_row_that_cannot_be_written_does_not_stop_the_log(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One poisoned row is dropped (and logged) after a few tries; the rest is written and
+    readers are not blocked for good."""
+    monkeypatch.setattr("gateway.store.behind.RETRY_DELAYS", (0.01,))
+    with closing(open_stores(Settings(data_dir=tmp_path), write_behind=True)) as stores:
+        log = stores.messages
+        real = log._write_batch
+
+        def refuse_poison(conn: Any, batch: list[Any]) -> None:
+            if any(row.get("queue_id") == "POISON" for _, row in batch):
+                raise ValueError("value refused by the database")
+            real(conn, batch)
+
+        monkeypatch.setattr(log._behind, "_write_batch", refuse_poison)
+        env = Envelope("a@example.com", ("clerk@example.lg.jp",), received_at=1_700_000_000.0)
+        log.record_received("GOOD1", env, 10)
+        log.record_received("POISON", env, 10)
+        log.record_received("GOOD2", env, 10)
+        assert log.get("GOOD1") is not None and log.get("GOOD2") is not None
+        assert log.get("POISON") is None

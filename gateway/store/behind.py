@@ -32,6 +32,8 @@ MAX_PENDING = 50_000
 #: transaction for all of them instead of a GIL hand-over per row (a reader's `flush()`
 #: waits at most this much longer).
 LINGER_SECONDS = 0.05
+#: Failed tries of a whole batch before it is written row by row (`_without_poison`).
+POISON_AFTER = 3
 #: Retry delays after a failed batch, seconds (the last one repeats).
 RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0)
 
@@ -99,14 +101,42 @@ class WriteBehind:
                 self._cv.notify_all()
 
     def _write(self, batch: list[Row]) -> None:
-        """Write `batch` in one transaction, retrying until it lands."""
+        """Write `batch` in one transaction, retrying until it lands (or, after
+        `POISON_AFTER` failures, writing what can be written row by row)."""
         for attempt in itertools.count():
             try:
-                with self._begin() as conn:
-                    self._write_batch(conn, batch)
+                self._write_rows(batch)
                 return
             except Exception as exc:  # a database error must not lose the log: retry
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 log.error("message_log_write_failed", rows=len(batch), error=str(exc)[:300],
                           retry_in=delay)
-                time.sleep(delay)
+            if attempt + 1 >= POISON_AFTER:
+                batch = self._without_poison(batch)
+                if not batch:
+                    return
+            time.sleep(delay)
+
+    def _write_rows(self, rows: list[Row]) -> None:
+        with self._begin() as conn:
+            self._write_batch(conn, rows)
+
+    def _without_poison(self, batch: list[Row]) -> list[Row]:
+        """Write `batch` row by row; what is left to retry.
+
+        Rows that fail alone while others go in cannot be written at all (a bug, a value
+        the database refuses): they are logged and dropped, so that one bad row cannot
+        stop the log (and every reader's `flush()`) for good. When no row goes in, the
+        database itself is away: all of them are kept for the next try."""
+        failed: list[Row] = []
+        for one in batch:
+            try:
+                self._write_rows([one])
+            except Exception:  # judged below, with the others' outcome
+                failed.append(one)
+        if len(failed) == len(batch):
+            return batch
+        for kind, values in failed:
+            log.error("message_log_row_dropped", kind=kind,
+                      queue_id=values.get("queue_id") or values.get("b_queue_id"))
+        return []

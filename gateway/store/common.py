@@ -42,7 +42,7 @@ def paged(
     return int(total), rows
 
 
-_WRITERS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 _WRITERS_LOCK = threading.Lock()
 
 
@@ -50,7 +50,7 @@ def _sqlite_writer(engine: Engine) -> contextlib.AbstractContextManager[object]:
     if engine.dialect.name != "sqlite":
         return contextlib.nullcontext()
     with _WRITERS_LOCK:
-        return _WRITERS.setdefault(engine, threading.Lock())
+        return _WRITERS.setdefault(engine, threading.RLock())  # re-entrant: a nested write
 
 
 @contextlib.contextmanager
