@@ -6,7 +6,6 @@ because absolute figures on these shared 2-core machines drift from run to run.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import subprocess
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway import loop
 from gateway.loadclient import ClientOptions
 from gateway.loadmix import Template, load_templates
 from gateway.loadtest import LoadConfig, run_loadtest
@@ -104,7 +104,7 @@ def load(port: int, mix: tuple[Template, ...], count: int, sink_port: int | None
     """One run of the load test client (and sink) in a fresh event loop."""
     cfg = LoadConfig(ClientOptions("127.0.0.1", port, concurrency), count, mix,
                      sink_port=sink_port, drain_timeout=600.0, pid=pid, progress=False)
-    return asyncio.run(run_loadtest(cfg))
+    return loop.run(run_loadtest(cfg))
 
 
 def result(name: str, value: float | None, unit: str, target: str, passed: bool | None,

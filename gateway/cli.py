@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway import admin_cli, loadtest, office_cli, samples
+from gateway import admin_cli, loadtest, loop, office_cli, samples
 from gateway.logs import configure_logging
 from gateway.settings import Settings, describe, load_settings
 
@@ -26,13 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging()
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # uvloop is optional: the stdlib loop is just slower
-        pass
-    asyncio.run(serve(settings))
+    loop.run(serve(settings))
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import loop
 from gateway.loadcheck import account, pending
 from gateway.loadclient import Client, ClientOptions
 from gateway.loadmix import Template, default_templates, load_templates, plan
@@ -194,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 2
-    result = asyncio.run(run_loadtest(cfg))
+    result = loop.run(run_loadtest(cfg))
     print(format_summary(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n",
