@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from converters import errors
+from converters.sandbox import BWRAP_ARGS, system_view
 
 BRIDGE = Path(__file__).with_name("office_bridge.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-uno is built for Debian's interpreter only
@@ -65,40 +66,14 @@ def rlimit_args(config: OfficeConfig) -> list[str]:
             "--core=0", "--"]
 
 
-#: The only host paths the sandbox sees (read-only): programs, libraries, fonts and the few
-#: configuration files LibreOffice and python3 read. Not the rest of /etc, not /var, /work,
-#: /home or the data directory: a document that links "file:///…/quarantine/x.png" as an
-#: image would otherwise have another message's file rendered into its pages.
-HOST_PATHS = (
-    "/usr", "/etc/fonts", "/etc/libreoffice", "/etc/python3", "/etc/python3.11",
-    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
-    "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
-    "/var/cache/fontconfig",  # without it fontconfig rescans Noto CJK at every start
-)
 BRIDGE_INSIDE = "/opt/mugaika/office_bridge.py"
-
-
-def _root_links() -> list[str]:
-    """/bin, /lib, /lib64, /sbin as on the host: symlinks into /usr (merged /usr) or dirs."""
-    args: list[str] = []
-    for name in ("/bin", "/lib", "/lib64", "/sbin"):
-        path = Path(name)
-        if path.is_symlink():
-            args += ["--symlink", os.readlink(path), name]
-        elif path.is_dir():
-            args += ["--ro-bind", name, name]
-    return args
 
 
 def sandbox_args(job_dir: Path, config: OfficeConfig) -> list[str]:
     """The sandbox: a minimal read-only file system, private /tmp, no network, no caps."""
-    binds = [arg for path in HOST_PATHS for arg in ("--ro-bind-try", path, path)]
     return [
         *rlimit_args(config),
-        "bwrap", "--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL",
-        *binds, *_root_links(), "--ro-bind", str(BRIDGE), BRIDGE_INSIDE,
-        "--dev", "/dev", "--proc", "/proc",
-        "--tmpfs", "/tmp",  # noqa: S108 - a fresh tmpfs, private to this sandbox
+        "bwrap", *BWRAP_ARGS, *system_view(), "--ro-bind", str(BRIDGE), BRIDGE_INSIDE,
         "--bind", str(job_dir), JOB_DIR_INSIDE,
         "--remount-ro", "/",  # the root tmpfs bwrap built: nothing may be created there
         "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",  # noqa: S108 - private

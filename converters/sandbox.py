@@ -1,7 +1,8 @@
 """Run converters in pre-started worker processes confined by bubblewrap.
 
 Each worker is `bwrap ... python -m converters.worker` with no network (its own empty
-network namespace), a read-only view of the system, a private /tmp, a new session, no
+network namespace), a minimal read-only view of the system (`HOST_PATHS` and our code;
+not the data directory, not /etc), a private /tmp, a new session, no
 capabilities, and every namespace unshared. Inside, the worker forks one child per
 attachment with rlimits on memory, CPU seconds, file size and processes
 (`converters.worker`). Here, the parent enforces the wall-clock timeout: a worker that
@@ -42,17 +43,47 @@ from converters.seccomp import filter_fd
 log = logging.getLogger("mugaika.sandbox")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BWRAP_ARGS = (
-    "--unshare-all", "--new-session", "--die-with-parent",
-    "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",  # noqa: S108 - a private tmpfs
-    "--cap-drop", "ALL",
+#: Namespaces and capabilities of every sandbox: no network, no other process, no caps.
+BWRAP_ARGS = ("--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL")
+#: The only host paths a sandbox sees (read-only): programs, libraries, fonts and the few
+#: configuration files python3 and LibreOffice read. Not the rest of /etc, not /var, /work,
+#: /home or the data directory: a converter (or a document that links "file:///…") must
+#: not reach another message's files or the gateway's configuration.
+HOST_PATHS = (
+    "/usr", "/etc/fonts", "/etc/libreoffice", "/etc/python3", "/etc/python3.11",
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+    "/etc/localtime", "/etc/passwd", "/etc/group", "/etc/nsswitch.conf",
+    "/var/cache/fontconfig",  # without it fontconfig rescans Noto CJK at every start
 )
+
+
+def root_links() -> list[str]:
+    """/bin, /lib, /lib64, /sbin as on the host: symlinks into /usr (merged /usr) or dirs."""
+    args: list[str] = []
+    for name in ("/bin", "/lib", "/lib64", "/sbin"):
+        path = Path(name)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), name]
+        elif path.is_dir():
+            args += ["--ro-bind", name, name]
+    return args
+
+
+def system_view() -> list[str]:
+    """The minimal read-only system, /dev, /proc and a private /tmp (before `code_binds`,
+    which may re-bind a checkout under /tmp, and before `--remount-ro /`)."""
+    binds = [arg for path in HOST_PATHS for arg in ("--ro-bind-try", path, path)]
+    return [*binds, *root_links(), "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp"]  # noqa: S108 - a fresh tmpfs, private to this sandbox
+
+
 def code_binds(project_root: Path = PROJECT_ROOT) -> list[str]:
-    """Bind our code and interpreter back in read-only: a checkout or venv under /tmp (as CI
-    clones) would otherwise vanish under the sandbox's private /tmp. Real paths: bwrap
-    cannot mount onto a symlink (a venv linked into a checkout); the link itself is seen
-    through the bind of its parent and leads to the real path bound here."""
-    paths = dict.fromkeys(os.path.realpath(p) for p in (project_root, sys.prefix))
+    """Bind our code, the venv and the interpreter it was made from, read-only (a pyenv
+    or a checkout under /tmp is outside `HOST_PATHS`). Real paths: bwrap cannot mount
+    onto a symlink (a venv linked into a checkout); the link itself is seen through the
+    bind of its parent and leads to the real path bound here."""
+    paths = dict.fromkeys(os.path.realpath(p)
+                          for p in (project_root, sys.prefix, sys.base_prefix))
     return [arg for path in paths for arg in ("--ro-bind", path, path)]
 
 
@@ -92,12 +123,18 @@ class SandboxConfig:
     def command(self, seccomp_fd: int | None = None) -> list[str]:
         inner = [self.python, "-m", "converters.worker"]
         inner += [f"{name}={target}" for name, target in sorted(self.targets.items())]
+        return self.wrap(inner, seccomp_fd)
+
+    def wrap(self, inner: list[str], seccomp_fd: int | None = None) -> list[str]:
+        """`inner` under bwrap (unchanged when unsandboxed): the system view, our code,
+        the `hidden` paths masked, then everything read-only."""
         if not self.sandboxed:
             return inner
         seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         masks = [arg for path in self.hidden if os.path.isdir(path) for arg in ("--tmpfs", path)]
-        return [self.bwrap, *BWRAP_ARGS, *code_binds(self.project_root), *masks, *seccomp,
-                "--chdir", str(self.project_root), "--", *inner]
+        return [self.bwrap, *BWRAP_ARGS, *system_view(), *code_binds(self.project_root),
+                *masks, "--remount-ro", "/", *seccomp, "--chdir", str(self.project_root),
+                "--", *inner]
 
     def environment(self) -> dict[str, str]:
         path = os.pathsep.join((str(self.project_root), *self.extra_pythonpath))
@@ -110,7 +147,7 @@ def bwrap_problem(bwrap: str = "bwrap") -> str | None:
     """Why bubblewrap cannot confine a process here, or None when it can."""
     try:
         done = subprocess.run(
-            [bwrap, *BWRAP_ARGS, "--", "/bin/true"],
+            [bwrap, *BWRAP_ARGS, *system_view(), "--", "/bin/true"],
             capture_output=True, timeout=15, check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:

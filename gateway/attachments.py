@@ -91,8 +91,8 @@ class AttachmentContext:
         registry = registry or Registry()
         sandboxed = decide_sandboxing(settings.allow_unsandboxed)
         size = settings.converter_workers or settings.workers
-        hidden = (str(settings.data_dir.resolve()), "/etc/mugaika")
-        config = SandboxConfig(registry.targets(), sandboxed=sandboxed, hidden=hidden)
+        config = SandboxConfig(registry.targets(), sandboxed=sandboxed,
+                               hidden=hidden_paths(settings))
         pool = SandboxPool(config, size)
         policy = policy_from_settings(settings)
         office = OfficePool(OfficeConfig(
@@ -289,3 +289,10 @@ def _merge(first: AttachmentOutcome, rest: list[AttachmentOutcome]) -> Attachmen
         outputs=tuple(r for o in outcomes for r in o.outputs),
         held=tuple(h for o in outcomes for h in o.held),
     )
+
+
+def hidden_paths(settings: Settings) -> tuple[str, ...]:
+    """What a sandbox must not read even where our code is bound in: the data directory
+    (every other message, the database; by default `./var` inside the checkout) and the
+    configuration."""
+    return (str(settings.data_dir.resolve()), "/etc/mugaika")

@@ -16,14 +16,9 @@ import sys
 
 from converters.decrypt import EXIT_CODES, EXIT_WRONG_PASSWORD
 from converters.errors import SandboxFailure, Timeout, from_code
-from converters.sandbox import (
-    BWRAP_ARGS,
-    PROJECT_ROOT,
-    SandboxConfig,
-    code_binds,
-    decide_sandboxing,
-)
+from converters.sandbox import PROJECT_ROOT, SandboxConfig, decide_sandboxing
 from converters.seccomp import filter_fd
+from gateway.attachments import hidden_paths
 from gateway.quarantine import Decrypter, WrongPassword
 from gateway.settings import Settings
 
@@ -38,7 +33,8 @@ def sandboxed_decrypter(settings: Settings, sandboxed: bool | None = None) -> De
     """
     if sandboxed is None:
         sandboxed = decide_sandboxing(settings.allow_unsandboxed)
-    environment = SandboxConfig(targets={}).environment()
+    config = SandboxConfig(targets={}, sandboxed=sandboxed, hidden=hidden_paths(settings))
+    environment = config.environment()
     limits = {
         "max_members": settings.archive_max_members,
         "max_bytes": settings.archive_max_total_bytes,
@@ -52,7 +48,8 @@ def sandboxed_decrypter(settings: Settings, sandboxed: bool | None = None) -> De
         seccomp_fd = filter_fd() if sandboxed else None
         try:
             done = subprocess.run(
-                _command(sandboxed, seccomp_fd), input=header + untrusted, capture_output=True,
+                config.wrap([sys.executable, "-m", "converters.decrypt"], seccomp_fd),
+                input=header + untrusted, capture_output=True,
                 env=environment, cwd=PROJECT_ROOT, timeout=settings.converter_timeout_seconds,
                 check=False, pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
             )
@@ -71,11 +68,3 @@ def sandboxed_decrypter(settings: Settings, sandboxed: bool | None = None) -> De
     return decrypt
 
 
-def _command(sandboxed: bool, seccomp_fd: int | None) -> list[str]:
-    """`python -m converters.decrypt`, under bwrap (and its seccomp filter when available)."""
-    inner = [sys.executable, "-m", "converters.decrypt"]
-    if not sandboxed:
-        return inner
-    seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
-    return ["bwrap", *BWRAP_ARGS, *code_binds(), *seccomp, "--chdir", str(PROJECT_ROOT), "--",
-            *inner]

@@ -18,6 +18,7 @@ import pytest
 from converters.errors import ConversionError, LimitExceeded, SandboxFailure, Timeout
 from converters.limits import ConversionPolicy, Limits, MiB
 from converters.sandbox import (
+    PROJECT_ROOT,
     SandboxConfig,
     SandboxPool,
     SandboxUnavailable,
@@ -180,14 +181,35 @@ def test_refuses_to_start_without_bubblewrap_unless_allowed(
 
 
 def test_data_dir_is_hidden_from_converters() -> None:
-    """Other messages' spool and quarantine are on the host: a converter must not read them."""
-    data = Path(tempfile.mkdtemp(dir="/var/tmp"))  # outside /tmp, which is private anyway
-    secret = data / "quarantined-original.eml"
-    secret.write_bytes(b"another citizen's mail")
-    with SandboxPool(SandboxConfig(TARGETS), size=1) as plain:  # control: visible without mask
-        conv = plain.convert("hostile", f"read {secret}".encode(), "a.txt", QUICK)
-        assert conv.outputs[0].data == b"another citizen's mail"
-    with SandboxPool(SandboxConfig(TARGETS, hidden=(str(data),)), size=1) as masked:
-        with pytest.raises(ConversionError):
-            masked.convert("hostile", f"read {secret}".encode(), "a.txt", QUICK)
-    shutil.rmtree(data)
+    """Other messages' spool and quarantine are on the host: a converter must not read them.
+
+    The default data directory (`./var`) lies inside the checkout, which the sandbox binds
+    in for our code: it is masked there. Anywhere else on the host it is not bound at all."""
+    data = PROJECT_ROOT / f"var-test-{uuid.uuid4().hex[:8]}"
+    data.mkdir()
+    try:
+        secret = data / "quarantined-original.eml"
+        secret.write_bytes(b"another citizen's mail")
+        with SandboxPool(SandboxConfig(TARGETS), size=1) as plain:  # control: in the checkout
+            conv = plain.convert("hostile", f"read {secret}".encode(), "a.txt", QUICK)
+            assert conv.outputs[0].data == b"another citizen's mail"
+        with SandboxPool(SandboxConfig(TARGETS, hidden=(str(data),)), size=1) as masked:
+            with pytest.raises(ConversionError):
+                masked.convert("hostile", f"read {secret}".encode(), "a.txt", QUICK)
+    finally:
+        shutil.rmtree(data)
+
+
+def test_host_outside_the_system_view_is_not_there() -> None:
+    """/var, /etc (beyond a few files), /home, /work: not bound, whatever their permissions."""
+    elsewhere = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        secret = elsewhere / "spool-entry.eml"
+        secret.write_bytes(b"another citizen's mail")
+        with SandboxPool(SandboxConfig(TARGETS), size=1) as pool:
+            for path in (secret, Path("/etc/hostname"), Path("/etc/shadow")):
+                with pytest.raises(ConversionError):
+                    pool.convert("hostile", f"read {path}".encode(), "a.txt", QUICK)
+            assert pool.convert("hostile", b"read /etc/passwd", "a.txt", QUICK).outputs
+    finally:
+        shutil.rmtree(elsewhere)
