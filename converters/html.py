@@ -195,6 +195,7 @@ _FLAT_NAMES = _trie((*_FLAT_TAGS, *map(str.upper, _FLAT_TAGS)))
 #: A start or end tag that nests; the group is "/" for an end tag. `[^<>]` keeps each
 #: match within one "<" (linear time, even with no ">" anywhere).
 _NESTING_TAG = re.compile(rf"<(/?)(?!(?:{_FLAT_NAMES})[\s/>])[a-zA-Z]")
+_NESTING_START = re.compile(rf"<(?!(?:{_FLAT_NAMES})[\s/>])[a-zA-Z]")
 _NESTING_TAG_WHOLE = re.compile(rf"(<(/?)(?!(?:{_FLAT_NAMES})[\s/>])[a-zA-Z][^<>]*+>?)")
 _STEP = {"": 1, "/": -1}
 _META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([A-Za-z0-9._:-]+)", re.IGNORECASE)
@@ -297,13 +298,10 @@ def _flatten(source: str) -> tuple[str, int]:
     (it closes unclosed elements, adds a <tbody>), which at most shifts where flattening
     starts.
     """
-    if source.count("<") <= MAX_NESTING:
+    # no deeper than the number of start tags: most mail stops at one of these bounds
+    if source.count("<") <= MAX_NESTING or len(_NESTING_START.findall(source)) <= MAX_NESTING:
         return source, 0
-    slashes = _NESTING_TAG.findall(source)
-    # no deeper than the number of start tags: most mail stops here
-    if slashes.count("") <= MAX_NESTING:
-        return source, 0
-    depth = max(_depths(slashes))
+    depth = max(_depths(_NESTING_TAG.findall(source)))
     if depth <= MAX_NESTING:
         return source, 0
     parts = _NESTING_TAG_WHOLE.split(source)
