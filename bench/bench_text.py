@@ -6,7 +6,9 @@ noisy; compare ratios, not absolute times across runs):
   policy.default, take the first text part, build a new text/plain message);
 - HTML→text: mugaika's converter vs a bare lexbor parse with scripts/styles stripped
   (selectolax `text()`, no layout, hidden text kept), timed in alternation after a
-  gc.collect()/gc.freeze(), plus inscriptis and html2text when they are installed.
+  gc.collect()/gc.freeze(), plus inscriptis and html2text when they are installed;
+- nested-div bomb: mugaika's converter (depth guard: flattened beyond MAX_NESTING) vs a
+  bare lexbor parse of the same 20,000 nested <div>s (about 100 KB; quadratic time).
 
 Run: `.venv/bin/python -m bench.bench_text` (or `make bench`).
 """
@@ -39,6 +41,7 @@ from tests.bodies_helpers import (
 )
 
 NEWSLETTER_BYTES = 100_000
+BOMB_DEPTH = 20_000
 
 
 def corpus() -> list[bytes]:
@@ -140,6 +143,14 @@ def _html_baselines(html: str) -> dict[str, float]:
     return out
 
 
+def _bomb_ms() -> tuple[float, float]:
+    """Median ms of ours and of a bare parse on a nested-div bomb (the bare parse takes
+    about a second: few repeats)."""
+    bomb = "<div>" * BOMB_DEPTH + "本文" + "</div>" * BOMB_DEPTH
+    return (_median_ms(lambda: html_to_text(bomb), repeat=5),
+            _median_ms(lambda: LexborHTMLParser(bomb), repeat=3))
+
+
 def run(seconds: float = 3.0) -> dict[str, Any]:
     """Measure and print; returns the figures for `make bench`."""
     settings = Settings()
@@ -168,6 +179,11 @@ def run(seconds: float = 3.0) -> dict[str, Any]:
     print(f"HTML→text, {figures['newsletter_bytes']} byte newsletter: "
           f"{figures['html_to_text_ms']} ms, {figures['html_to_text_vs_plain']}x the bare "
           f"parse (baselines: {baselines})")
+    bomb_ms, bomb_plain_ms = _bomb_ms()
+    figures |= {"nested_div_bomb_ms": round(bomb_ms, 1),
+                "nested_div_bomb_bare_parse_ms": round(bomb_plain_ms, 1)}
+    print(f"nested-div bomb ({BOMB_DEPTH:,} levels): {figures['nested_div_bomb_ms']} ms "
+          f"(baseline bare lexbor parse: {figures['nested_div_bomb_bare_parse_ms']} ms)")
     return figures
 
 

@@ -64,7 +64,7 @@ def extract_body(leaves: tuple[Leaf, ...], settings: Settings) -> Body:
         if leaf.part not in chosen:
             continue
         if leaf.content_type == "text/html":
-            text = _html(leaf, settings, cid_names, actions, warnings)
+            text = _html(leaf, settings, cid_names, actions, warnings, defects)
         else:
             text = _plain(leaf, settings, actions)
         if "\ufffd" in text:
@@ -161,7 +161,7 @@ def _quoted(depth: int, content: str) -> str:
 
 
 def _html(leaf: Leaf, settings: Settings, cid_names: dict[str, str],
-          actions: list[Action], warnings: list[LinkWarning]) -> str:
+          actions: list[Action], warnings: list[LinkWarning], defects: list[str]) -> str:
     rendered = html_to_text(decode_html(leaf.payload, leaf.charset),
                             defang=settings.defang_links, cid_names=cid_names,
                             image_label=_IMAGE_LABEL.get(settings.language, "image"))
@@ -171,6 +171,9 @@ def _html(leaf: Leaf, settings: Settings, cid_names: dict[str, str],
         notes.append(f"script_links_removed={rendered.removed_links}")
     if rendered.hidden_elements:
         notes.append(f"hidden_elements_removed={rendered.hidden_elements}")
+    if rendered.nesting_depth:  # a parser bomb: the notice says the layout was flattened
+        notes.append(f"html_nesting_depth={rendered.nesting_depth}")
+        defects.append("html_nesting_too_deep")
     actions.append(_action(leaf, ActionKind.CONVERTED, "html_to_text",
                            "HTML body converted to plain text", notes=tuple(notes)))
     return clean_text(rendered.text, defang=False)

@@ -125,6 +125,8 @@ def _body_lines(report: Report, t: NoticeTemplates, defang: bool) -> list[str]:
     lines = []
     if "html_to_text" in codes:
         lines.append(t.line("html_converted"))
+        if "html_nesting_too_deep" in report.defects:
+            lines.append(t.line("html_nesting"))
         if defang:
             lines.append(t.line("links_defanged"))
     elif "alternative_unused" in codes:
