@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,10 +30,30 @@ log = structlog.get_logger("mugaika.server")
 #: where 2 accepted 329 and 239 (alternating runs, 20 sessions, docs/performance.md),
 #: although MEASURED.md saw raw fsync threads slow each other down.
 SPOOL_WRITERS = 8
+#: glibc malloc arenas for this process. By default glibc makes up to 8 per core, one
+#: for each thread that allocates while the others hold theirs; every arena keeps its own
+#: freed memory. Measured with the memory bench (40 x 20 MB mails, concurrency 20): peak
+#: 1,492 MiB with the default, 1,316 MiB with 2 (main process VmHWM 1,358 -> 1,183 MiB).
+#: Python's small objects do not use malloc (pymalloc), so few calls contend for them.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
+    """Cap glibc's malloc arenas, in this process now and in the processes it starts
+    (an operator's own `MALLOC_ARENA_MAX`, read by glibc at start, is left as it is)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        return
+    os.environ["MALLOC_ARENA_MAX"] = str(arenas)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start."""
+    limit_malloc_arenas()  # before the thread pools below allocate
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
