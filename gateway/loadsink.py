@@ -84,13 +84,14 @@ def classify(untrusted: bytes, mail_from: str, received_at: float) -> Arrival:
     take the CPU the gateway under test needs (it shares the machine's cores)."""
     head = untrusted.split(b"\r\n\r\n", 1)[0]
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    whole = msg.get_content_maintype() == "multipart"
     attachments = 0
-    if msg.get_content_maintype() == "multipart":
+    if whole:
         msg = email.message_from_bytes(untrusted, policy=email.policy.compat32)
         attachments = sum(1 for part in msg.walk()
                           if not part.is_multipart() and part.get_filename() is not None)
     token = _token(head) or _token(untrusted) or _token_in_parts(
-        email.message_from_bytes(untrusted, policy=email.policy.compat32))
+        msg if whole else email.message_from_bytes(untrusted, policy=email.policy.compat32))
     queue_id = (msg.get("X-Mugaika-Queue-Id") or "").strip() or None
     if queue_id is not None and not _QUEUE_ID.match(queue_id):
         queue_id = None

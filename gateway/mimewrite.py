@@ -59,26 +59,23 @@ def fold(name: str, tokens: Iterable[str]) -> str:
 
 
 def encoded_words(text: str, charset: str = "utf-8") -> list[str] | None:
-    """`text` as RFC 2047 `B` words of at most `MAX_WORD` characters; None when `charset` cannot
-    hold a character (ISO-2022-JP and an emoji): the caller then uses UTF-8."""
+    """`text` as RFC 2047 `B` words of at most `MAX_WORD` characters; None when `charset`
+    cannot hold a character (ISO-2022-JP and an emoji): the caller then uses UTF-8."""
     prefix = f"=?{charset.upper()}?B?"
     room = (MAX_WORD - len(prefix) - 2) // 4 * 3  # raw octets per word
-    words: list[str] = []
-    chunk = ""
+    words: list[bytes] = []
+    chunk, raw = "", b""
     for char in text:
-        if chunk and len(_encode(chunk + char, charset) or b"x" * (room + 1)) > room:
-            words.append(chunk)
-            chunk = ""
-        chunk += char
-    if chunk:
-        words.append(chunk)
-    out: list[str] = []
-    for word in words:
-        raw = _encode(word, charset)
-        if raw is None:
+        longer = _encode(chunk + char, charset)
+        if longer is None:
             return None
-        out.append(f"{prefix}{base64.b64encode(raw).decode('ascii')}?=")
-    return out
+        if chunk and len(longer) > room:
+            words.append(raw)
+            chunk, longer = "", _encode(char, charset) or b""
+        chunk, raw = chunk + char, longer
+    if chunk:
+        words.append(raw)
+    return [f"{prefix}{base64.b64encode(word).decode('ascii')}?=" for word in words]
 
 
 def _encode(text: str, charset: str) -> bytes | None:
@@ -135,11 +132,9 @@ def disposition(filename: str) -> str:
             cut = split
         pieces.append(encoded[:cut])
         encoded = encoded[cut:]
-    params = [f"filename*{i}*={'utf-8' + chr(39) * 2 if i == 0 else ''}{p}"
-              for i, p in enumerate(pieces)]
-    return "Content-Disposition: attachment;" + "".join(
-        f"{LINESEP} {p}{';' if i < len(params) - 1 else ''}" for i, p in enumerate(params)
-    ) + LINESEP
+    pieces[0] = "utf-8''" + pieces[0]
+    params = ";".join(f"{LINESEP} filename*{i}*={p}" for i, p in enumerate(pieces))
+    return f"Content-Disposition: attachment;{params}{LINESEP}"
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await forwarder.close()
-        worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
         if processes:
             processes.close()

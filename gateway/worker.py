@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from email.header import Header
 from typing import TypeVar
@@ -144,7 +144,6 @@ class Worker:
         self.executor = executor
         #: Notice wording, read once: per message it cost a file read and a TOML parse.
         self.templates = load_templates(settings)
-        self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="record")
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.metrics = metrics
         #: Sanitize, record, spool the output, hold the original: `SanitizePool.run`
@@ -161,21 +160,10 @@ class Worker:
         """Spool and database calls: the loop's default thread pool, not the sanitize one.
 
         A rename or unlink can wait for an ext4 journal commit that another thread's
-        fsync started (milliseconds): on the loop that stalled every SMTP session.
+        fsync started (milliseconds): on the loop that stalled every SMTP session. SQLite
+        writers from these threads take turns in `gateway.store.common.write`.
         """
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-    async def _db(self, fn: Callable[..., T], *args: object) -> T:
-        """Message-log writes (and the spool moves that go with them), one at a time.
-
-        Concurrent SQLite writers in one process meet the write lock, and SQLite's busy
-        handler then sleeps 1 to 100 ms: serialized here, they never wait on each other.
-        """
-        return await asyncio.get_running_loop().run_in_executor(self._db_thread, fn, *args)
-
-    def close(self) -> None:
-        """Stop the message-log thread (after the tasks that use it were cancelled)."""
-        self._db_thread.shutdown(wait=True)
 
     async def run(self) -> None:
         while True:
@@ -267,7 +255,7 @@ class Worker:
             await self._defer(entry, state, result)
             return
         status: DeliveryStatus = "bounced" if result.permanent else "delivered"
-        await self._db(self._settle, entry.queue_id, origin, status, state.attempts,
+        await self._io(self._settle, entry.queue_id, origin, status, state.attempts,
                        _summary(result))
         self.metrics.message(status)
         if not result.permanent:
@@ -281,7 +269,7 @@ class Worker:
         state = replace(state, next_try=time.time() + delay, pending=sorted(result.temporary),
                         last_error=next(iter(result.temporary.values()))[:300])
         await self._io(self.spool.defer, entry.queue_id, state)
-        await self._db(self.stores.messages.record_delivery, origin, "deferred",
+        await self._io(self.stores.messages.record_delivery, origin, "deferred",
                        state.attempts, state.last_error)
         self.metrics.message("deferred")
         log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
