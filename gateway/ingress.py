@@ -23,7 +23,7 @@ from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from gateway.envelope import Envelope
 from gateway.settings import Settings
-from gateway.spool import Spool, new_queue_id
+from gateway.spool import Entry, RetryState, Spool, new_queue_id
 
 log = structlog.get_logger("mugaika.ingress")
 
@@ -105,13 +105,14 @@ class IngressHandler:
         settings: Settings,
         spool: Spool,
         executor: Executor | None = None,
-        on_queued: Callable[[str, int], None] | None = None,
+        on_queued: Callable[[Entry], None] | None = None,
         on_rejected: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.executor = executor
-        self.on_queued = on_queued or (lambda _qid, _size: None)
+        #: Gets the spooled entry, bytes included: the worker need not read them back.
+        self.on_queued = on_queued or (lambda _entry: None)
         self.on_rejected = on_rejected or (lambda: None)
 
     async def handle_RCPT(
@@ -138,16 +139,17 @@ class IngressHandler:
             received_at=time.time(),
         )
         loop = asyncio.get_running_loop()
-        queue_id = await loop.run_in_executor(self.executor, self._store, untrusted, env)
-        log.info("queued", queue_id=queue_id, client=env.client_addr, size=len(untrusted),
+        entry = await loop.run_in_executor(self.executor, self._store, untrusted, env)
+        log.info("queued", queue_id=entry.queue_id, client=env.client_addr, size=len(untrusted),
                  rcpts=len(env.rcpt_tos))
-        self.on_queued(queue_id, len(untrusted))
-        return REPLY_QUEUED.format(queue_id=queue_id)
+        self.on_queued(entry)
+        return REPLY_QUEUED.format(queue_id=entry.queue_id)
 
-    def _store(self, untrusted: bytes, env: Envelope) -> str:
+    def _store(self, untrusted: bytes, env: Envelope) -> Entry:
         queue_id = new_queue_id()
-        trace = self._received(env, queue_id)
-        return self.spool.put(trace + normalize_line_ends(untrusted), env, queue_id)
+        data = self._received(env, queue_id) + normalize_line_ends(untrusted)
+        self.spool.put(data, env, queue_id)
+        return Entry(queue_id, env, data, RetryState())
 
     def _received(self, env: Envelope, queue_id: str) -> bytes:
         helo = re.sub(r"[^A-Za-z0-9.\-\[\]:]", "?", env.helo)[:255]

@@ -6,6 +6,8 @@ converter context (`AttachmentContext`: sandbox pool, registry, policy) on first
 sandbox workers are split between the children, so the gateway starts as many as before.
 Each child also writes the message log and the quarantine for its messages (its own
 database engine): that SQLAlchemy work was a fifth of the event loop process's CPU.
+The output comes back in memory (spooled by the child only when it is over
+`THIN_ABOVE_BYTES`), its original still claimed, as from a sanitize thread.
 
 A child that dies (a crash in a C extension on hostile input, the OOM killer) breaks the
 whole `ProcessPoolExecutor`: the pool is then replaced, and each message that was in it is
@@ -21,7 +23,6 @@ import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
 
 import structlog
 
@@ -38,6 +39,7 @@ from gateway.worker import (
     failed_stage,
     hand_on,
     sanitize_claimed,
+    spool_output,
 )
 
 log = structlog.get_logger("mugaika.sanitize_pool")
@@ -97,12 +99,13 @@ def _run(entry: Entry) -> HandedOn:
     handed = sanitize_claimed(entry, _CHILD.settings, _CHILD.attachments(), _CHILD.templates,
                               _CHILD.spool, _CHILD.stores())
     if len(handed.output.data) > THIN_ABOVE_BYTES:  # the parent reads it from the spool
-        return replace(handed, output=handed.output.thinned())
+        spooled = spool_output(_CHILD.spool, handed.output)
+        return HandedOn(spooled.thinned(), handed.report, spooled=True)
     return handed
 
 
 class SanitizePool:
-    """`processes` children running `sanitize_stage` and `hand_on`; `await run(entry)`.
+    """`processes` children running `sanitize_claimed`; `await run(entry)`.
 
     `stores` and `spool` are the parent's: for a message that broke two children.
     """

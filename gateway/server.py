@@ -20,7 +20,7 @@ from gateway.metrics import Metrics
 from gateway.ppap import sandboxed_decrypter
 from gateway.sanitize_pool import SanitizePool
 from gateway.settings import Settings
-from gateway.spool import Spool
+from gateway.spool import Entry, Spool
 from gateway.store import open_stores
 from gateway.worker import Worker
 
@@ -78,9 +78,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
                     metrics, sanitizer=processes.run if processes else None)
 
-    def queued(queue_id: str, _size: int) -> None:
+    def queued(entry: Entry) -> None:
         metrics.message("received")
-        worker.enqueue(queue_id)
+        worker.enqueue(entry.queue_id, entry)
 
     handler = IngressHandler(settings, spool, spool_pool, on_queued=queued,
                              on_rejected=lambda: metrics.message("rejected"))
@@ -106,6 +106,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await forwarder.close()
+        worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
         if processes:
             processes.close()

@@ -150,14 +150,17 @@ class Spool:
     def incoming_ids(self) -> list[str]:
         return sorted(p.name for p in (self.root / "incoming").iterdir())
 
-    def claim(self, queue_id: str) -> Entry | None:
-        """Move `queue_id` from incoming/ to active/; None if another worker took it."""
-        active = self._path("active", queue_id)
+    def take(self, queue_id: str) -> bool:
+        """Move `queue_id` from incoming/ to active/; False if another worker took it."""
         try:
-            os.rename(self._path("incoming", queue_id), active)
+            os.rename(self._path("incoming", queue_id), self._path("active", queue_id))
         except FileNotFoundError:
-            return None
-        return self.load(queue_id)
+            return False
+        return True
+
+    def claim(self, queue_id: str) -> Entry | None:
+        """`take` and read the entry; None if another worker took it."""
+        return self.load(queue_id) if self.take(queue_id) else None
 
     def load(self, queue_id: str) -> Entry:
         """A claimed entry (in active/) read in full: by a sanitize child, for instance."""

@@ -1,10 +1,13 @@
 """Workers: take spool entries and run the stages in order. No policy of their own.
 
-An inbound entry goes through sanitize → rebuild; its output becomes a new spool entry of
-kind "outbound" (so a retry never converts twice) and its original waits in `hold/`.
-The output is not fsynced: after a crash the spool makes it again from the original
-(`Spool.put_derived`, `Spool.recover`). Spool and database calls run in threads, never
-on the event loop, which must stay free for SMTP.
+An inbound entry goes through sanitize → rebuild, and its output (kind "outbound") is
+delivered from memory while the original stays claimed in active/: a crash only means it
+is sanitized again. Only when the delivery must wait (a retry, a bounce) does the output
+become a spool entry of its own (`Spool.put_derived`, not fsynced; a retry never converts
+twice), its original then waiting in `hold/`. Mail from this process's own SMTP sessions
+comes with its bytes (`enqueue(..., fresh)`): claimed and sanitized in one thread hop.
+Spool and database calls run in threads, never on the event loop, which must stay free
+for SMTP.
 Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
 expiry means a DSN to the sender. Every entry ends delivered, bounced or kept in `failed/`.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
 from typing import TypeVar
@@ -32,7 +35,7 @@ from gateway.rebuild import rebuild
 from gateway.report import Report, Verdict
 from gateway.sanitize import Sanitized, sanitize
 from gateway.settings import Settings
-from gateway.spool import Entry, RetryState, Spool
+from gateway.spool import Entry, RetryState, Spool, derived_id
 from gateway.stores import DeliveryStatus, Stores
 
 log = structlog.get_logger("mugaika.worker")
@@ -42,6 +45,10 @@ SCAN_SECONDS = 1.0
 #: id: the other side reads the claimed spool file. A pickled 20 MB message costs a copy
 #: in each process and pushed the memory bench's peak past its 1.5 GB target.
 THIN_ABOVE_BYTES = 1 << 20
+#: A message from ingress travels to its worker with its bytes only while the queue is
+#: shorter than this; behind a longer backlog it is read back from the spool when its
+#: turn comes, so a burst of accepted mail does not pile up in memory.
+FRESH_QUEUE_LIMIT = 256
 T = TypeVar("T")
 
 
@@ -81,10 +88,17 @@ def failed_stage(entry: Entry, settings: Settings,
 
 @dataclass(frozen=True)
 class HandedOn:
-    """A sanitized message: its output, claimed for delivery, and the report for the log."""
+    """A sanitized message: its output, ready for delivery, and the report for the log.
+
+    `spooled` says where the output is. False: in memory only, while its original stays
+    claimed in active/ (a crash sanitizes it again). True: a claimed spool entry of its
+    own (`ORIGIN.out`, from a sanitize child or after a failed delivery), and the
+    original waits in hold/.
+    """
 
     output: Entry
     report: Report
+    spooled: bool = True
 
 
 def hand_on(entry: Entry, processed: Processed, spool: Spool, stores: Stores) -> HandedOn:
@@ -95,21 +109,44 @@ def hand_on(entry: Entry, processed: Processed, spool: Spool, stores: Stores) ->
     """
     assert not entry.thin, "the original must be whole: it may go to the quarantine"
     record_stage(entry, processed, stores)
-    out_env = replace(entry.envelope, kind="outbound", extra={"origin": entry.queue_id})
-    output = spool.put_derived(processed.output, out_env, entry.queue_id)
-    spool.to_hold(entry.queue_id)
-    return HandedOn(output, processed.report)
+    return HandedOn(spool_output(spool, output_entry(entry, processed.output)), processed.report)
+
+
+def output_entry(origin: Entry, output: bytes) -> Entry:
+    """The sanitized output of `origin` as an entry to deliver (not yet in the spool)."""
+    env = replace(origin.envelope, kind="outbound", extra={"origin": origin.queue_id})
+    return Entry(derived_id(origin.queue_id), env, output, RetryState())
+
+
+def spool_output(spool: Spool, output: Entry) -> Entry:
+    """Spool an output (claimed, unsynced) and move its original to hold/."""
+    origin = str(output.envelope.extra["origin"])
+    spooled = spool.put_derived(output.data, output.envelope, origin)
+    spool.to_hold(origin)
+    return spooled
 
 
 def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
                      templates: NoticeTemplates, spool: Spool, stores: Stores) -> HandedOn:
-    """Read, sanitize and hand on a claimed entry: the whole stage in one thread or child.
+    """Read and sanitize a claimed entry, log it, and hand on its output in memory.
 
-    One hop instead of three (read, sanitize, log): each hop cost the event loop a
-    future, a thread wake-up and a GIL hand-over, 12 % of its time under load.
+    One thread hop for the stage: each hop cost the event loop a future, a thread
+    wake-up and a GIL hand-over, 12 % of its time under load.
     """
     entry = spool.full(entry)
-    return hand_on(entry, sanitize_stage(entry, settings, attachments, templates), spool, stores)
+    processed = sanitize_stage(entry, settings, attachments, templates)
+    record_stage(entry, processed, stores)
+    return HandedOn(output_entry(entry, processed.output), processed.report, spooled=False)
+
+
+def claim_and_sanitize(fresh: Entry, settings: Settings, attachments: AttachmentContext | None,
+                       templates: NoticeTemplates, spool: Spool,
+                       stores: Stores) -> HandedOn | None:
+    """`sanitize_claimed` for an entry whose bytes came with it from ingress; None when
+    another worker claimed it first. The claim (a rename) rides on the same hop."""
+    if not spool.take(fresh.queue_id):
+        return None
+    return sanitize_claimed(fresh, settings, attachments, templates, spool, stores)
 
 
 def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
@@ -144,14 +181,26 @@ class Worker:
         self.executor = executor
         #: Notice wording, read once: per message it cost a file read and a TOML parse.
         self.templates = load_templates(settings)
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, Entry | None]] = asyncio.Queue()
         self.metrics = metrics
         #: Sanitize, record, spool the output, hold the original: `SanitizePool.run`
-        #: (child processes) in `mugaika serve`; by default `executor`'s threads.
-        self.sanitizer = sanitizer or self._sanitize_in_thread
+        #: (child processes) when configured; None: `executor`'s threads.
+        self.processes = sanitizer
+        #: Settling a delivered message (log row, unlink) is not awaited: one thread does
+        #: them in order, and the loop is not woken when each is done. `close()` waits.
+        self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
 
-    def enqueue(self, queue_id: str) -> None:
-        self.queue.put_nowait(queue_id)
+    def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
+        """Queue an entry; `fresh` is the entry ingress just spooled, bytes included."""
+        if fresh is not None and (self.processes is not None
+                                  or self.queue.qsize() >= FRESH_QUEUE_LIMIT
+                                  or len(fresh.data) > THIN_ABOVE_BYTES):
+            fresh = None  # read back from the spool when its turn comes
+        self.queue.put_nowait((queue_id, fresh))
+
+    def close(self) -> None:
+        """Wait for the settles still queued (each one unlinks a delivered original)."""
+        self._settler.shutdown(wait=True)
 
     async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -167,9 +216,9 @@ class Worker:
 
     async def run(self) -> None:
         while True:
-            queue_id = await self.queue.get()
+            queue_id, fresh = await self.queue.get()
             try:
-                await self.process(queue_id)
+                await self.process(queue_id, fresh)
             except Exception:  # a broken entry must not stop the worker, nor be lost
                 log.exception("worker_error", queue_id=queue_id)
                 self._park(queue_id)
@@ -198,7 +247,15 @@ class Worker:
     def _due(self) -> list[str]:
         return list(self.spool.due_deferred(time.time()))
 
-    async def process(self, queue_id: str) -> None:
+    async def process(self, queue_id: str, fresh: Entry | None = None) -> None:
+        if fresh is not None:
+            handed = await self._in_thread(claim_and_sanitize, fresh, self.settings,
+                                           self.attachments, self.templates, self.spool,
+                                           self.stores)
+            if handed is not None:
+                assert isinstance(handed, HandedOn)
+                await self._handed_on(queue_id, handed)
+            return
         entry = await self._io(self.spool.claim, queue_id)
         if entry is None:
             return
@@ -211,25 +268,34 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize(self, entry: Entry) -> None:
-        handed = await self.sanitizer(entry)
+        if self.processes is not None:
+            handed = await self.processes(entry)
+        else:
+            in_thread = await self._in_thread(sanitize_claimed, entry, self.settings,
+                                              self.attachments, self.templates, self.spool,
+                                              self.stores)
+            assert isinstance(in_thread, HandedOn)
+            handed = in_thread
         if handed.output.thin:
             handed = replace(handed, output=await self._io(self.spool.full, handed.output))
-        self.metrics.observe_report(handed.report)
-        log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
-                 verdict=handed.report.verdict.value, parts=len(handed.report.actions))
-        await self._deliver(handed.output)
+        await self._handed_on(entry.queue_id, handed)
 
-    async def _sanitize_in_thread(self, entry: Entry) -> HandedOn:
-        handed = await self._in_thread(sanitize_claimed, entry, self.settings, self.attachments,
-                                       self.templates, self.spool, self.stores)
-        assert isinstance(handed, HandedOn)
-        return handed
+    async def _handed_on(self, queue_id: str, handed: HandedOn) -> None:
+        self.metrics.observe_report(handed.report)
+        log.info("sanitized", queue_id=queue_id, out=handed.output.queue_id,
+                 verdict=handed.report.verdict.value, parts=len(handed.report.actions))
+        await self._deliver(handed.output, handed.spooled)
 
     def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
-                detail: str) -> None:
+                detail: str, spooled: bool) -> None:
         """Log the outcome; drop the output first, then its original (never an output
-        that nothing can remake)."""
+        that nothing can remake). An output delivered from memory has only its original,
+        still claimed, to drop."""
         self.stores.messages.record_delivery(origin, status, attempts, detail)
+        if not spooled:
+            assert status == "delivered", "a failed delivery spools its output first"
+            self.spool.done(origin)
+            return
         failed = status == "bounced"
         if failed:
             self.spool.fail(queue_id)
@@ -237,7 +303,7 @@ class Worker:
             self.spool.done(queue_id)
         self.spool.release_hold(origin, failed=failed)
 
-    async def _deliver(self, entry: Entry) -> None:
+    async def _deliver(self, entry: Entry, spooled: bool = True) -> None:
         env, state = entry.envelope, entry.state
         origin = str(env.extra.get("origin", entry.queue_id))
         rcpts = state.pending or list(env.rcpt_tos)
@@ -249,14 +315,18 @@ class Worker:
         age = now - (env.received_at or state.first_attempt)
         if age > self.settings.max_queue_lifetime_seconds and result.temporary:
             result = _expire(result)
+        if not spooled and (result.permanent or result.temporary):
+            # It must wait, or a DSN will quote it: from now on the spool keeps it.
+            entry = await self._io(spool_output, self.spool, entry)
+            spooled = True
         if result.permanent:
             await self._bounce(entry, result)
         if result.temporary:
             await self._defer(entry, state, result)
             return
         status: DeliveryStatus = "bounced" if result.permanent else "delivered"
-        await self._io(self._settle, entry.queue_id, origin, status, state.attempts,
-                       _summary(result))
+        self._settler.submit(self._settle, entry.queue_id, origin, status, state.attempts,
+                             _summary(result), spooled).add_done_callback(_log_failure)
         self.metrics.message(status)
         if not result.permanent:
             self.metrics.observe_delivery(env.received_at, time.time())
@@ -289,6 +359,12 @@ class Worker:
         dsn_env = Envelope(mail_from="", rcpt_tos=(env.mail_from,), kind="dsn",
                            received_at=time.time())
         self.enqueue(await self._io(self.spool.put, dsn, dsn_env))
+
+
+def _log_failure(done: Future[None]) -> None:
+    """A settle that failed leaves its files for `recover()` (a duplicate, not a loss)."""
+    if (error := done.exception()) is not None:
+        log.error("settle_failed", error=repr(error))
 
 
 def _own_trace(data: bytes) -> bytes:

@@ -68,8 +68,9 @@ def test_child_sanitizes_records_and_hands_on_like_a_thread(tmp_path: Path) -> N
     assert record.subject == "pool test" and record.size == len(RAW)
     out = handed.output
     assert out.queue_id == derived_id(entry.queue_id)
-    assert (settings.spool_dir / "active" / out.queue_id).exists(), "claimed for delivery"
-    assert (settings.spool_dir / "hold" / entry.queue_id).exists(), "original kept"
+    assert not handed.spooled, "a small output comes back in memory"
+    assert not (settings.spool_dir / "active" / out.queue_id).exists()
+    assert (settings.spool_dir / "active" / entry.queue_id).exists(), "original still claimed"
     with AttachmentContext.from_settings(settings) as ctx:
         in_thread = sanitize_stage(entry, settings, ctx)
     assert handed.report == in_thread.report
@@ -128,7 +129,8 @@ def test_large_message_crosses_as_a_queue_id_both_ways(tmp_path: Path) -> None:
         handed = _in_pool(settings, stores, 1, lambda pool: pool.run(entry.thinned()))
         record = stores.messages.get(entry.queue_id)
     assert record is not None and record.size == len(big), "logged from the whole file"
-    assert handed.output.thin and handed.output.data == b""
+    assert handed.output.thin and handed.output.data == b"" and handed.spooled
+    assert (settings.spool_dir / "hold" / entry.queue_id).exists(), "original kept"
     output = spool.full(handed.output)
     assert len(output.data) > THIN_ABOVE_BYTES
     text = message_from_bytes(output.data).get_payload(decode=True)
