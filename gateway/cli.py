@@ -25,6 +25,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging()
+    if settings.processes > 1:
+        from gateway.processes import serve_group
+
+        return serve_group(settings)
     loop.run(serve(settings))
     return EXIT_OK
 

@@ -9,10 +9,12 @@ sending MTA keeps the message and retries.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import re
 import time
-from collections import Counter
-from collections.abc import Callable
+import zlib
+from array import array
+from collections.abc import Callable, MutableSequence
 from concurrent.futures import Executor
 from email.utils import formatdate
 from typing import Any, cast
@@ -77,24 +79,58 @@ def relay_refusal(address: str, accepted_domains: list[str]) -> str | None:
     return None
 
 
-class ConnectionLimiter:
-    """Counts open SMTP connections per client address (the 421 cap)."""
+#: Client addresses are counted in this many buckets (a stable hash of the address).
+LIMIT_BUCKETS = 4096
 
-    def __init__(self, per_client: int, total: int) -> None:
+
+def limit_table(members: int) -> MutableSequence[int]:
+    """The counts of `ConnectionLimiter` for a group: shared memory, one row per member."""
+    table: MutableSequence[int] = multiprocessing.get_context("spawn").RawArray(
+        "i", members * (LIMIT_BUCKETS + 1))
+    return table
+
+
+class ConnectionLimiter:
+    """Counts open SMTP connections per client address (the 421 cap), over a whole group.
+
+    The counts are a table with a row per gateway process: a column per address bucket,
+    and one for the total. Each process writes its own row only and reads every row,
+    so no lock is needed (two processes admitting at the same instant may let one
+    connection past the cap) and the supervisor forgets a dead member's connections by
+    zeroing its row (`forget`). Addresses sharing a bucket share a cap: with 4,096
+    buckets and the few sending MTAs a gateway sees, rarely.
+    """
+
+    def __init__(self, per_client: int, total: int, table: MutableSequence[int] | None = None,
+                 row: int = 0) -> None:
         self.per_client = per_client
         self.total = total
-        self.open: Counter[str] = Counter()
+        self.table = table if table is not None else array("i", bytes(4 * (LIMIT_BUCKETS + 1)))
+        self.width = LIMIT_BUCKETS + 1
+        self.rows = range(0, len(self.table), self.width)
+        self.mine = row * self.width
+
+    def _sum(self, column: int) -> int:
+        return sum(self.table[start + column] for start in self.rows)
 
     def acquire(self, addr: str) -> bool:
-        if self.open[addr] >= self.per_client or sum(self.open.values()) >= self.total:
+        bucket = zlib.crc32(addr.encode()) % LIMIT_BUCKETS
+        if self._sum(bucket) >= self.per_client or self._sum(LIMIT_BUCKETS) >= self.total:
             return False
-        self.open[addr] += 1
+        self.table[self.mine + bucket] += 1
+        self.table[self.mine + LIMIT_BUCKETS] += 1
         return True
 
     def release(self, addr: str) -> None:
-        self.open[addr] -= 1
-        if self.open[addr] <= 0:
-            del self.open[addr]
+        bucket = zlib.crc32(addr.encode()) % LIMIT_BUCKETS
+        self.table[self.mine + bucket] -= 1
+        self.table[self.mine + LIMIT_BUCKETS] -= 1
+
+
+def forget(table: MutableSequence[int], row: int) -> None:
+    """A member died: its connections died with it."""
+    width = LIMIT_BUCKETS + 1
+    table[row * width:(row + 1) * width] = [0] * width
 
 
 class IngressHandler:
@@ -232,9 +268,15 @@ class GatewaySMTP(SMTP):
         await super().push(_ENHANCED.get(raw, raw))
 
 
-def server_factory(settings: Settings, handler: IngressHandler) -> Callable[[], GatewaySMTP]:
-    """The protocol factory for `loop.create_server`: one GatewaySMTP per connection."""
-    limiter = ConnectionLimiter(settings.max_connections_per_client, settings.max_connections)
+def server_factory(settings: Settings, handler: IngressHandler,
+                   limits: MutableSequence[int] | None = None,
+                   row: int = 0) -> Callable[[], GatewaySMTP]:
+    """The protocol factory for `loop.create_server`: one GatewaySMTP per connection.
+
+    `limits`, `row`: a group's shared connection counts and this member's row in them.
+    """
+    limiter = ConnectionLimiter(settings.max_connections_per_client, settings.max_connections,
+                                limits, row)
 
     def make() -> GatewaySMTP:
         return GatewaySMTP(

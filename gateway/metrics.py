@@ -5,24 +5,31 @@ in `_total` with one small label (`outcome`, `kind`, `action`), durations in sec
 No label ever carries an address, a subject or a file name: label values come from fixed
 sets, and anything else is counted as "other", so a hostile sender cannot blow up the
 series count.
+
+With several gateway processes (`gateway.processes`), counters and histograms live in
+prometheus_client's multiprocess files (`PROMETHEUS_MULTIPROC_DIR`, set by the supervisor
+before the members start) and /metrics sums them over the group. The gauges (spool,
+quarantine) and the build info are read at scrape time by whoever serves /metrics.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
-    Info,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.report import Report, Verdict
 
@@ -33,6 +40,8 @@ MAX_LABEL_VALUES = 40
 _TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.+/-]{0,79}$")  # "pdf", "application/pdf"
 _SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _DELAY_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+#: Read by prometheus_client when it is first imported: set before a member starts.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _BoundedLabel:
@@ -70,15 +79,7 @@ class Metrics:
         self._delivery_delay = Histogram(
             "mugaika_delivery_delay_seconds", "From acceptance to downstream delivery.",
             buckets=_DELAY_BUCKETS, registry=r)
-        self._spool_depth = Gauge("mugaika_spool_messages", "Messages in the spool.", registry=r)
-        self._spool_oldest = Gauge("mugaika_spool_oldest_message_age_seconds",
-                                   "Age of the oldest message in the spool.", registry=r)
-        self._q_entries = Gauge("mugaika_quarantine_entries", "Messages in quarantine.",
-                                registry=r)
-        self._q_bytes = Gauge("mugaika_quarantine_bytes", "Bytes of originals in quarantine.",
-                              registry=r)
-        Info("mugaika_build", "Version of the running gateway.", registry=r).info(
-            {"version": version or _version(), "python": platform.python_version()})
+        self.scraped = _Scraped(version or _version())
         self._kind = _BoundedLabel()
         self._converter = _BoundedLabel()
 
@@ -115,18 +116,44 @@ class Metrics:
 
     # --- gauges read at scrape time -----------------------------------------------------
     def watch_spool(self, depth: Callable[[], float], oldest_age: Callable[[], float]) -> None:
-        self._spool_depth.set_function(depth)
-        self._spool_oldest.set_function(oldest_age)
+        self.scraped.gauges["mugaika_spool_messages"] = ("Messages in the spool.", depth)
+        self.scraped.gauges["mugaika_spool_oldest_message_age_seconds"] = (
+            "Age of the oldest message in the spool.", oldest_age)
 
     def watch_quarantine(self, entries: Callable[[], float], size: Callable[[], float]) -> None:
-        self._q_entries.set_function(entries)
-        self._q_bytes.set_function(size)
+        self.scraped.gauges["mugaika_quarantine_entries"] = ("Messages in quarantine.", entries)
+        self.scraped.gauges["mugaika_quarantine_bytes"] = (
+            "Bytes of originals in quarantine.", size)
 
     # --- exposition ---------------------------------------------------------------------
     content_type = CONTENT_TYPE_LATEST
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's counters, or the whole group's in multiprocess mode."""
+        counted = self.registry
+        if directory := os.environ.get(MULTIPROC_ENV):
+            counted = CollectorRegistry()
+            MultiProcessCollector(counted, path=directory)  # type: ignore[no-untyped-call]
+        scraped = CollectorRegistry()
+        scraped.register(self.scraped)
+        return generate_latest(counted) + generate_latest(scraped)
+
+
+class _Scraped(Collector):
+    """Gauges computed when /metrics is read, and the build info: per scrape, not per
+    process, so they never go through the multiprocess files."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        #: name -> (help, read the value)
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, (text, read) in self.gauges.items():
+            yield GaugeMetricFamily(name, text, value=read())
+        info = InfoMetricFamily("mugaika_build", "Version of the running gateway.")
+        info.add_metric([], {"version": self.version, "python": platform.python_version()})
+        yield info
 
 
 def _version() -> str:

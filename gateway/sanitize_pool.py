@@ -18,7 +18,6 @@ exception in the stage does. Nothing is lost: the entry stays claimed until then
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
@@ -28,6 +27,7 @@ import structlog
 
 from gateway.attachments import AttachmentContext
 from gateway.notice import NoticeTemplates, load_templates
+from gateway.processes import die_with_parent
 from gateway.settings import Settings
 from gateway.spool import Entry, Spool
 from gateway.store import SqlStores
@@ -44,19 +44,18 @@ from gateway.worker import (
 
 log = structlog.get_logger("mugaika.sanitize_pool")
 
-_PR_SET_PDEATHSIG = 1
-
 
 class _Child:
     """What one child process keeps between messages."""
 
-    def __init__(self, settings: Settings, converter_workers: int) -> None:
+    def __init__(self, settings: Settings, converter_workers: int, slot: int | None) -> None:
         self.settings = settings
         self.converter_workers = converter_workers
         self.templates: NoticeTemplates = load_templates(settings)
         self._attachments: AttachmentContext | None = None
         self._stores: SqlStores | None = None
-        self.spool = Spool(settings.spool_dir)  # claim-by-rename is safe across processes
+        # Claim-by-rename is safe across processes; the parent's slot: its claims.
+        self.spool = Spool(settings.spool_dir, slot)
 
     def attachments(self) -> AttachmentContext:
         """Built on the first message: a child that only sees text never starts a sandbox."""
@@ -78,20 +77,11 @@ class _Child:
 _CHILD: _Child | None = None
 
 
-def _die_with_parent() -> None:
-    """A `kill -9` of the gateway must not leave children behind (Linux prctl)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the pool's pipes still end the child
-        pass
-
-
-def _init(settings: Settings, converter_workers: int) -> None:
+def _init(settings: Settings, converter_workers: int, slot: int | None) -> None:
     global _CHILD  # noqa: PLW0603 - the child's one piece of state, see _CHILD
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    _CHILD = _Child(settings, converter_workers)
+    _CHILD = _Child(settings, converter_workers, slot)
 
 
 def _run(entry: Entry) -> HandedOn:
@@ -124,7 +114,8 @@ class SanitizePool:
         # in whatever state they are in.
         return ProcessPoolExecutor(
             self.processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init, initargs=(self.settings, self._converter_workers))
+            initializer=_init,
+            initargs=(self.settings, self._converter_workers, self.spool.slot))
 
     async def run(self, entry: Entry) -> HandedOn:
         for attempt in (1, 2):

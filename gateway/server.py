@@ -1,4 +1,8 @@
-"""`mugaika serve`: SMTP listener, workers and the HTTP API in one process and one loop."""
+"""One gateway: SMTP listener, workers and the HTTP API in one process and one loop.
+
+`mugaika serve` runs one, or a group of them sharing the port and the spool
+(`gateway.processes`): then each has a slot number, and only slot 0 serves the API.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import ctypes
 import os
 import signal
+from collections.abc import MutableSequence
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -51,8 +56,14 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> None:
     os.environ["MALLOC_ARENA_MAX"] = str(arenas)
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start."""
+async def serve(settings: Settings, stop: asyncio.Event | None = None,
+                slot: int | None = None, limits: MutableSequence[int] | None = None) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start.
+
+    With a `slot`, this is one member of a group: it shares the SMTP port, claims into its
+    own part of the spool, and takes back only its own claims when it starts; `limits`
+    are the group's connection counts (`ingress.ConnectionLimiter`).
+    """
     limit_malloc_arenas()  # before the thread pools below allocate
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,16 +78,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         attachments = AttachmentContext.from_settings(settings)
         # Start the sandboxed converters now, so a broken install fails here, not on mail.
         await asyncio.to_thread(attachments.pool.warm)
-    spool = Spool(settings.spool_dir)
+    spool = Spool(settings.spool_dir, slot)
     stores = open_stores(settings, write_behind=True)
     forwarder = forwarder_from_settings(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
-    processes = (SanitizePool(settings, settings.workers, spool, stores)
-                 if settings.sanitize_processes else None)
+    children = (SanitizePool(settings, settings.workers, spool, stores)
+                if settings.sanitize_processes else None)
     worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
-                    metrics, sanitizer=processes.run if processes else None)
+                    metrics, sanitizer=children.run if children else None)
 
     def queued(entry: Entry) -> None:
         metrics.message("received")
@@ -84,12 +95,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
     handler = IngressHandler(settings, spool, spool_pool, on_queued=queued,
                              on_rejected=lambda: metrics.message("rejected"))
-    smtp = await loop.create_server(server_factory(settings, handler),
-                                    settings.smtp_host, settings.smtp_port)
+    smtp = await loop.create_server(server_factory(settings, handler, limits, slot or 0),
+                                    settings.smtp_host, settings.smtp_port,
+                                    reuse_port=slot is not None)
     consumers = settings.workers + settings.downstream_pool_size
     tasks = [asyncio.create_task(worker.scheduler(), name="scheduler")]
     tasks += [asyncio.create_task(worker.run(), name=f"worker-{i}") for i in range(consumers)]
-    if settings.api_enabled:
+    if settings.api_enabled and not slot:
         # Releases put into the spool by the API must wake a worker, not wait for a restart.
         api_spool = NotifyingSpool(spool, loop, worker.enqueue)
         app = create_app(settings, stores, api_spool, metrics,
@@ -108,8 +120,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await forwarder.close()
         worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
-        if processes:
-            processes.close()
+        if children:
+            children.close()
         spool_pool.shutdown(wait=True)
         stores.close()
         if attachments is not None:

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
 
     # --- workers and data -----------------------------------------------------------
     workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    #: Gateway processes sharing the SMTP port (SO_REUSEPORT) and the spool, one per core
+    #: by default: one process tops out below a core, its SMTP sessions, sanitize threads
+    #: and deliveries sharing one GIL (`gateway.processes`, docs/performance.md).
+    processes: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
     data_dir: Path = Path("./var")
     database_url: SecretStr | None = None
 

@@ -4,7 +4,8 @@ Layout under the spool root (one file per message, like Postfix's queue files):
 
     tmp/        being written; never read
     incoming/   complete and fsynced; waiting for a worker
-    active/     claimed by a worker (claim = rename, so two workers never share one)
+    active/     claimed by a worker (claim = rename, so two workers never share one);
+                with several gateway processes, each claims into its own `active.N/`
     deferred/   waiting for a retry; `state/ID.json` says when
     hold/       the original of a sanitized message, kept until its output is delivered
     failed/     bounced or undeliverable; kept for operators, never deleted by mugaika
@@ -14,6 +15,8 @@ A file is `MAGIC + envelope JSON + "\\n" + message bytes`. It reaches `incoming/
 `rename` after `fsync` of the file, and the rename is made durable with `fsync` of the
 directory: the SMTP `250` is sent after that, never before. On start every file in
 `active/` goes back to `incoming/`: a crash may deliver a message twice, never lose it.
+A restarted gateway process of a group (`Spool(root, slot=N)`) takes back only its own
+`active.N/`; the rest of the spool belongs to the processes still running.
 
 The sanitized output of an inbound message is the one entry written *without* fsync
 (`put_derived`): it can always be made again from its original, which waits fsynced in
@@ -40,8 +43,6 @@ MAGIC = b"MUGAIKA1 "
 DIRS = ("tmp", "incoming", "active", "deferred", "hold", "failed", "state")
 #: A derived (sanitized output) entry is named after its original with this suffix.
 DERIVED_SUFFIX = ".out"
-#: Where a derived entry may live while its original waits in hold/.
-_LIVE_AREAS = ("incoming", "active", "deferred")
 
 
 class SpoolError(Exception):
@@ -58,6 +59,8 @@ class RetryState:
     last_error: str = ""
     #: Recipients not yet delivered; empty means "all of the envelope's".
     pending: list[str] = field(default_factory=list)
+    #: How often a gateway process died while it held this entry (see `recover`).
+    crashes: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,10 +98,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, slot: int | None = None) -> None:
         self.root = root
+        #: Which gateway process of a group this is (None: the only one).
+        self.slot = slot
+        #: Where this process's claims live (see the module docstring).
+        self.claims = "active" if slot is None else f"active.{slot}"
         try:
-            for name in DIRS:
+            for name in (*DIRS, self.claims):
                 (root / name).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create spool under {root}: {exc.strerror}") from exc
@@ -140,7 +147,7 @@ class Spool:
             with open(tmp, "wb") as fh:
                 fh.write(MAGIC + sealed.to_json().encode() + b"\n")
                 fh.write(raw)
-            os.rename(tmp, self._path("active", queue_id))
+            os.rename(tmp, self._path(self.claims, queue_id))
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
@@ -153,7 +160,7 @@ class Spool:
     def take(self, queue_id: str) -> bool:
         """Move `queue_id` from incoming/ to active/; False if another worker took it."""
         try:
-            os.rename(self._path("incoming", queue_id), self._path("active", queue_id))
+            os.rename(self._path("incoming", queue_id), self._path(self.claims, queue_id))
         except FileNotFoundError:
             return False
         return True
@@ -164,7 +171,7 @@ class Spool:
 
     def load(self, queue_id: str) -> Entry:
         """A claimed entry (in active/) read in full: by a sanitize child, for instance."""
-        envelope, data = self._read(self._path("active", queue_id))
+        envelope, data = self._read(self._path(self.claims, queue_id))
         return Entry(queue_id, envelope, data, self.read_state(queue_id))
 
     def full(self, entry: Entry) -> Entry:
@@ -193,12 +200,12 @@ class Spool:
         For an output, call this before `release_hold` of its original: the other order
         would leave, after a crash between the two, an output that nothing can remake.
         """
-        self._path("active", queue_id).unlink(missing_ok=True)
+        self._path(self.claims, queue_id).unlink(missing_ok=True)
         self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
 
     def to_hold(self, queue_id: str) -> None:
         """Keep a sanitized message's original until its output is delivered or bounced."""
-        os.rename(self._path("active", queue_id), self._path("hold", queue_id))
+        os.rename(self._path(self.claims, queue_id), self._path("hold", queue_id))
 
     def release_hold(self, queue_id: str, failed: bool) -> None:
         """The output of `queue_id` is settled: drop its original, or keep it in failed/."""
@@ -211,11 +218,11 @@ class Spool:
 
     def defer(self, queue_id: str, state: RetryState) -> None:
         self.write_state(queue_id, state)
-        os.rename(self._path("active", queue_id), self._path("deferred", queue_id))
+        os.rename(self._path(self.claims, queue_id), self._path("deferred", queue_id))
 
     def fail(self, queue_id: str) -> None:
         """Bounced or undeliverable: kept in failed/ for operators."""
-        os.rename(self._path("active", queue_id), self._path("failed", queue_id))
+        os.rename(self._path(self.claims, queue_id), self._path("failed", queue_id))
         self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
 
     # --- retry bookkeeping ---------------------------------------------------------
@@ -251,24 +258,51 @@ class Spool:
         fsynced (see `put_derived`), so then: a torn output is dropped; an original whose
         output is whole goes to hold/ (the crash came between the two steps); an original
         in hold/ without a live output goes back to incoming/ to be sanitized again.
+        With a slot, only this process's own claims are taken back: the rest of the
+        spool belongs to the processes of the group that are still running. A slot
+        recovers after its process died, so each entry taken back counts a crash.
         """
-        count = 0
-        for path in (self.root / "active").iterdir():
-            os.rename(path, self._path("incoming", path.name))
-            count += 1
-        for path in (self.root / "tmp").iterdir():
-            path.unlink()  # never acknowledged with 250: the client still has it
-        self._drop_torn_outputs()
-        for path in sorted((self.root / "incoming").iterdir()):
-            if not path.name.endswith(DERIVED_SUFFIX) and self._live_output(path.name):
-                os.rename(path, self._path("hold", path.name))
-        for path in sorted((self.root / "hold").iterdir()):
-            self._recover_held(path.name)
+        names = self._unclaim(self._claim_areas())
+        whole = self.slot is None
+        if whole:
+            for path in (self.root / "tmp").iterdir():
+                path.unlink()  # never acknowledged with 250: the client still has it
+            self._drop_torn_outputs()
+            names_to_check = sorted(p.name for p in (self.root / "incoming").iterdir())
+        else:
+            names_to_check = names
+            for name in names:  # this process died holding them: one may be the cause
+                state = self.read_state(name)
+                self.write_state(name, replace(state, crashes=state.crashes + 1))
+        for name in names_to_check:
+            if not name.endswith(DERIVED_SUFFIX) and self._live_output(name):
+                os.rename(self._path("incoming", name), self._path("hold", name))
+        if whole:
+            for path in sorted((self.root / "hold").iterdir()):
+                self._recover_held(path.name)
         _fsync_dir(self.root / "incoming")
-        return count
+        return len(names)
+
+    def _claim_areas(self) -> list[str]:
+        """This process's claims, or with no slot every process's (all `active*/`)."""
+        if self.slot is not None:
+            return [self.claims]
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.name == "active" or p.name.startswith("active."))
+
+    def _unclaim(self, areas: list[str]) -> list[str]:
+        names = []
+        for area in areas:
+            for path in (self.root / area).iterdir():
+                os.rename(path, self._path("incoming", path.name))
+                names.append(path.name)
+        return names
+
+    def _live_areas(self) -> list[str]:
+        return ["incoming", "deferred", *self._claim_areas()]
 
     def _drop_torn_outputs(self) -> None:
-        for area in _LIVE_AREAS:
+        for area in self._live_areas():
             for path in (self.root / area).iterdir():
                 if not path.name.endswith(DERIVED_SUFFIX):
                     continue
@@ -280,7 +314,7 @@ class Spool:
 
     def _live_output(self, origin: str) -> bool:
         out = derived_id(origin)
-        return any(self._path(area, out).exists() for area in _LIVE_AREAS)
+        return any(self._path(area, out).exists() for area in self._live_areas())
 
     def _recover_held(self, origin: str) -> None:
         if self._path("failed", derived_id(origin)).exists():
@@ -292,12 +326,16 @@ class Spool:
 
     # --- figures for metrics and readiness -----------------------------------------
     def depth(self) -> dict[str, int]:
-        return {area: sum(1 for _ in (self.root / area).iterdir())
-                for area in ("incoming", "active", "deferred", "failed")}
+        """Entries per area; "active" counts the claims of every process of a group."""
+        def count(areas: list[str]) -> int:
+            return sum(1 for area in areas for _ in (self.root / area).iterdir())
+        every = Spool(self.root)._claim_areas()
+        return {"incoming": count(["incoming"]), "active": count(every),
+                "deferred": count(["deferred"]), "failed": count(["failed"])}
 
     def oldest_age(self, now: float) -> float:
         """Seconds since the oldest waiting entry was written (0 when empty)."""
-        mtimes = [p.stat().st_mtime for area in ("incoming", "active", "deferred")
+        mtimes = [p.stat().st_mtime for area in Spool(self.root)._live_areas()
                   for p in (self.root / area).iterdir()]
         return max(0.0, now - min(mtimes)) if mtimes else 0.0
 

@@ -49,6 +49,10 @@ THIN_ABOVE_BYTES = 1 << 20
 #: shorter than this; behind a longer backlog it is read back from the spool when its
 #: turn comes, so a burst of accepted mail does not pile up in memory.
 FRESH_QUEUE_LIMIT = 256
+#: A message held by a gateway process that died this often is not sanitized again but
+#: quarantined whole (`processing_error`): hostile input that crashes the parser (a C
+#: extension, the OOM killer) must not take the group down in a loop.
+MAX_CRASHES = 2
 T = TypeVar("T")
 
 
@@ -134,7 +138,11 @@ def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentCo
     wake-up and a GIL hand-over, 12 % of its time under load.
     """
     entry = spool.full(entry)
-    processed = sanitize_stage(entry, settings, attachments, templates)
+    if entry.state.crashes >= MAX_CRASHES:
+        log.error("crashed_gateway", queue_id=entry.queue_id, crashes=entry.state.crashes)
+        processed = failed_stage(entry, settings, templates)
+    else:
+        processed = sanitize_stage(entry, settings, attachments, templates)
     record_stage(entry, processed, stores)
     return HandedOn(output_entry(entry, processed.output), processed.report, spooled=False)
 

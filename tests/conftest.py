@@ -136,6 +136,8 @@ class Gateway:
         self.data_dir = data_dir
         self.smtp_port = free_port()
         self.api_port = free_port()
+        while self.api_port == self.smtp_port:  # the kernel may hand out a port twice
+            self.api_port = free_port()
         self.env = {
             **os.environ,
             "MUGAIKA_SMTP_PORT": str(self.smtp_port),
@@ -160,6 +162,9 @@ class Gateway:
             self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
                                          env=self.env, stdout=logfile, stderr=subprocess.STDOUT)
         wait_for_port(self.smtp_port, proc=self.proc)
+        if self.env.get("MUGAIKA_API_ENABLED", "true").lower() != "false":
+            # In a group, member 0 serves the API and may come up after another member.
+            wait_for_port(self.api_port, proc=self.proc)
         return self
 
     def kill(self) -> None:

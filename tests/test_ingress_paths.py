@@ -42,3 +42,20 @@ def test_unusual_paths_still_parsed() -> None:
     assert ours._getaddr("<x@[192.0.2.1]>") == ("x@[192.0.2.1]", "")
     assert ours._getaddr("<a@b.jp.>") == (None, None)
     assert ours._getaddr("<x@[>") == (None, None)  # the stdlib parser raises on it
+
+
+def test_connection_caps_hold_over_a_group_and_a_dead_member_is_forgotten() -> None:
+    from gateway.ingress import ConnectionLimiter, forget, limit_table
+
+    table = limit_table(2)
+    first = ConnectionLimiter(2, 3, table, row=0)
+    second = ConnectionLimiter(2, 3, table, row=1)
+    assert first.acquire("192.0.2.1") and second.acquire("192.0.2.1")
+    assert not first.acquire("192.0.2.1"), "the per-client cap counts both members"
+    assert second.acquire("192.0.2.2")
+    assert not first.acquire("192.0.2.3"), "so does the total"
+    forget(table, 1)  # member 1 died with its connections
+    assert first.acquire("192.0.2.1")
+    first.release("192.0.2.1")
+    first.release("192.0.2.1")
+    assert first.acquire("192.0.2.4") and first.acquire("192.0.2.4")

@@ -1,0 +1,156 @@
+"""`mugaika serve` as a group of gateway processes sharing one SMTP port and one spool.
+
+One process tops out below one core: its event loop, SMTP in and out and the sanitize
+threads share one GIL (docs/performance.md). With `processes` > 1 the command becomes a
+small supervisor that starts that many full gateways (`server.serve` with a slot); each
+listens on the same port with SO_REUSEPORT, so the kernel spreads SMTP connections over
+them, and each claims spool entries into its own `active.N/`.
+
+The supervisor recovers the whole spool once, before any gateway runs; a gateway that
+dies is started again, and takes back only its own claims (`Spool(root, slot)`), so
+nothing it held is lost and the others are not disturbed. Only slot 0 serves the HTTP
+API; counters are shared through prometheus_client's multiprocess mode
+(`gateway.metrics`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import time
+from collections.abc import MutableSequence
+from multiprocessing.process import BaseProcess
+
+import structlog
+
+from converters.sandbox import decide_sandboxing
+from gateway import loop
+from gateway.ingress import forget, limit_table
+from gateway.logs import configure_logging
+from gateway.metrics import MULTIPROC_ENV
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.store import open_stores
+
+log = structlog.get_logger("mugaika.processes")
+
+#: A gateway that dies sooner than this after its start counts toward `MAX_QUICK_DEATHS`.
+QUICK_DEATH_SECONDS = 10.0
+#: That many quick deaths in a row (a broken install, a port taken): the group stops
+#: rather than spin; a systemd unit with Restart= takes it from there.
+MAX_QUICK_DEATHS = 5
+STOP_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """A `kill -9` of the gateway must not leave its processes behind (Linux prctl).
+
+    `parent`: the pid that started this process. If it died before the prctl (a child
+    boots for a second or two), the signal will never come: exit now instead.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: pipes to the parent still end them
+        pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+
+
+def slot_settings(settings: Settings) -> Settings:
+    """One member's share: the converter workers are split, as the cores are."""
+    total = settings.converter_workers or settings.workers
+    return settings.model_copy(
+        update={"converter_workers": max(1, total // settings.processes)})
+
+
+def _member(settings: Settings, slot: int, parent: int, limits: MutableSequence[int]) -> None:
+    """The body of one gateway process (spawned: a fresh interpreter)."""
+    from gateway.server import serve
+
+    die_with_parent(parent)
+    configure_logging()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    loop.run(serve(settings, slot=slot, limits=limits))
+
+
+class Group:
+    """Starts, watches and stops the members; `run()` until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.member_settings = slot_settings(settings)
+        self.context = multiprocessing.get_context("spawn")
+        self.members: dict[int, BaseProcess] = {}
+        self.started: dict[int, float] = {}
+        self.stopping = False
+        #: Open SMTP connections per client, counted over the group (the 421 caps).
+        self.limits = limit_table(settings.processes)
+
+    def prepare(self) -> None:
+        """What must happen once, before any member runs."""
+        decide_sandboxing(self.settings.allow_unsandboxed)  # refuse early, not per member
+        open_stores(self.settings).close()  # migrations run here, never in two members
+        recovered = Spool(self.settings.spool_dir).recover()
+        metrics_dir = self.settings.data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the group
+        metrics_dir.mkdir(parents=True)
+        os.environ[MULTIPROC_ENV] = str(metrics_dir)  # inherited by every member
+        log.info("group_prepared", processes=self.settings.processes, recovered=recovered)
+
+    def start(self, slot: int) -> None:
+        args = (self.member_settings, slot, os.getpid(), self.limits)
+        member = self.context.Process(target=_member, args=args, name=f"mugaika-{slot}")
+        member.start()
+        self.members[slot] = member
+        self.started[slot] = time.monotonic()
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.prepare()
+        for slot in range(self.settings.processes):
+            self.start(slot)
+        quick_deaths = 0
+        while not self.stopping:
+            sentinels = {m.sentinel: slot for slot, m in self.members.items()}
+            for ready in multiprocessing.connection.wait(list(sentinels), timeout=1.0):
+                slot = sentinels[ready]  # type: ignore[index]
+                if self.stopping:
+                    break
+                quick = time.monotonic() - self.started[slot] < QUICK_DEATH_SECONDS
+                quick_deaths = quick_deaths + 1 if quick else 0
+                log.error("member_died", slot=slot, exitcode=self.members[slot].exitcode,
+                          quick_deaths=quick_deaths)
+                if quick_deaths >= MAX_QUICK_DEATHS:
+                    self.stopping = True
+                    break
+                forget(self.limits, slot)
+                self.start(slot)  # it takes back its own claims as it starts
+        self.stop()
+        return 0 if quick_deaths < MAX_QUICK_DEATHS else 1
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.stopping = True
+
+    def stop(self) -> None:
+        for member in self.members.values():
+            if member.is_alive() and member.pid is not None:
+                os.kill(member.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
+        for member in self.members.values():
+            member.join(max(0.0, deadline - time.monotonic()))
+            if member.is_alive():
+                log.error("member_killed", name=member.name)
+                member.kill()
+                member.join()
+
+
+def serve_group(settings: Settings) -> int:
+    """Run `settings.processes` gateways until SIGTERM/SIGINT; the exit status."""
+    return Group(settings).run()
