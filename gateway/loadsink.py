@@ -182,7 +182,7 @@ class _SinkSession(asyncio.Protocol):
         self.scan = 0  # where the search for the end of DATA resumes
         self.last_active = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
-        self.classifying: asyncio.Future[Arrival] | None = None
+        self.classifying: asyncio.Future[Arrival] | None = None  # held: the loop keeps weak refs
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
