@@ -4,6 +4,10 @@ Each message that arrives is reduced at once to an `Arrival` (who it answers, ho
 classified, what the gateway says it did), so a run of 20 MB mails does not keep them in
 memory. Faults can be injected to prove the gateway's retry path: answer 4xx for the
 first seconds or the first N deliveries, then accept.
+
+It is a small asyncio.Protocol, not a general SMTP server: it runs in the load test's
+process, on the cores the gateway under test needs, and the gateway delivers to it with
+aiosmtplib (which uses PIPELINING only if offered; STARTTLS is not offered).
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import email.parser
 import email.policy
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiosmtpd.smtp import SMTP
+from typing import cast
 
 from gateway.loadmix import TOKEN_RE
+from gateway.loadsmtp import DATA_END, SIZE_LIMIT, unstuff
 
 _QUEUE_ID = re.compile(r"^[\w.\-]+$")
 #: Messages up to this size are classified on the event loop (well under a millisecond).
@@ -107,8 +111,12 @@ def classify(untrusted: bytes, mail_from: str, received_at: float) -> Arrival:
                    msg.get("X-Mugaika-Actions"), attachments, len(untrusted))
 
 
+def _arrive(content: bytes, mail_from: str, received_at: float) -> Arrival:
+    return classify(unstuff(content), mail_from, received_at)
+
+
 class SinkHandler:
-    """aiosmtpd handler: accept (or refuse, while a fault lasts) and record arrivals."""
+    """The sink's policy, apart from the protocol: whom it refuses, and what it records."""
 
     def __init__(self, state: SinkState, faults: SinkFaults | None = None) -> None:
         self.state = state
@@ -121,29 +129,232 @@ class SinkHandler:
         elapsed = time.monotonic() - self.state.started
         return faults.tempfail_seconds > 0 and elapsed < faults.tempfail_seconds
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          options: list[str]) -> str:
+    def rcpt_refusal(self, address: str) -> bytes | None:
         if self.faults.reject_rcpt and self.faults.reject_rcpt in address:
             self.state.rejected_rcpts += 1
-            return "550 5.1.1 no such mailbox (load test fault injection)"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
+            return b"550 5.1.1 no such mailbox (load test fault injection)\r\n"
+        return None
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    def data_refusal(self) -> bytes | None:
         if self._refusing():
             self.state.refused += 1
-            return "451 4.3.2 sink refusing for now (load test fault injection)"
-        received_at = time.monotonic()
-        content: bytes = envelope.original_content or envelope.content
-        # Parsing a 20 MB message takes a while: keep the loop (and the client) moving.
-        # A small one is quicker classified here than handed to a thread.
-        if len(content) > INLINE_CLASSIFY_BYTES:
-            arrival = await asyncio.to_thread(classify, content, envelope.mail_from or "",
-                                              received_at)
-        else:
-            arrival = classify(content, envelope.mail_from or "", received_at)
-        self.state.arrivals.append(arrival)
-        return "250 2.0.0 accepted by the load test sink"
+            return b"451 4.3.2 sink refusing for now (load test fault injection)\r\n"
+        return None
+
+
+_EHLO = (b"250-loadtest-sink\r\n250-PIPELINING\r\n" + f"250-SIZE {SIZE_LIMIT}\r\n".encode()
+         + b"250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
+_OK = b"250 2.0.0 OK\r\n"
+_ACCEPTED = b"250 2.0.0 accepted by the load test sink\r\n"
+_SYNTAX = b"501 5.5.4 syntax error in parameters\r\n"
+_TOO_BIG = b"552 5.3.4 message size exceeds fixed maximum message size\r\n"
+#: A command line longer than this is not SMTP (RFC 5321 allows 512 octets).
+_MAX_LINE = 4096
+IDLE_TIMEOUT = 120.0
+
+
+def _path(arg: str, keyword: str) -> tuple[str, list[str]] | None:
+    """The address of "FROM:<a> ..." / "TO:<a> ..." without brackets, and its parameters."""
+    if arg[:len(keyword)].upper() != keyword:
+        return None
+    rest = arg[len(keyword):].lstrip()
+    close = rest.find(">")
+    if not rest.startswith("<") or close < 0:
+        return None
+    return rest[1:close], rest[close + 1:].split()
+
+
+class _SinkSession(asyncio.Protocol):
+    """One SMTP connection to the sink.
+
+    Every command in a read is answered in one write (PIPELINING), and DATA is found by
+    searching the accumulated buffer for its end rather than reading it line by line:
+    the sink shares the machine's cores with the gateway it measures."""
+
+    def __init__(self, handler: SinkHandler) -> None:
+        self.handler = handler
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.out: list[bytes] = []
+        self.greeted = self.in_data = self.too_big = self.busy = self.quitting = False
+        self.mail_from: str | None = None
+        self.rcpts: list[str] = []
+        self.scan = 0  # where the search for the end of DATA resumes
+        self.last_active = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+        self.classifying: asyncio.Future[Arrival] | None = None  # held: the loop keeps weak refs
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(b"220 loadtest-sink ESMTP load test sink\r\n")
+        self.timer = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        self.buffer += data
+        self._process()
+
+    def _idle(self) -> None:
+        """One timer per connection, re-armed for what is left (not reset on every read)."""
+        assert self.transport is not None
+        left = self.last_active + IDLE_TIMEOUT - time.monotonic()
+        if left > 0:
+            self.timer = asyncio.get_running_loop().call_later(left, self._idle)
+            return
+        self.transport.write(b"421 4.4.2 loadtest-sink idle too long, closing\r\n")
+        self.transport.close()
+
+    def _process(self) -> None:
+        """Handle what the buffer holds, until a message must wait for its classification."""
+        assert self.transport is not None
+        while not (self.busy or self.quitting) and (
+                self._message() if self.in_data else self._command()):
+            pass
+        if self.out:
+            self.transport.write(b"".join(self.out))
+            self.out.clear()
+        if self.quitting:
+            self.transport.close()
+
+    def _command(self) -> bool:
+        """Answer the next complete command line; False when there is none yet."""
+        end = self.buffer.find(b"\r\n")
+        if end < 0:
+            if len(self.buffer) > _MAX_LINE:
+                self.out.append(b"500 5.5.2 line too long\r\n")
+                self.quitting = True
+            return False
+        line = self.buffer[:end].decode("utf-8", "replace")
+        del self.buffer[:end + 2]
+        verb, _, arg = line.partition(" ")
+        answer = _VERBS.get(verb.upper())
+        self.out.append(answer(self, arg.strip()) if answer else
+                        b"500 5.5.1 command not recognized\r\n")
+        return True
+
+    def _data_end(self) -> int:
+        """Where the message in DATA ends (after its last CRLF), or -1 while it has not."""
+        if self.scan == 0 and not self.too_big and self.buffer.startswith(b".\r\n"):
+            return 0  # an empty message
+        found = self.buffer.find(DATA_END, self.scan)
+        if found >= 0:
+            return found + 2
+        self.scan = max(0, len(self.buffer) - len(DATA_END) + 1)
+        if self.too_big or len(self.buffer) > SIZE_LIMIT:  # keep what may start the end
+            self.too_big = True
+            del self.buffer[:-4]
+            self.scan = 0
+        return -1
+
+    def _message(self) -> bool:
+        """Take the message in DATA once it is complete; False while more must come."""
+        end = self._data_end()
+        if end < 0:
+            return False
+        with memoryview(self.buffer) as view:
+            content = bytes(view[:end])
+        del self.buffer[:end + 3]
+        mail_from, too_big = self.mail_from or "", self.too_big or end > SIZE_LIMIT
+        self._reset()
+        refusal = _TOO_BIG if too_big else self.handler.data_refusal()
+        if refusal is not None:
+            self.out.append(refusal)
+        elif len(content) <= INLINE_CLASSIFY_BYTES:
+            self.handler.state.arrivals.append(_arrive(content, mail_from, time.monotonic()))
+            self.out.append(_ACCEPTED)
+        else:  # parsing 20 MB takes a while: keep the loop (and the client) moving
+            assert self.transport is not None
+            self.busy = True
+            self.transport.pause_reading()
+            self.classifying = asyncio.ensure_future(
+                asyncio.to_thread(_arrive, content, mail_from, time.monotonic()))
+            self.classifying.add_done_callback(self._classified)
+        return True
+
+    def _classified(self, done: asyncio.Future[Arrival]) -> None:
+        assert self.transport is not None
+        self.busy, self.classifying = False, None
+        if done.cancelled():  # the loop is shutting down
+            return
+        self.handler.state.arrivals.append(done.result())
+        self.out.append(_ACCEPTED)
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._process()
+
+    def _reset(self) -> None:
+        self.mail_from, self.rcpts = None, []
+        self.in_data = self.too_big = False
+
+    def _ehlo(self, arg: str) -> bytes:
+        if not arg:
+            return b"501 5.5.4 EHLO needs a hostname\r\n"
+        self.greeted = True
+        self._reset()
+        return _EHLO
+
+    def _helo(self, arg: str) -> bytes:
+        if not arg:
+            return b"501 5.5.4 HELO needs a hostname\r\n"
+        self.greeted = True
+        self._reset()
+        return b"250 loadtest-sink\r\n"
+
+    def _mail(self, arg: str) -> bytes:
+        if not self.greeted:
+            return b"503 5.5.1 send HELO/EHLO first\r\n"
+        if self.mail_from is not None:
+            return b"503 5.5.1 nested MAIL command\r\n"
+        parsed = _path(arg, "FROM:")
+        sizes = [p[5:] for p in parsed[1] if p[:5].upper() == "SIZE="] if parsed else []
+        if parsed is None or not all(s.isdigit() for s in sizes):
+            return _SYNTAX
+        if any(int(s) > SIZE_LIMIT for s in sizes):
+            return _TOO_BIG
+        self.mail_from = parsed[0]
+        return _OK
+
+    def _rcpt(self, arg: str) -> bytes:
+        if self.mail_from is None:
+            return b"503 5.5.1 need MAIL command\r\n"
+        parsed = _path(arg, "TO:")
+        if parsed is None:
+            return _SYNTAX
+        refusal = self.handler.rcpt_refusal(parsed[0])
+        if refusal is not None:
+            return refusal
+        self.rcpts.append(parsed[0])
+        return b"250 2.1.5 OK\r\n"
+
+    def _data(self, arg: str) -> bytes:
+        if arg:
+            return _SYNTAX
+        if not self.rcpts:
+            return b"503 5.5.1 need RCPT command\r\n"
+        self.in_data, self.scan = True, 0
+        return b"354 End data with <CR><LF>.<CR><LF>\r\n"
+
+    def _rset(self, arg: str) -> bytes:
+        self._reset()
+        return _OK
+
+    def _noop(self, arg: str) -> bytes:
+        return _OK
+
+    def _quit(self, arg: str) -> bytes:
+        self.quitting = True
+        return b"221 2.0.0 Bye\r\n"
+
+
+_VERBS: dict[str, Callable[[_SinkSession, str], bytes]] = {
+    "EHLO": _SinkSession._ehlo, "HELO": _SinkSession._helo, "MAIL": _SinkSession._mail,
+    "RCPT": _SinkSession._rcpt, "DATA": _SinkSession._data, "RSET": _SinkSession._rset,
+    "NOOP": _SinkSession._noop, "QUIT": _SinkSession._quit,
+}
 
 
 async def start_sink(host: str, port: int, state: SinkState,
@@ -151,6 +362,4 @@ async def start_sink(host: str, port: int, state: SinkState,
     """Listen on host:port in the running loop; close the returned server to stop."""
     handler = SinkHandler(state, faults)
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: SMTP(handler, hostname="loadtest-sink", data_size_limit=64 * 2**20,
-                     timeout=120), host, port)
+    return await loop.create_server(lambda: _SinkSession(handler), host, port)
