@@ -63,14 +63,10 @@ def die_with_parent(parent: int | None = None) -> None:
 
 
 def slot_settings(settings: Settings) -> Settings:
-    """One member's share: sanitize threads and converter workers are split between the
-    members, so the group converts as many messages at once as one process did. Each
-    one in flight can hold a 20 MB message and its renderings: with every member at
-    the full count, the memory bench peaked at 1,747 MiB (target < 1,536)."""
+    """One member's share: the converter workers are split, as the cores are."""
     total = settings.converter_workers or settings.workers
-    return settings.model_copy(update={
-        "workers": max(1, settings.workers // settings.processes),
-        "converter_workers": max(1, total // settings.processes)})
+    return settings.model_copy(
+        update={"converter_workers": max(1, total // settings.processes)})
 
 
 def _member(settings: Settings, slot: int, parent: int, limits: MutableSequence[int]) -> None:
