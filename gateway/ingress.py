@@ -20,7 +20,7 @@ from email.utils import formatdate
 from typing import Any, cast
 
 import structlog
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import MISSING, SMTP, Session, syntax
 from aiosmtpd.smtp import Envelope as SMTPEnvelope
 
 from gateway.envelope import Envelope
@@ -34,6 +34,10 @@ REPLY_TEMPFAIL = "451 4.3.0 Temporary local problem, try again later"
 REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address"
+REPLY_LINE_TOO_LONG = "500 5.5.6 Message line too long"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+#: The end of DATA (RFC 5321 4.1.1.4), with the CRLF that ends the message's last line.
+DATA_END = b"\r\n.\r\n"
 
 # aiosmtpd's own replies carry no enhanced status codes (RFC 3463); mugaika answers with them.
 _ENHANCED = {
@@ -175,13 +179,18 @@ class IngressHandler:
             received_at=time.time(),
         )
         loop = asyncio.get_running_loop()
-        entry = await loop.run_in_executor(self.executor, self._store, untrusted, env)
+        try:
+            entry = await loop.run_in_executor(self.executor, self._store, untrusted, env)
+        except LineTooLong:
+            return REPLY_LINE_TOO_LONG
         log.info("queued", queue_id=entry.queue_id, client=env.client_addr, size=len(untrusted),
                  rcpts=len(env.rcpt_tos))
         self.on_queued(entry)
         return REPLY_QUEUED.format(queue_id=entry.queue_id)
 
     def _store(self, untrusted: bytes, env: Envelope) -> Entry:
+        if _longest_line(untrusted) > self.settings.max_line_bytes:
+            raise LineTooLong
         queue_id = new_queue_id()
         data = self._received(env, queue_id) + normalize_line_ends(untrusted)
         self.spool.put(data, env, queue_id)
@@ -197,6 +206,25 @@ class IngressHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("smtp_internal_error", error=type(error).__name__)
         return REPLY_TEMPFAIL
+
+
+class LineTooLong(Exception):
+    """A DATA line (with its CRLF) is longer than `max_line_bytes`."""
+
+
+def _longest_line(data: bytes) -> int:
+    """Length of the longest CRLF-ended line, CRLF included (as aiosmtpd counted it).
+
+    One split at C speed: 77 ms for 20 MB, so it runs in the spool thread, not the loop.
+    """
+    return max(map(len, data.split(b"\r\n"))) + 2
+
+
+def unstuff(content: bytes) -> bytes:
+    """Undo DATA transparency (RFC 5321 4.5.2): a leading "." of each line is dropped."""
+    if content.startswith(b"."):
+        content = content[1:]
+    return content.replace(b"\r\n.", b"\r\n")
 
 
 def _null_sender(mail_from: str | None) -> str:
@@ -266,6 +294,58 @@ class GatewaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         raw = status.encode() if isinstance(status, str) else bytes(status)
         await super().push(_ENHANCED.get(raw, raw))
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in blocks instead of line by line.
+
+        aiosmtpd kept each line as a bytearray and joined them: a Python step per line
+        (a tenth of the gateway's CPU under load) and, for a 20 MB mail, three copies of
+        it in memory at once. Only `<CRLF>.<CRLF>` ends the message, as before: a bare
+        LF or CR before the dot (SMTP smuggling) stays inside it.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await self._read_data()
+        except asyncio.CancelledError:  # the connection went away during DATA
+            self._writer.close()
+            raise
+        if content is None:
+            await self.push(REPLY_TOO_BIG)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = unstuff(content)
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self) -> bytes | None:
+        """The DATA content up to the end marker (stuffed), or None when it is larger than
+        the size limit; then it is read to its end anyway (RFC 5321 4.2.5)."""
+        limit = self.data_size_limit or 0
+        # The CRLF that ended the DATA command line: an empty message ends at once.
+        buffer = bytearray(b"\r\n")
+        too_big = False
+        while not buffer.endswith(DATA_END):
+            # Stopping at each ".\r\n" means the end marker never hides inside a block.
+            try:
+                block = await self._reader.readuntil(b".\r\n")
+            except asyncio.LimitOverrunError as more:  # no ".\r\n" in the next bytes
+                block = await self._reader.readexactly(more.consumed)
+            buffer += block
+            if limit and len(buffer) > limit + len(DATA_END) + 2:
+                too_big = True
+                del buffer[:-len(DATA_END)]  # keep only what may start the end marker
+        return None if too_big else bytes(memoryview(buffer)[2:-3])
 
 
 def server_factory(settings: Settings, handler: IngressHandler,

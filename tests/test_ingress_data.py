@@ -1,0 +1,70 @@
+"""DATA as the gateway reads it (in blocks, not line by line), over a real socket.
+
+Only <CRLF>.<CRLF> ends a message, wherever TCP cuts it; dot-stuffing is undone; an
+empty message, an oversized one and an overlong line get their precise replies, and the
+session goes on after each.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from tests.conftest import Gateway, Sink
+
+HEAD = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<staff@example.lg.jp>\r\nDATA\r\n"
+
+
+class Session:
+    """A raw SMTP session: send bytes in pieces, read replies line by line."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.buffer = b""
+        assert self.reply().startswith(b"220")
+        self.send(b"EHLO client.example\r\n")
+        while not (line := self.reply()).startswith(b"250 "):
+            assert line.startswith(b"250-")
+
+    def send(self, *pieces: bytes) -> None:
+        for piece in pieces:  # separate segments: the end marker may be cut anywhere
+            self.sock.sendall(piece)
+            time.sleep(0.02)
+
+    def reply(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            assert chunk, "connection closed"
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def transaction(self, *data: bytes) -> bytes:
+        self.send(HEAD)
+        assert self.reply().startswith(b"250")  # MAIL
+        assert self.reply().startswith(b"250")  # RCPT
+        assert self.reply().startswith(b"354")
+        self.send(*data)
+        return self.reply()
+
+
+def test_data_blocks_end_marker_and_stuffing(make_gateway: Callable[..., Gateway],
+                                             sink: Sink) -> None:
+    gw = make_gateway(sink.port, MUGAIKA_MAX_MESSAGE_BYTES="20000", MUGAIKA_MAX_LINE_BYTES="200")
+    session = Session(gw.smtp_port)
+    body = b"Subject: cut\r\n\r\n..leading dot\r\nend.\r\n.hidden\r\n"
+    assert session.transaction(body + b"\r", b"\n.", b"\r", b"\n").startswith(b"250 2.0.0")
+    assert session.transaction(b"Subject: x\r\n\r\n" + b"y" * 300 + b"\r\n.\r\n") == (
+        b"500 5.5.6 Message line too long")
+    big = (b"z" * 150 + b"\r\n") * 200  # 30 KB, over the 20 KB limit
+    assert session.transaction(b"Subject: big\r\n\r\n" + big + b".\r\n").startswith(
+        b"552 5.3.4")
+    assert session.transaction(b".\r\n").startswith(b"250 2.0.0"), "an empty message"
+    session.send(b"QUIT\r\n")
+    assert session.reply().startswith(b"221")
+    got = sink.wait(2)
+    cut = next(r for r in got if r.message["Subject"].endswith("cut"))
+    text = cut.message.get_content()
+    assert ".leading dot\n" in text and "..leading" not in text, "dot-stuffing undone"
+    assert "end.\n" in text and "\nhidden" in text
