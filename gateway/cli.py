@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,11 +25,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import serve
 
     settings = _settings(args)
-    configure_logging()
     if settings.processes > 1:
-        from gateway.processes import serve_group
-
-        return serve_group(settings)
+        # A group's supervisor only starts and watches its members: this process's
+        # imports (the database layer, converters, API: ~100 MB) would be dead weight.
+        config = ["--config", str(args.config)] if args.config else []
+        os.execv(sys.executable, [sys.executable, "-m", "gateway.processes", *config])  # noqa: S606
+    configure_logging()
     loop.run(serve(settings))
     return EXIT_OK
 

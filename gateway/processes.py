@@ -6,7 +6,9 @@ small supervisor that starts that many full gateways (`server.serve` with a slot
 listens on the same port with SO_REUSEPORT, so the kernel spreads SMTP connections over
 them, and each claims spool entries into its own `active.N/`.
 
-The supervisor recovers the whole spool once, before any gateway runs; a gateway that
+The supervisor (`python -m gateway.processes`, which `mugaika serve` becomes) migrates the
+database and recovers the whole spool once, in a short-lived child, before any gateway
+runs; it imports little itself, since it only watches. a gateway that
 dies is started again, and takes back only its own claims (`Spool(root, slot)`), so
 nothing it held is lost and the others are not disturbed. Only slot 0 serves the HTTP
 API; counters are shared through prometheus_client's multiprocess mode
@@ -15,26 +17,26 @@ API; counters are shared through prometheus_client's multiprocess mode
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import MutableSequence
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import structlog
 
-from converters.sandbox import decide_sandboxing
 from gateway import loop
 from gateway.ingress import forget, limit_table
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROC_ENV
-from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.store import open_stores
+from gateway.settings import Settings, load_settings
 
 log = structlog.get_logger("mugaika.processes")
 
@@ -69,6 +71,23 @@ def slot_settings(settings: Settings) -> Settings:
         update={"converter_workers": max(1, total // settings.processes)})
 
 
+def _prepare(settings: Settings) -> None:
+    """What must happen once before any member runs (in a child: heavy imports)."""
+    from converters.sandbox import SandboxUnavailable, decide_sandboxing
+    from gateway.spool import Spool
+    from gateway.store import open_stores
+
+    configure_logging()
+    try:
+        decide_sandboxing(settings.allow_unsandboxed)  # refuse early, not in every member
+    except SandboxUnavailable as exc:
+        log.error("sandbox_unavailable", reason=str(exc))
+        sys.exit(1)
+    open_stores(settings).close()  # migrations run here, never in two members at once
+    recovered = Spool(settings.spool_dir).recover()
+    log.info("group_prepared", processes=settings.processes, recovered=recovered)
+
+
 def _member(settings: Settings, slot: int, parent: int, limits: MutableSequence[int]) -> None:
     """The body of one gateway process (spawned: a fresh interpreter)."""
     from gateway.server import serve
@@ -92,16 +111,20 @@ class Group:
         #: Open SMTP connections per client, counted over the group (the 421 caps).
         self.limits = limit_table(settings.processes)
 
-    def prepare(self) -> None:
-        """What must happen once, before any member runs."""
-        decide_sandboxing(self.settings.allow_unsandboxed)  # refuse early, not per member
-        open_stores(self.settings).close()  # migrations run here, never in two members
-        recovered = Spool(self.settings.spool_dir).recover()
+    def prepare(self) -> bool:
+        """Migrate and recover (in a child), and give the members a metrics directory."""
+        child = self.context.Process(target=_prepare, args=(self.settings,),
+                                     name="mugaika-prepare")
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            log.error("group_not_started", exitcode=child.exitcode)
+            return False
         metrics_dir = self.settings.data_dir / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)  # counters restart with the group
         metrics_dir.mkdir(parents=True)
         os.environ[MULTIPROC_ENV] = str(metrics_dir)  # inherited by every member
-        log.info("group_prepared", processes=self.settings.processes, recovered=recovered)
+        return True
 
     def start(self, slot: int) -> None:
         args = (self.member_settings, slot, os.getpid(), self.limits)
@@ -113,7 +136,8 @@ class Group:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        self.prepare()
+        if not self.prepare():
+            return 1
         for slot in range(self.settings.processes):
             self.start(slot)
         quick_deaths = 0
@@ -151,6 +175,14 @@ class Group:
                 member.join()
 
 
-def serve_group(settings: Settings) -> int:
-    """Run `settings.processes` gateways until SIGTERM/SIGINT; the exit status."""
+def main() -> int:
+    """`python -m gateway.processes [--config F]`: what `mugaika serve` runs for a group."""
+    parser = argparse.ArgumentParser(prog="mugaika serve")
+    parser.add_argument("--config", type=Path, default=None)
+    settings = load_settings(parser.parse_args().config)
+    configure_logging()
     return Group(settings).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
