@@ -193,14 +193,14 @@ class Worker:
         self.metrics = metrics
         #: Sanitize, record, spool the output, hold the original: `SanitizePool.run`
         #: (child processes) when configured; None: `executor`'s threads.
-        self.processes = sanitizer
+        self.children = sanitizer
         #: Settling a delivered message (log row, unlink) is not awaited: one thread does
         #: them in order, and the loop is not woken when each is done. `close()` waits.
         self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
 
     def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
         """Queue an entry; `fresh` is the entry ingress just spooled, bytes included."""
-        if fresh is not None and (self.processes is not None
+        if fresh is not None and (self.children is not None
                                   or self.queue.qsize() >= FRESH_QUEUE_LIMIT
                                   or len(fresh.data) > THIN_ABOVE_BYTES):
             fresh = None  # read back from the spool when its turn comes
@@ -276,8 +276,8 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize(self, entry: Entry) -> None:
-        if self.processes is not None:
-            handed = await self.processes(entry)
+        if self.children is not None:
+            handed = await self.children(entry)
         else:
             in_thread = await self._in_thread(sanitize_claimed, entry, self.settings,
                                               self.attachments, self.templates, self.spool,
