@@ -76,9 +76,11 @@ def child(args: list[str], port: int, env: dict[str, str] | None = None,
 @contextmanager
 def gateway(sink_port: int, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """A real `python -m gateway serve` delivering to 127.0.0.1:`sink_port`."""
-    port = free_port()
+    port, api_port = free_port(), free_port()
+    while api_port == port:  # the kernel may hand out a port twice
+        api_port = free_port()
     env = {
-        "MUGAIKA_SMTP_PORT": str(port), "MUGAIKA_API_PORT": str(free_port()),
+        "MUGAIKA_SMTP_PORT": str(port), "MUGAIKA_API_PORT": str(api_port),
         "MUGAIKA_DATA_DIR": str(data_dir), "MUGAIKA_ACCEPTED_DOMAINS": "example.lg.jp",
         "MUGAIKA_DOWNSTREAM_HOST": "127.0.0.1", "MUGAIKA_DOWNSTREAM_PORT": str(sink_port),
         "MUGAIKA_DOWNSTREAM_STARTTLS": "off", "MUGAIKA_RETRY_FIRST_SECONDS": "1",
