@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
-from converters.sandbox import decide_sandboxing
 from gateway.api import create_app
 from gateway.api.serve import NotifyingSpool, serve_api
 from gateway.attachments import AttachmentContext
@@ -23,7 +22,6 @@ from gateway.egress import forwarder_from_settings
 from gateway.ingress import IngressHandler, server_factory
 from gateway.metrics import Metrics
 from gateway.ppap import sandboxed_decrypter
-from gateway.sanitize_pool import SanitizePool
 from gateway.settings import Settings
 from gateway.spool import Entry, Spool
 from gateway.store import open_stores
@@ -70,24 +68,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # First: refuses to start when bubblewrap cannot run, unless unsandboxed is allowed.
-    # With sanitize processes each child owns its converters; here only the check runs.
-    attachments = None
-    if settings.sanitize_processes:
-        decide_sandboxing(settings.allow_unsandboxed)
-    else:
-        attachments = AttachmentContext.from_settings(settings)
-        # Start the sandboxed converters now, so a broken install fails here, not on mail.
-        await asyncio.to_thread(attachments.pool.warm)
+    attachments = AttachmentContext.from_settings(settings)
+    # Start the sandboxed converters now, so a broken install fails here, not on mail.
+    await asyncio.to_thread(attachments.pool.warm)
     spool = Spool(settings.spool_dir, slot)
     stores = open_stores(settings, write_behind=True)
     forwarder = forwarder_from_settings(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
-    children = (SanitizePool(settings, settings.workers, spool, stores)
-                if settings.sanitize_processes else None)
-    worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments,
-                    metrics, sanitizer=children.run if children else None)
+    worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments, metrics)
 
     def queued(entry: Entry) -> None:
         metrics.message("received")
@@ -120,9 +110,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         await forwarder.close()
         worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
-        if children:
-            children.close()
         spool_pool.shutdown(wait=True)
         stores.close()
-        if attachments is not None:
-            attachments.close()
+        attachments.close()

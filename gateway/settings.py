@@ -113,10 +113,6 @@ class Settings(BaseSettings):
     release_link_base_url: str | None = None
     #: HMAC key of those links; the same on every node. Links are off without it.
     release_link_key: SecretStr | None = None
-    #: Sanitize in `workers` child processes (all cores; docs/performance.md). Off by
-    #: default: +25-45 % delivered msgs/s measured, but +240 MiB peak RSS under 20 MB mails
-    #: took the memory bench from 1,520 to 1,760 MiB, past its 1,536 MiB target.
-    sanitize_processes: bool = False
 
     toml_path: ClassVar[Path | None] = None
 

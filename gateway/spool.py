@@ -71,12 +71,6 @@ class Entry:
     envelope: Envelope
     data: bytes
     state: RetryState
-    #: True when `data` was left out (b"") to cross a process boundary cheaply: whoever
-    #: needs the bytes reads the claimed file again (`Spool.load`).
-    thin: bool = False
-
-    def thinned(self) -> Entry:
-        return replace(self, data=b"", thin=True)
 
 
 def new_queue_id() -> str:
@@ -170,13 +164,9 @@ class Spool:
         return self.load(queue_id) if self.take(queue_id) else None
 
     def load(self, queue_id: str) -> Entry:
-        """A claimed entry (in active/) read in full: by a sanitize child, for instance."""
+        """A claimed entry (in this process's active area), read in full."""
         envelope, data = self._read(self._path(self.claims, queue_id))
         return Entry(queue_id, envelope, data, self.read_state(queue_id))
-
-    def full(self, entry: Entry) -> Entry:
-        """`entry` itself, or, if it is thin, read again from active/."""
-        return self.load(entry.queue_id) if entry.thin else entry
 
     def _read(self, path: Path) -> tuple[Envelope, bytes]:
         blob = path.read_bytes()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
@@ -41,14 +41,12 @@ from gateway.stores import DeliveryStatus, Stores
 log = structlog.get_logger("mugaika.worker")
 
 SCAN_SECONDS = 1.0
-#: Messages larger than this cross to a sanitize child, and their outputs back, as a queue
-#: id: the other side reads the claimed spool file. A pickled 20 MB message costs a copy
-#: in each process and pushed the memory bench's peak past its 1.5 GB target.
-THIN_ABOVE_BYTES = 1 << 20
 #: A message from ingress travels to its worker with its bytes only while the queue is
-#: shorter than this; behind a longer backlog it is read back from the spool when its
-#: turn comes, so a burst of accepted mail does not pile up in memory.
+#: shorter than this and the message no larger than `FRESH_MAX_BYTES`; otherwise it is read
+#: back from the spool when its turn comes, so a burst of accepted mail (or of 20 MB
+#: mails) does not pile up in memory.
 FRESH_QUEUE_LIMIT = 256
+FRESH_MAX_BYTES = 1 << 20
 #: A message held by a gateway process that died this often is not sanitized again but
 #: quarantined whole (`processing_error`): hostile input that crashes the parser (a C
 #: extension, the OOM killer) must not take the group down in a loop.
@@ -92,28 +90,11 @@ def failed_stage(entry: Entry, settings: Settings,
 
 @dataclass(frozen=True)
 class HandedOn:
-    """A sanitized message: its output, ready for delivery, and the report for the log.
-
-    `spooled` says where the output is. False: in memory only, while its original stays
-    claimed in active/ (a crash sanitizes it again). True: a claimed spool entry of its
-    own (`ORIGIN.out`, from a sanitize child or after a failed delivery), and the
-    original waits in hold/.
-    """
+    """A sanitized message: its output, in memory and ready for delivery (its original
+    still claimed in active/), and the report for the log."""
 
     output: Entry
     report: Report
-    spooled: bool = True
-
-
-def hand_on(entry: Entry, processed: Processed, spool: Spool, stores: Stores) -> HandedOn:
-    """Log the message, spool its output (not fsynced), keep the original in hold/.
-
-    One call for the three, in whichever thread or process sanitized: each hop back to
-    the event loop costs it a future, a wake-up and a GIL hand-over.
-    """
-    assert not entry.thin, "the original must be whole: it may go to the quarantine"
-    record_stage(entry, processed, stores)
-    return HandedOn(spool_output(spool, output_entry(entry, processed.output)), processed.report)
 
 
 def output_entry(origin: Entry, output: bytes) -> Entry:
@@ -131,20 +112,19 @@ def spool_output(spool: Spool, output: Entry) -> Entry:
 
 
 def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
-                     templates: NoticeTemplates, spool: Spool, stores: Stores) -> HandedOn:
-    """Read and sanitize a claimed entry, log it, and hand on its output in memory.
+                     templates: NoticeTemplates, stores: Stores) -> HandedOn:
+    """Sanitize a claimed entry, log it, and hand on its output in memory.
 
     One thread hop for the stage: each hop cost the event loop a future, a thread
     wake-up and a GIL hand-over, 12 % of its time under load.
     """
-    entry = spool.full(entry)
     if entry.state.crashes >= MAX_CRASHES:
         log.error("crashed_gateway", queue_id=entry.queue_id, crashes=entry.state.crashes)
         processed = failed_stage(entry, settings, templates)
     else:
         processed = sanitize_stage(entry, settings, attachments, templates)
     record_stage(entry, processed, stores)
-    return HandedOn(output_entry(entry, processed.output), processed.report, spooled=False)
+    return HandedOn(output_entry(entry, processed.output), processed.report)
 
 
 def claim_and_sanitize(fresh: Entry, settings: Settings, attachments: AttachmentContext | None,
@@ -154,7 +134,7 @@ def claim_and_sanitize(fresh: Entry, settings: Settings, attachments: Attachment
     another worker claimed it first. The claim (a rename) rides on the same hop."""
     if not spool.take(fresh.queue_id):
         return None
-    return sanitize_claimed(fresh, settings, attachments, templates, spool, stores)
+    return sanitize_claimed(fresh, settings, attachments, templates, stores)
 
 
 def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
@@ -178,10 +158,8 @@ class Worker:
         executor: Executor,
         attachments: AttachmentContext | None,
         metrics: Metrics,
-        sanitizer: Callable[[Entry], Awaitable[HandedOn]] | None = None,
     ) -> None:
         self.settings = settings
-        #: None when `sanitizer` runs in child processes, each with converters of its own.
         self.attachments = attachments
         self.spool = spool
         self.stores = stores
@@ -191,18 +169,14 @@ class Worker:
         self.templates = load_templates(settings)
         self.queue: asyncio.Queue[tuple[str, Entry | None]] = asyncio.Queue()
         self.metrics = metrics
-        #: Sanitize, record, spool the output, hold the original: `SanitizePool.run`
-        #: (child processes) when configured; None: `executor`'s threads.
-        self.children = sanitizer
         #: Settling a delivered message (log row, unlink) is not awaited: one thread does
         #: them in order, and the loop is not woken when each is done. `close()` waits.
         self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
 
     def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
         """Queue an entry; `fresh` is the entry ingress just spooled, bytes included."""
-        if fresh is not None and (self.children is not None
-                                  or self.queue.qsize() >= FRESH_QUEUE_LIMIT
-                                  or len(fresh.data) > THIN_ABOVE_BYTES):
+        if fresh is not None and (self.queue.qsize() >= FRESH_QUEUE_LIMIT
+                                  or len(fresh.data) > FRESH_MAX_BYTES):
             fresh = None  # read back from the spool when its turn comes
         self.queue.put_nowait((queue_id, fresh))
 
@@ -268,31 +242,18 @@ class Worker:
         if entry is None:
             return
         if entry.envelope.kind == "inbound":
-            if len(entry.data) > THIN_ABOVE_BYTES:
-                # Rebinding drops this process's copy while a sanitize child works on it.
-                entry = entry.thinned()
-            await self._sanitize(entry)
+            handed = await self._in_thread(sanitize_claimed, entry, self.settings,
+                                           self.attachments, self.templates, self.stores)
+            assert isinstance(handed, HandedOn)
+            await self._handed_on(entry.queue_id, handed)
         else:
             await self._deliver(entry)
-
-    async def _sanitize(self, entry: Entry) -> None:
-        if self.children is not None:
-            handed = await self.children(entry)
-        else:
-            in_thread = await self._in_thread(sanitize_claimed, entry, self.settings,
-                                              self.attachments, self.templates, self.spool,
-                                              self.stores)
-            assert isinstance(in_thread, HandedOn)
-            handed = in_thread
-        if handed.output.thin:
-            handed = replace(handed, output=await self._io(self.spool.full, handed.output))
-        await self._handed_on(entry.queue_id, handed)
 
     async def _handed_on(self, queue_id: str, handed: HandedOn) -> None:
         self.metrics.observe_report(handed.report)
         log.info("sanitized", queue_id=queue_id, out=handed.output.queue_id,
                  verdict=handed.report.verdict.value, parts=len(handed.report.actions))
-        await self._deliver(handed.output, handed.spooled)
+        await self._deliver(handed.output, spooled=False)
 
     def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
                 detail: str, spooled: bool) -> None:

@@ -61,8 +61,7 @@ def test_a_message_that_keeps_killing_its_member_is_quarantined(tmp_path: Path) 
     entry = spool.claim(queue_id)
     assert entry is not None
     with closing(open_stores(settings)) as stores:
-        handed = sanitize_claimed(entry, settings, None, load_templates(settings), spool,
-                                  stores)
+        handed = sanitize_claimed(entry, settings, None, load_templates(settings), stores)
         held = stores.quarantine.get(queue_id)
     assert handed.report.reason == "processing_error"
     assert held is not None, "the original is kept for review"
