@@ -22,7 +22,17 @@ def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
-def configure_logging(level: str = "INFO") -> None:
+def _stamp(member: int) -> structlog.types.Processor:
+    """Adds which gateway process of a group wrote the line (threads included)."""
+    def stamp(_logger: Any, _name: str,
+              event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("member", member)
+        return event
+    return stamp
+
+
+def configure_logging(level: str = "INFO", member: int | None = None) -> None:
+    """`member`: this process's slot in a group of gateways (`gateway.processes`)."""
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
     # aiosmtpd logs every peer and command line at INFO: too chatty and includes addresses.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
@@ -30,6 +40,7 @@ def configure_logging(level: str = "INFO") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            *([] if member is None else [_stamp(member)]),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,

@@ -95,7 +95,7 @@ def _member(settings: Settings, slot: int, parent: int, limits: MutableSequence[
     from gateway.server import serve
 
     die_with_parent(parent)
-    configure_logging()
+    configure_logging(member=slot)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     loop.run(serve(settings, slot=slot, limits=limits))
 

@@ -69,6 +69,7 @@ def test_group_shares_port_and_counts_and_survives_a_dead_member(
     assert sorted(m.message["Subject"] for m in got) == sorted(
         f"[無害化] group {n}" for n in range(30)), "every message delivered, once"
     assert "member_died" in gw.log_text()
+    assert '"member": 0' in gw.log_text() and '"member": 1' in gw.log_text(), "lines say who"
 
     members = _members(gw)
     gw.kill()  # the supervisor, with SIGKILL: its members must not live on
