@@ -22,14 +22,14 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.server import serve
-
     settings = _settings(args)
     if settings.processes > 1:
         # A group's supervisor only starts and watches its members: this process's
         # imports (the database layer, converters, API: ~100 MB) would be dead weight.
         config = ["--config", str(args.config)] if args.config else []
         os.execv(sys.executable, [sys.executable, "-m", "gateway.processes", *config])  # noqa: S606
+    from gateway.server import serve
+
     configure_logging()
     loop.run(serve(settings))
     return EXIT_OK

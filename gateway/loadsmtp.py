@@ -1,4 +1,5 @@
-"""SMTP wire pieces the load test's client and sink share: replies, DATA transparency.
+"""SMTP wire pieces the load test's client and sink share: replies, DATA transparency
+(the sink undoes it with the gateway's own `ingress.unstuff`).
 
 Both ends of the load test run in one process next to the gateway they measure, so they
 work on whole buffers (bytes.find, bytes.replace) rather than line by line.
@@ -9,8 +10,6 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-#: The end of DATA after the CRLF that ends the message's last line (RFC 5321 4.1.1.4).
-DATA_END = b"\r\n.\r\n"
 #: The largest message the sink takes (the gateway's own default limit is lower).
 SIZE_LIMIT = 64 * 2**20
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -67,8 +66,3 @@ def stuff(data: bytes) -> bytes:
     return data + b".\r\n"
 
 
-def unstuff(content: bytes) -> bytes:
-    """The message inside DATA `content` (which ends with the last line's CRLF)."""
-    if content.startswith(b".."):
-        content = content[1:]
-    return content.replace(b"\r\n..", b"\r\n.")

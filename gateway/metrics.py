@@ -80,6 +80,8 @@ class Metrics:
             "mugaika_delivery_delay_seconds", "From acceptance to downstream delivery.",
             buckets=_DELAY_BUCKETS, registry=r)
         self.scraped = _Scraped(version or _version())
+        self._scraped_registry = CollectorRegistry()
+        self._scraped_registry.register(self.scraped)
         self._kind = _BoundedLabel()
         self._converter = _BoundedLabel()
 
@@ -134,9 +136,7 @@ class Metrics:
         if directory := os.environ.get(MULTIPROC_ENV):
             counted = CollectorRegistry()
             MultiProcessCollector(counted, path=directory)  # type: ignore[no-untyped-call]
-        scraped = CollectorRegistry()
-        scraped.register(self.scraped)
-        return generate_latest(counted) + generate_latest(scraped)
+        return generate_latest(counted) + generate_latest(self._scraped_registry)
 
 
 class _Scraped(Collector):

@@ -144,9 +144,9 @@ class Group:
             self.start(slot)
         quick_deaths = 0
         while not self.stopping:
-            sentinels = {m.sentinel: slot for slot, m in self.members.items()}
-            for ready in multiprocessing.connection.wait(list(sentinels), timeout=1.0):
-                slot = sentinels[ready]  # type: ignore[index]
+            multiprocessing.connection.wait([m.sentinel for m in self.members.values()],
+                                            timeout=1.0)
+            for slot in [s for s, m in self.members.items() if not m.is_alive()]:
                 if self.stopping:
                     break
                 quick = time.monotonic() - self.started[slot] < QUICK_DEATH_SECONDS

@@ -83,6 +83,12 @@ def derived_id(origin: str) -> str:
     return origin + DERIVED_SUFFIX
 
 
+def _every_claim_area(root: Path) -> list[str]:
+    """The claim areas of every process that used this spool (`active`, `active.N`)."""
+    return sorted(p.name for p in root.iterdir()
+                  if p.name == "active" or p.name.startswith("active."))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -252,8 +258,8 @@ class Spool:
         spool belongs to the processes of the group that are still running. A slot
         recovers after its process died, so each entry taken back counts a crash.
         """
-        names = self._unclaim(self._claim_areas())
         whole = self.slot is None
+        names = self._unclaim(_every_claim_area(self.root) if whole else [self.claims])
         if whole:
             for path in (self.root / "tmp").iterdir():
                 path.unlink()  # never acknowledged with 250: the client still has it
@@ -264,21 +270,15 @@ class Spool:
             for name in names:  # this process died holding them: one may be the cause
                 state = self.read_state(name)
                 self.write_state(name, replace(state, crashes=state.crashes + 1))
+        live = self._live_areas()
         for name in names_to_check:
-            if not name.endswith(DERIVED_SUFFIX) and self._live_output(name):
+            if not name.endswith(DERIVED_SUFFIX) and self._live_output(name, live):
                 os.rename(self._path("incoming", name), self._path("hold", name))
         if whole:
             for path in sorted((self.root / "hold").iterdir()):
-                self._recover_held(path.name)
+                self._recover_held(path.name, live)
         _fsync_dir(self.root / "incoming")
         return len(names)
-
-    def _claim_areas(self) -> list[str]:
-        """This process's claims, or with no slot every process's (all `active*/`)."""
-        if self.slot is not None:
-            return [self.claims]
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.name == "active" or p.name.startswith("active."))
 
     def _unclaim(self, areas: list[str]) -> list[str]:
         names = []
@@ -289,7 +289,8 @@ class Spool:
         return names
 
     def _live_areas(self) -> list[str]:
-        return ["incoming", "deferred", *self._claim_areas()]
+        """Where an output may live while its original waits in hold/."""
+        return ["incoming", "deferred", *_every_claim_area(self.root)]
 
     def _drop_torn_outputs(self) -> None:
         for area in self._live_areas():
@@ -302,14 +303,14 @@ class Spool:
                     path.unlink()
                     self._path("state", f"{path.name}.json").unlink(missing_ok=True)
 
-    def _live_output(self, origin: str) -> bool:
+    def _live_output(self, origin: str, live: list[str]) -> bool:
         out = derived_id(origin)
-        return any(self._path(area, out).exists() for area in self._live_areas())
+        return any(self._path(area, out).exists() for area in live)
 
-    def _recover_held(self, origin: str) -> None:
+    def _recover_held(self, origin: str, live: list[str]) -> None:
         if self._path("failed", derived_id(origin)).exists():
             self.release_hold(origin, failed=True)  # bounced; crash before release_hold
-        elif not self._live_output(origin):
+        elif not self._live_output(origin, live):
             # Output lost before it reached the disk, or delivered just before the crash
             # removed the original (then this is a duplicate: at-least-once).
             os.rename(self._path("hold", origin), self._path("incoming", origin))
@@ -319,13 +320,13 @@ class Spool:
         """Entries per area; "active" counts the claims of every process of a group."""
         def count(areas: list[str]) -> int:
             return sum(1 for area in areas for _ in (self.root / area).iterdir())
-        every = Spool(self.root)._claim_areas()
+        every = _every_claim_area(self.root)
         return {"incoming": count(["incoming"]), "active": count(every),
                 "deferred": count(["deferred"]), "failed": count(["failed"])}
 
     def oldest_age(self, now: float) -> float:
         """Seconds since the oldest waiting entry was written (0 when empty)."""
-        mtimes = [p.stat().st_mtime for area in Spool(self.root)._live_areas()
+        mtimes = [p.stat().st_mtime for area in self._live_areas()
                   for p in (self.root / area).iterdir()]
         return max(0.0, now - min(mtimes)) if mtimes else 0.0
 

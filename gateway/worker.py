@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
+from functools import partial
 from typing import TypeVar
 
 import structlog
@@ -127,8 +128,8 @@ def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentCo
     return HandedOn(output_entry(entry, processed.output), processed.report)
 
 
-def claim_and_sanitize(fresh: Entry, settings: Settings, attachments: AttachmentContext | None,
-                       templates: NoticeTemplates, spool: Spool,
+def claim_and_sanitize(spool: Spool, fresh: Entry, settings: Settings,
+                       attachments: AttachmentContext | None, templates: NoticeTemplates,
                        stores: Stores) -> HandedOn | None:
     """`sanitize_claimed` for an entry whose bytes came with it from ingress; None when
     another worker claimed it first. The claim (a rename) rides on the same hop."""
@@ -184,7 +185,7 @@ class Worker:
         """Wait for the settles still queued (each one unlinks a delivered original)."""
         self._settler.shutdown(wait=True)
 
-    async def _in_thread(self, fn: Callable[..., object], *args: object) -> object:
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def _io(self, fn: Callable[..., T], *args: object) -> T:
@@ -231,27 +232,24 @@ class Worker:
 
     async def process(self, queue_id: str, fresh: Entry | None = None) -> None:
         if fresh is not None:
-            handed = await self._in_thread(claim_and_sanitize, fresh, self.settings,
-                                           self.attachments, self.templates, self.spool,
-                                           self.stores)
-            if handed is not None:
-                assert isinstance(handed, HandedOn)
-                await self._handed_on(queue_id, handed)
+            await self._sanitize(partial(claim_and_sanitize, self.spool), fresh)
             return
         entry = await self._io(self.spool.claim, queue_id)
         if entry is None:
             return
         if entry.envelope.kind == "inbound":
-            handed = await self._in_thread(sanitize_claimed, entry, self.settings,
-                                           self.attachments, self.templates, self.stores)
-            assert isinstance(handed, HandedOn)
-            await self._handed_on(entry.queue_id, handed)
+            await self._sanitize(sanitize_claimed, entry)
         else:
             await self._deliver(entry)
 
-    async def _handed_on(self, queue_id: str, handed: HandedOn) -> None:
+    async def _sanitize(self, stage: Callable[..., HandedOn | None], entry: Entry) -> None:
+        """Run `stage` on `entry` in a sanitize thread, then deliver its output."""
+        handed = await self._in_thread(stage, entry, self.settings, self.attachments,
+                                       self.templates, self.stores)
+        if handed is None:  # another worker claimed it first
+            return
         self.metrics.observe_report(handed.report)
-        log.info("sanitized", queue_id=queue_id, out=handed.output.queue_id,
+        log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
                  verdict=handed.report.verdict.value, parts=len(handed.report.actions))
         await self._deliver(handed.output, spooled=False)
 
