@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from gateway.ingress import DATA_END, unstuff
 from gateway.loadmix import TOKEN_RE
 from gateway.loadsmtp import SIZE_LIMIT
+from gateway.smtpd import DATA_END, unstuff
 
 _QUEUE_ID = re.compile(r"^[\w.\-]+$")
 #: Messages up to this size are classified on the event loop (well under a millisecond).
