@@ -1,4 +1,4 @@
-"""Where mail leaves: the only code that speaks outbound SMTP.
+"""Where mail leaves: delivery to the next hop, over the lean client in `gateway.smtpclient`.
 
 A `Forwarder` delivers one message to the one configured next hop and says, per
 recipient, whether it was accepted, refused for now (4xx, connection trouble) or refused
@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-import aiosmtplib
 import structlog
 
 from gateway.settings import Settings
+from gateway.smtpclient import (
+    GarbledReply,
+    Session,
+    SessionRefused,
+    StartTLSUnavailable,
+    Transaction,
+    sendable,
+)
 
 log = structlog.get_logger("mugaika.egress")
 
@@ -52,6 +60,19 @@ def _all(rcpts: Sequence[str], reply: str, permanent: bool, remote: str) -> Deli
         temporary=bucket, remote=remote)
 
 
+#: Ingress takes no SMTPUTF8 (aiosmtpd refuses non-ASCII commands), so such an address can
+#: only come from elsewhere; no retry would make it deliverable.
+_UNSENDABLE = "553 5.6.7 address not sendable without SMTPUTF8, which mugaika does not use"
+
+
+def _context(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not verify:  # the operator's choice, e.g. a self-signed certificate inside LGWAN
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class SMTPForwarder:
     """Delivers over SMTP with STARTTLS per policy, reusing a small pool of connections."""
 
@@ -61,72 +82,99 @@ class SMTPForwarder:
         self.host = settings.downstream_host
         self.port = settings.downstream_port
         self.remote = f"{self.host}:{self.port}"
-        self._idle: list[aiosmtplib.SMTP] = []
+        mode = settings.downstream_starttls
+        self._tls = None if mode == "off" else _context(settings.downstream_verify_cert)
+        self._idle: list[Session] = []
         self._slots = asyncio.Semaphore(settings.downstream_pool_size)
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        mode = self.settings.downstream_starttls
-        start_tls: bool | None = {"opportunistic": None, "required": True, "off": False}[mode]
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            timeout=self.settings.downstream_timeout,
-            start_tls=start_tls,
-            validate_certs=self.settings.downstream_verify_cert,
-            local_hostname=self.settings.hostname,
-        )
-        await client.connect()
-        return client
+    async def _connect(self) -> Session:
+        return await Session.open(
+            self.host, self.port, helo_name=self.settings.hostname,
+            timeout=self.settings.downstream_timeout, tls=self._tls,
+            require_tls=self.settings.downstream_starttls == "required")
+
+    def _pooled(self) -> Session | None:
+        """An idle connection still open; those the server closed meanwhile are dropped."""
+        while self._idle:
+            session = self._idle.pop()
+            if session.idle:
+                return session
+            session.close()
+        return None
 
     async def deliver(self, mail_from: str, rcpts: Sequence[str], data: bytes) -> DeliveryResult:
+        if not sendable(mail_from):
+            return _all(rcpts, _UNSENDABLE, True, self.remote)
+        unsendable = {r: _UNSENDABLE for r in rcpts if not sendable(r)}
+        wanted = [r for r in rcpts if r not in unsendable]
+        if not wanted:
+            return DeliveryResult(permanent=unsendable, remote=self.remote)
         async with self._slots:
-            client = self._idle.pop() if self._idle else None
+            result = await self._deliver(mail_from, wanted, data)
+        if unsendable:
+            result = replace(result, permanent={**result.permanent, **unsendable})
+        return result
+
+    async def _deliver(self, mail_from: str, rcpts: list[str], data: bytes) -> DeliveryResult:
+        """One try, and one more on a fresh connection if a pooled one failed before it
+        answered anything (the server closed it as it was being reused: nothing was sent)."""
+        session = self._pooled()
+        reused = session is not None
+        while True:
+            answered = 0
             try:
-                if client is None or not client.is_connected:
-                    client = await self._connect()
-                result = await self._send(client, mail_from, rcpts, data)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                await _quietly_close(client)
-                return self._refused(exc.recipients)
-            except aiosmtplib.SMTPResponseException as exc:
-                await _quietly_close(client)
-                client = None
-                reply = f"{exc.code} {exc.message}"
-                return _all(rcpts, reply, exc.code >= 500, self.remote)
-            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                await _quietly_close(client)
-                client = None
+                session = session or await self._connect()
+                answered = session.replies_received
+                transaction = await session.send(mail_from, rcpts, data)
+                await self._release(session, transaction)
+            except SessionRefused as exc:
+                # Refusing the session is not refusing the message: bouncing every
+                # queued mail for a downstream's 5xx greeting would be worse than waiting.
+                reply = f"451 4.4.1 connection to {self.remote} refused: {exc}"
+                return _all(rcpts, reply, False, self.remote)
+            except StartTLSUnavailable:
+                reply = (f"451 4.7.0 {self.remote} does not offer STARTTLS"
+                         " (downstream_starttls is required)")
+                return _all(rcpts, reply, False, self.remote)
+            except (TimeoutError, OSError, GarbledReply) as exc:
+                silent = session is not None and session.replies_received == answered
+                if session is not None:
+                    session.close()
+                if reused and silent:
+                    session, reused = None, False
+                    continue
                 reply = f"451 4.4.1 connection to {self.remote} failed: {type(exc).__name__}"
                 return _all(rcpts, reply, False, self.remote)
-            if client is not None and client.is_connected:
-                self._idle.append(client)
-            return result
+            except BaseException:  # cancelled mid-transaction: its state is unknown
+                if session is not None:
+                    session.close()
+                raise
+            return self._result(rcpts, transaction)
 
-    async def _send(self, client: aiosmtplib.SMTP, mail_from: str, rcpts: Sequence[str],
-                    data: bytes) -> DeliveryResult:
-        errors, _ = await client.sendmail(mail_from, list(rcpts), data)
-        temporary = {r: f"{e.code} {e.message}" for r, e in errors.items() if e.code < 500}
-        permanent = {r: f"{e.code} {e.message}" for r, e in errors.items() if e.code >= 500}
-        delivered = tuple(r for r in rcpts if r not in errors)
-        return DeliveryResult(delivered, temporary, permanent, self.remote)
+    async def _release(self, session: Session, transaction: Transaction) -> None:
+        """Back to the pool if the server is known to be between transactions."""
+        if transaction.completed or await session.reset():
+            self._idle.append(session)
+        else:
+            session.close()
 
-    def _refused(self, refused: list[aiosmtplib.SMTPRecipientRefused]) -> DeliveryResult:
-        temporary = {e.recipient: f"{e.code} {e.message}" for e in refused if e.code < 500}
-        permanent = {e.recipient: f"{e.code} {e.message}" for e in refused if e.code >= 500}
-        return DeliveryResult((), temporary, permanent, self.remote)
+    def _result(self, rcpts: list[str], transaction: Transaction) -> DeliveryResult:
+        temporary: dict[str, str] = {}
+        permanent: dict[str, str] = {}
+        delivered: list[str] = []
+        for rcpt in rcpts:
+            reply = transaction.rcpts.get(rcpt, transaction.mail)
+            if reply.ok and transaction.data is not None:
+                reply = transaction.data
+            if reply.ok:
+                delivered.append(rcpt)
+            else:
+                (permanent if reply.code >= 500 else temporary)[rcpt] = f"{reply.code} {reply.text}"
+        return DeliveryResult(tuple(delivered), temporary, permanent, self.remote)
 
     async def close(self) -> None:
         while self._idle:
-            await _quietly_close(self._idle.pop())
-
-
-async def _quietly_close(client: aiosmtplib.SMTP | None) -> None:
-    if client is None or not client.is_connected:
-        return
-    try:
-        await client.quit()
-    except (TimeoutError, aiosmtplib.SMTPException, OSError):
-        client.close()
+            await self._idle.pop().quit()
 
 
 class MaildirForwarder:

@@ -20,7 +20,6 @@ module only encodes and folds those values:
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -114,9 +113,11 @@ def address_field(name: str, mailboxes: Sequence[list[str]]) -> str:
 
 
 def base64_body(data: bytes) -> str:
-    """Base64 in 76-character lines (RFC 2045 6.8)."""
-    return "".join(binascii.b2a_base64(data[i:i + 57]).decode("ascii")[:-1] + LINESEP
-                   for i in range(0, len(data), 57))
+    """Base64 in 76-character lines (RFC 2045 6.8), each ended by LINESEP.
+
+    `encodebytes` cuts the lines in C; a Python step per line was a third of the time
+    of rebuilding a 5 KB text mail."""
+    return base64.encodebytes(data).decode("ascii").replace("\n", LINESEP)
 
 
 def disposition(filename: str) -> str:

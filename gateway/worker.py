@@ -366,10 +366,12 @@ def _own_trace(data: bytes) -> bytes:
 
 
 def _with_headers(data: bytes, headers: tuple[tuple[str, str], ...]) -> bytes:
-    """Prepend mugaika's own headers (e.g. who approved a release); values are ours, not input."""
-    block = b"".join(f"{k}: {Header(' '.join(v.split()), 'utf-8').encode()}\r\n".encode()
-                     for k, v in headers)
-    return block + data
+    """Prepend mugaika's own headers (e.g. who approved a release); values are ours, not input.
+
+    Folded with CRLF: `Header.encode()` folds a long value with a bare LF by default."""
+    fields = (f"{name}: " + Header(" ".join(value.split()), "utf-8").encode(linesep="\r\n")
+              for name, value in headers)
+    return "".join(field + "\r\n" for field in fields).encode() + data
 
 
 def _expire(result: DeliveryResult) -> DeliveryResult:
