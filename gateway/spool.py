@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -97,6 +98,60 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _SharedDirSync:
+    """fsync of one directory, shared by the threads that need it at the same time.
+
+    A rename is durable once an fsync of its directory that *started after it* has
+    finished. The spool's writer threads rename into `incoming/` at nearly the same
+    moments, and every fsync waits for an ext4 journal commit: so a caller that finds
+    one running waits for it and, since it may have started before the caller's rename,
+    for the next one, which one of the waiters starts. A failed fsync counts for nobody.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cv = threading.Condition()
+        self._started = 0
+        self._finished = 0
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cv:
+            wanted = self._started + 1
+            while self._finished < wanted:
+                if self._running:
+                    self._cv.wait()
+                else:
+                    self._run_one()
+
+    def _run_one(self) -> None:
+        """Start the next fsync, with the lock released while it runs (caller holds it)."""
+        self._running = True
+        self._started += 1
+        generation, synced = self._started, False
+        self._cv.release()
+        try:
+            _fsync_dir(self.path)
+            synced = True
+        finally:
+            self._cv.acquire()
+            self._running = False
+            if synced:
+                self._finished = generation
+            self._cv.notify_all()
+
+
+def _write_all(fd: int, head: bytes, body: bytes) -> None:
+    """Both buffers, in one system call when the kernel takes them whole (it may not)."""
+    written = os.writev(fd, (head, body))
+    if written < len(head):
+        os.write(fd, head[written:])  # rare enough not to be clever about it
+        written = len(head)
+    rest = memoryview(body)[written - len(head):]
+    while rest:
+        rest = rest[os.write(fd, rest):]
+
+
 class Spool:
     def __init__(self, root: Path, slot: int | None = None) -> None:
         self.root = root
@@ -109,6 +164,7 @@ class Spool:
                 (root / name).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create spool under {root}: {exc.strerror}") from exc
+        self._incoming_sync = _SharedDirSync(root / "incoming")
 
     def _path(self, area: str, queue_id: str) -> Path:
         return self.root / area / queue_id
@@ -118,14 +174,17 @@ class Spool:
         """Store a message durably in `incoming/` and return its queue id."""
         queue_id = queue_id or new_queue_id()
         tmp = self._path("tmp", queue_id)
+        # Plain system calls, not a buffered file: each call gives up the GIL and waits
+        # to get it back from a busy event loop, and open() alone made four of them.
         try:
-            with open(tmp, "xb") as fh:
-                fh.write(MAGIC + envelope.to_json().encode() + b"\n")
-                fh.write(raw)
-                fh.flush()
-                os.fsync(fh.fileno())
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                _write_all(fd, MAGIC + envelope.to_json().encode() + b"\n", raw)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.rename(tmp, self._path("incoming", queue_id))
-            _fsync_dir(self.root / "incoming")
+            self._incoming_sync.sync()
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
@@ -277,7 +336,7 @@ class Spool:
         if whole:
             for path in sorted((self.root / "hold").iterdir()):
                 self._recover_held(path.name, live)
-        _fsync_dir(self.root / "incoming")
+        self._incoming_sync.sync()
         return len(names)
 
     def _unclaim(self, areas: list[str]) -> list[str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from gateway.envelope import Envelope
 from gateway.spool import RetryState, Spool
@@ -48,3 +51,55 @@ def test_queue_ids_are_unique_and_time_ordered(tmp_path: Path) -> None:
     ids = [spool.put(b"x", ENV) for _ in range(200)]
     assert len(set(ids)) == 200
     assert [i[:13] for i in ids] == sorted(i[:13] for i in ids)
+
+
+def test_directory_fsyncs_are_shared_and_each_covers_its_callers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 threads each need a durable rename: they share fsyncs, and each returns only
+    after an fsync that started after it asked (so it covered its rename)."""
+    from gateway import spool as spool_module
+
+    runs: list[tuple[float, float]] = []
+
+    def slow_fsync(path: Path) -> None:
+        started = time.monotonic()
+        time.sleep(0.01)  # an ext4 journal commit
+        runs.append((started, time.monotonic()))
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", slow_fsync)
+    shared = spool_module._SharedDirSync(tmp_path)
+    calls: list[tuple[float, float]] = []
+
+    def caller() -> None:
+        asked = time.monotonic()
+        shared.sync()
+        calls.append((asked, time.monotonic()))
+
+    threads = [threading.Thread(target=caller) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(calls) == 16
+    assert len(runs) < 8, f"{len(runs)} fsyncs for 16 callers: not shared"
+    for asked, returned in calls:
+        assert any(asked <= start and end <= returned for start, end in runs)
+
+
+def test_a_failed_directory_fsync_counts_for_nobody(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import spool as spool_module
+
+    attempts: list[int] = []
+
+    def failing_once(path: Path) -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", failing_once)
+    shared = spool_module._SharedDirSync(tmp_path)
+    with pytest.raises(OSError):
+        shared.sync()
+    shared.sync()
+    assert len(attempts) == 2
