@@ -28,6 +28,7 @@ loss). This saves two of the four fsyncs a message cost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -165,15 +166,21 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create spool under {root}: {exc.strerror}") from exc
         self._incoming_sync = _SharedDirSync(root / "incoming")
+        self._root = str(root)
 
     def _path(self, area: str, queue_id: str) -> Path:
         return self.root / area / queue_id
+
+    def _file(self, area: str, queue_id: str) -> str:
+        """`_path` as a string, for the calls every message makes: building a Path
+        (parse, then join) cost more than the rename or unlink it was for."""
+        return f"{self._root}/{area}/{queue_id}"
 
     # --- writing -------------------------------------------------------------------
     def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str:
         """Store a message durably in `incoming/` and return its queue id."""
         queue_id = queue_id or new_queue_id()
-        tmp = self._path("tmp", queue_id)
+        tmp = self._file("tmp", queue_id)
         # Plain system calls, not a buffered file: each call gives up the GIL and waits
         # to get it back from a busy event loop, and open() alone made four of them.
         try:
@@ -183,10 +190,10 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, self._path("incoming", queue_id))
+            os.rename(tmp, self._file("incoming", queue_id))
             self._incoming_sync.sync()
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            Path(tmp).unlink(missing_ok=True)
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
         return queue_id
 
@@ -219,7 +226,7 @@ class Spool:
     def take(self, queue_id: str) -> bool:
         """Move `queue_id` from incoming/ to active/; False if another worker took it."""
         try:
-            os.rename(self._path("incoming", queue_id), self._path(self.claims, queue_id))
+            os.rename(self._file("incoming", queue_id), self._file(self.claims, queue_id))
         except FileNotFoundError:
             return False
         return True
@@ -255,8 +262,9 @@ class Spool:
         For an output, call this before `release_hold` of its original: the other order
         would leave, after a crash between the two, an output that nothing can remake.
         """
-        self._path(self.claims, queue_id).unlink(missing_ok=True)
-        self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
+        for path in (self._file(self.claims, queue_id), self._file("state", f"{queue_id}.json")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def to_hold(self, queue_id: str) -> None:
         """Keep a sanitized message's original until its output is delivered or bounced."""

@@ -111,7 +111,7 @@ class SqlMessageLog:
             "b_subject": subject[:MAX_SUBJECT] if subject is not None else None,
             "b_verdict": report.verdict.value,
             "b_processed_at": self._clock(),
-            "b_report_json": dumps(report.to_dict()),
+            "b_report_json": dumps(report),
         })
 
     def record_delivery(
