@@ -43,11 +43,10 @@ log = structlog.get_logger("mugaika.worker")
 
 SCAN_SECONDS = 1.0
 #: A message from ingress travels to its worker with its bytes only while the queue is
-#: shorter than this and the message no larger than `FRESH_MAX_BYTES`; otherwise it is read
-#: back from the spool when its turn comes, so a burst of accepted mail (or of 20 MB
-#: mails) does not pile up in memory.
+#: shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`); otherwise it
+#: is read back from the spool when its turn comes, so a burst of accepted mail does not
+#: pile up in memory.
 FRESH_QUEUE_LIMIT = 256
-FRESH_MAX_BYTES = 1 << 20
 #: A message held by a gateway process that died this often is not sanitized again but
 #: quarantined whole (`processing_error`): hostile input that crashes the parser (a C
 #: extension, the OOM killer) must not take the group down in a loop.
@@ -183,8 +182,7 @@ class Worker:
 
     def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
         """Queue an entry; `fresh` is the entry ingress just spooled, bytes included."""
-        if fresh is not None and (self.queue.qsize() >= FRESH_QUEUE_LIMIT
-                                  or len(fresh.data) > FRESH_MAX_BYTES):
+        if self.queue.qsize() >= FRESH_QUEUE_LIMIT:
             fresh = None  # read back from the spool when its turn comes
         self.queue.put_nowait((queue_id, fresh))
 

@@ -11,6 +11,10 @@ import socket
 import time
 from collections.abc import Callable
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.ingress import has_line_longer, normalize_line_ends
 from tests.conftest import Gateway, Sink
 
 HEAD = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<staff@example.lg.jp>\r\nDATA\r\n"
@@ -68,3 +72,27 @@ def test_data_blocks_end_marker_and_stuffing(make_gateway: Callable[..., Gateway
     text = cut.message.get_content()
     assert ".leading dot\n" in text and "..leading" not in text, "dot-stuffing undone"
     assert "end.\n" in text and "\nhidden" in text
+
+
+_LINES = st.lists(st.tuples(st.integers(0, 700), st.sampled_from([b"\r\n", b"\n", b"\r", b""])),
+                  max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LINES, st.integers(3, 600))
+def test_long_line_check_agrees_with_splitting_the_lines(lines: list[tuple[int, bytes]],
+                                                         limit: int) -> None:
+    data = b"".join(b"x" * n + end for n, end in lines)
+    expected = any(len(line.removesuffix(b"\r")) + 2 > limit for line in data.split(b"\n"))
+    assert has_line_longer(data, limit) == expected
+
+
+@given(_LINES)
+def test_crlf_mail_is_not_copied_and_bare_line_ends_become_crlf(
+        lines: list[tuple[int, bytes]]) -> None:
+    data = b"".join(b"x" * n + end for n, end in lines)
+    normalized = normalize_line_ends(data)
+    assert b"\n" not in normalized.replace(b"\r\n", b"")
+    assert b"\r" not in normalized.replace(b"\r\n", b"")
+    if data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r"):
+        assert normalized is data

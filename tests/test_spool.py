@@ -103,3 +103,17 @@ def test_a_failed_directory_fsync_counts_for_nobody(
         shared.sync()
     shared.sync()
     assert len(attempts) == 2
+
+
+def test_put_writes_prefix_and_body_whole_when_the_kernel_takes_them_in_pieces(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_writev, real_write = os.writev, os.write
+    monkeypatch.setattr(os, "writev", lambda fd, bufs: real_writev(fd, [bytes(bufs[0])[:7]]))
+    monkeypatch.setattr(os, "write", lambda fd, buf: real_write(fd, bytes(buf)[:5]))
+    spool = Spool(tmp_path)
+    qid = spool.put(b"Subject: x\r\n\r\nbody\r\n", ENV, prefix=b"Received: by us\r\n")
+    entry = spool.claim(qid)
+    assert entry is not None
+    assert entry.data == b"Received: by us\r\nSubject: x\r\n\r\nbody\r\n"
