@@ -60,7 +60,7 @@ def _all(rcpts: Sequence[str], reply: str, permanent: bool, remote: str) -> Deli
         temporary=bucket, remote=remote)
 
 
-#: Ingress takes no SMTPUTF8 (aiosmtpd refuses non-ASCII commands), so such an address can
+#: Ingress takes no SMTPUTF8 (`gateway.smtpd` refuses non-ASCII commands), so such an address can
 #: only come from elsewhere; no retry would make it deliverable.
 _UNSENDABLE = "553 5.6.7 address not sendable without SMTPUTF8, which mugaika does not use"
 

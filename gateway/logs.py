@@ -35,8 +35,6 @@ def _stamp(member: int) -> structlog.types.Processor:
 def configure_logging(level: str = "INFO", member: int | None = None) -> None:
     """`member`: this process's slot in a group of gateways (`gateway.processes`)."""
     logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s")
-    # aiosmtpd logs every peer and command line at INFO: too chatty and includes addresses.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -14,9 +14,9 @@ import pytest
 
 from gateway import loadsink
 from gateway.egress import DeliveryResult, SMTPForwarder
-from gateway.ingress import DATA_END, unstuff
 from gateway.loadsink import SinkState, start_sink
 from gateway.settings import Settings
+from gateway.smtpd import DATA_END, unstuff
 from tests.conftest import Sink
 from tests.test_relay_tls import self_signed
 
