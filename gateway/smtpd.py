@@ -303,34 +303,29 @@ class SMTPSession(asyncio.Protocol):
         self._reply(f'500 5.5.2 Error: command "{verb[:20]}" not recognized')
 
     def _helo(self, arg: str) -> None:
-        if not arg:
-            self._reply(_SYNTAX.format("HELO hostname"))
-            return
-        self.session.helo, self.session.extended, self.txn = arg, False, Transaction()
-        self._reply(f"250 {self.limits.hostname}")
+        if self._greeted("HELO", arg, extended=False):
+            self._reply(f"250 {self.limits.hostname}")
 
     def _ehlo(self, arg: str) -> None:
+        if self._greeted("EHLO", arg, extended=True):
+            for line in (self.limits.hostname, f"SIZE {self.limits.max_message_bytes}",
+                         "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"):
+                self._reply(f"250-{line}")
+            self._reply("250 HELP")
+
+    def _greeted(self, verb: str, arg: str, extended: bool) -> bool:
+        """What HELO and EHLO share: a name is required, and a greeting starts afresh."""
         if not arg:
-            self._reply(_SYNTAX.format("EHLO hostname"))
-            return
-        self.session.helo, self.session.extended, self.txn = arg, True, Transaction()
-        for line in (self.limits.hostname, f"SIZE {self.limits.max_message_bytes}",
-                     "8BITMIME", "PIPELINING", "ENHANCEDSTATUSCODES"):
-            self._reply(f"250-{line}")
-        self._reply("250 HELP")
+            self._reply(_SYNTAX.format(f"{verb} hostname"))
+            return False
+        self.session.helo, self.session.extended, self.txn = arg, extended, Transaction()
+        return True
 
     def _mail(self, arg: str) -> None:
-        if not self.session.helo:
-            self._reply("503 5.5.1 Send HELO/EHLO first")
+        nested = "503 5.5.1 Error: nested MAIL command" if self.txn.mail_from is not None else None
+        if (checked := self._checked_path("FROM:", arg, nested)) is None:
             return
-        if self.txn.mail_from is not None:
-            self._reply("503 5.5.1 Error: nested MAIL command")
-            return
-        path = _keyword_arg("FROM:", arg)
-        address, rest = parse_path(path) if path else ("", "")
-        if address is None:
-            self._reply("553 5.1.3 Error: malformed address")
-            return
+        path, address, rest = checked
         params = parse_params(rest) if self.session.extended or not rest else None
         if not path or params is None:
             self._reply(_SYNTAX.format("MAIL FROM:<address>"))
@@ -340,6 +335,22 @@ class SMTPSession(asyncio.Protocol):
             return
         self.txn.mail_from = address
         self._reply("250 2.1.0 OK")
+
+    def _checked_path(self, keyword: str, arg: str,
+                      out_of_order: str | None) -> tuple[str, str, str] | None:
+        """MAIL's or RCPT's argument as given, its address and what follows; None once
+        refused (the order of commands first, then the address)."""
+        path = _keyword_arg(keyword, arg)
+        address, rest = parse_path(path) if path else ("", "")
+        if not self.session.helo:
+            self._reply("503 5.5.1 Send HELO/EHLO first")
+        elif out_of_order is not None:
+            self._reply(out_of_order)
+        elif address is None:
+            self._reply("553 5.1.3 Error: malformed address")
+        else:
+            return path or "", address, rest
+        return None
 
     def _mail_params(self, params: dict[str, str]) -> str | None:
         """Why MAIL's parameters are refused, or None (SIZE and BODY are known)."""
@@ -356,24 +367,16 @@ class SMTPSession(asyncio.Protocol):
         return None
 
     def _rcpt(self, arg: str) -> None:
-        if not self.session.helo:
-            self._reply("503 5.5.1 Send HELO/EHLO first")
+        need_mail = "503 5.5.1 Need MAIL command" if self.txn.mail_from is None else None
+        if (checked := self._checked_path("TO:", arg, need_mail)) is None:
             return
-        if self.txn.mail_from is None:
-            self._reply("503 5.5.1 Need MAIL command")
-            return
-        path = _keyword_arg("TO:", arg)
-        address, rest = parse_path(path) if path else ("", "")
-        if address is None:
-            self._reply("553 5.1.3 Error: malformed address")
-            return
+        _, address, rest = checked
         if not address:
             self._reply(_SYNTAX.format("RCPT TO:<address>"))
-            return
-        if rest.strip():
+        elif rest.strip():
             self._reply("555 5.5.4 RCPT TO parameters not recognized or not implemented")
-            return
-        self._reply(self.hooks.handle_RCPT(self.session, self.txn, address))
+        else:
+            self._reply(self.hooks.handle_RCPT(self.session, self.txn, address))
 
     def _data_command(self, arg: str) -> None:
         if not self.session.helo:

@@ -158,8 +158,14 @@ def _settings(port: int, **overrides: Any) -> Settings:
 
 def _run(script: Downstream, go: Callable[[SMTPForwarder], Awaitable[T]], **settings: Any) -> T:
     """`go` with a forwarder to `script` served on a free port; the forwarder closed after."""
+    return _with_server(lambda: asyncio.get_running_loop().create_server(
+        script.protocol, "127.0.0.1", 0), go, **settings)
+
+
+def _with_server(start: Callable[[], Awaitable[asyncio.Server]],
+                 go: Callable[[SMTPForwarder], Awaitable[T]], **settings: Any) -> T:
     async def main() -> T:
-        server = await asyncio.get_running_loop().create_server(script.protocol, "127.0.0.1", 0)
+        server = await start()
         forwarder = SMTPForwarder(_settings(server.sockets[0].getsockname()[1], **settings))
         try:
             return await go(forwarder)
@@ -287,16 +293,7 @@ def test_unsendable_addresses_are_refused_for_good_without_smtputf8() -> None:
 
 def _to_sink(state: SinkState, go: Callable[[SMTPForwarder], Awaitable[T]]) -> T:
     """`go` with a forwarder to the project's own sink (`gateway/loadsink.py`)."""
-    async def main() -> T:
-        server = await start_sink("127.0.0.1", 0, state)
-        forwarder = SMTPForwarder(_settings(server.sockets[0].getsockname()[1]))
-        try:
-            return await go(forwarder)
-        finally:
-            await forwarder.close()
-            server.close()
-
-    return asyncio.run(main())
+    return _with_server(lambda: start_sink("127.0.0.1", 0, state), go)
 
 
 def test_message_larger_than_a_write_piece_arrives_whole() -> None:
