@@ -37,10 +37,15 @@ DATA_END = b"\r\n.\r\n"
 #: RFC 5321 4.5.3.1.4: 512 octets a command line; MAIL and RCPT get room for parameters.
 COMMAND_LINE_BYTES = 512
 PATH_LINE_BYTES = 1024
-#: Unknown commands tolerated in one session before it is closed (as aiosmtpd).
+#: Junk lines (unknown commands, empty or non-ASCII lines, overlong commands) tolerated in
+#: one session before it is closed (aiosmtpd counted unknown commands only; Postfix has a
+#: hard error limit): a pipelined flood of junk must not make a reply per line.
 BOGUS_LIMIT = 5
-#: While a hook runs, input is buffered; beyond this much the socket stops being read.
+#: While a hook runs (or the client reads no replies), input is buffered; beyond this
+#: much the socket stops being read.
 PAUSE_BYTES = 256 * 1024
+#: Replies written together at most: then the transport may say its buffer is full.
+REPLY_BATCH = 64
 #: RFC 5321 4.5.3.1.3: a local part of at most 64 octets.
 LOCAL_PART_LIMIT = 64
 
@@ -153,6 +158,8 @@ class SMTPSession(asyncio.Protocol):
         self._skipping_line = False
         self._busy = False
         self._paused = False
+        #: The client does not read its replies (the transport's buffer is full).
+        self._unread = False
         self._counts: Counter[str] = Counter()
         self._bogus = 0
         self._admitted = False
@@ -190,6 +197,15 @@ class SMTPSession(asyncio.Protocol):
             self.admission.release(self.session.peer)
         self.transport = None
 
+    def pause_writing(self) -> None:
+        """The client stopped reading its replies: stop reading its commands until it
+        does, so that pipelined commands cannot pile replies up in memory."""
+        self._unread = True
+
+    def resume_writing(self) -> None:
+        self._unread = False
+        self._advance()
+
     def eof_received(self) -> bool:
         """The client closed its side: close ours, so the connection's slot is freed."""
         return False
@@ -209,24 +225,27 @@ class SMTPSession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._last = asyncio.get_running_loop().time()
         self._in += data
-        if not self._busy:
+        if not self._busy and not self._unread:
             self._advance()
         elif len(self._in) > PAUSE_BYTES and self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
 
     def _advance(self) -> None:
-        """Handle every complete command (and DATA content) waiting, then answer at once."""
-        while not self._busy and self.transport is not None:
+        """Handle every complete command (and DATA content) waiting, then answer at once
+        (every REPLY_BATCH replies at the latest, so that a full buffer stops the loop)."""
+        while not self._busy and not self._unread and self.transport is not None:
             if self._data is not None:
                 if not self._read_data():
                     break
             elif (line := self._next_line()) is not None:
                 self._command(line)
+                if len(self._out) >= REPLY_BATCH:
+                    self._flush()
             else:
                 break
         self._flush()
-        if self._paused and not self._busy and self.transport is not None:
+        if self._paused and not self._busy and not self._unread and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
 
@@ -255,7 +274,7 @@ class SMTPSession(asyncio.Protocol):
             if not self._skipping_line:
                 return line
             self._skipping_line = False
-            self._reply("500 5.5.2 Command line too long")
+            self._junk("500 5.5.2 Command line too long")
         if len(self._in) > self.limits.max_line_bytes:
             self._skipping_line = True
             self._in.clear()
@@ -267,18 +286,18 @@ class SMTPSession(asyncio.Protocol):
             verb = verb_bytes.upper().decode("ascii")
             arg = arg_bytes.strip().decode("ascii")
         except UnicodeDecodeError:
-            self._reply("500 5.5.2 Error: strict ASCII mode")
+            self._junk("500 5.5.2 Error: strict ASCII mode")
             return
         if not verb:
-            self._reply("500 5.5.2 Error: bad syntax")
+            self._junk("500 5.5.2 Error: bad syntax")
             return
         limit = PATH_LINE_BYTES if verb in ("MAIL", "RCPT") else COMMAND_LINE_BYTES
         if len(line) + 2 > limit:
-            self._reply("500 5.5.2 Command line too long")
+            self._junk("500 5.5.2 Command line too long")
             return
         handler = self._commands.get(verb)
         if handler is None:
-            self._unknown(verb)
+            self._junk(f'500 5.5.2 Error: command "{verb[:20]}" not recognized')
             return
         self._counts[verb] += 1
         if self._counts[verb] > self.limits.max_commands:
@@ -293,14 +312,14 @@ class SMTPSession(asyncio.Protocol):
                       client=self.session.peer)
             self._reply(REPLY_TEMPFAIL)
 
-    def _unknown(self, verb: str) -> None:
+    def _junk(self, reply: str) -> None:
         self._bogus += 1
         if self._bogus >= BOGUS_LIMIT:
             log.warning("smtp_bogus_commands", client=self.session.peer)
             self._reply("502 5.5.1 Too many unrecognized commands, goodbye.")
             self._close()
             return
-        self._reply(f'500 5.5.2 Error: command "{verb[:20]}" not recognized')
+        self._reply(reply)
 
     def _helo(self, arg: str) -> None:
         if self._greeted("HELO", arg, extended=False):

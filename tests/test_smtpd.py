@@ -65,12 +65,17 @@ class Server:
     def __init__(self, limits: ServerLimits, admission: Admission) -> None:
         self.hooks = Hooks()
         self.admission = admission
+        self.sessions: list[SMTPSession] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
+
+        def session() -> SMTPSession:
+            self.sessions.append(SMTPSession(self.hooks, limits, admission))
+            return self.sessions[-1]
+
         self.server = asyncio.run_coroutine_threadsafe(self.loop.create_server(
-            lambda: SMTPSession(self.hooks, limits, admission), "127.0.0.1", 0),
-            self.loop).result(10)
+            session, "127.0.0.1", 0), self.loop).result(10)
         self.port = self.server.sockets[0].getsockname()[1]
 
     def connect(self) -> Client:
@@ -218,6 +223,45 @@ def test_unknown_commands_and_command_limit_close_the_session(server: Server) ->
     client.send(b"NOOP\r\n" * 21)
     assert client.codes(21) == [250] * 20 + [421]
     assert client.closed()
+
+
+def test_a_junk_flood_is_cut_short(server: Server) -> None:
+    client = server.connect()
+    client.reply()
+    client.send(b"\r\n" * 10_000)
+    assert client.codes(5) == [500, 500, 500, 500, 502]
+    assert client.closed()
+
+
+def test_replies_nobody_reads_do_not_pile_up() -> None:
+    """A client pipelines a million NOOPs and reads nothing: the session stops answering
+    once its replies fill the socket, instead of answering everything into memory."""
+    srv = Server(ServerLimits("gw.test", 10_000, 2_000, timeout=30.0, max_commands=10**6),
+                 Admission())
+    try:
+        client = srv.connect()
+        client.reply()
+        client.sock.setblocking(False)
+        flood = memoryview(b"NOOP\r\n" * 1_000_000)  # 14 MB of replies
+        deadline = time.monotonic() + 3
+        while flood and time.monotonic() < deadline:
+            try:
+                flood = flood[client.sock.send(flood):]
+            except BlockingIOError:
+                time.sleep(0.05)
+        time.sleep(0.5)
+        answered, pending = asyncio.run_coroutine_threadsafe(
+            _backlog(srv.sessions[0]), srv.loop).result(5)
+        assert answered < 1_000_000, "every command answered although nobody read"
+        assert pending < 1_000_000, f"{pending} bytes of replies held in memory"
+    finally:
+        srv.close()
+
+
+async def _backlog(session: SMTPSession) -> tuple[int, int]:
+    """Commands answered so far (the session's own count) and reply bytes it holds."""
+    assert session.transport is not None
+    return session._counts["NOOP"], session.transport.get_write_buffer_size()
 
 
 def test_hook_failure_answers_451_and_the_session_goes_on(server: Server) -> None:
