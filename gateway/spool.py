@@ -195,7 +195,8 @@ class Spool:
             os.rename(tmp, self._file("incoming", queue_id))
             self._incoming_sync.sync()
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # tmp/ itself may be what is broken
+                os.unlink(tmp)
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
         return queue_id
 

@@ -21,7 +21,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import structlog
 
@@ -56,7 +56,18 @@ MAX_CRASHES = 2
 #: only means a duplicate delivery after recovery, as before.
 SETTLE_LINGER_SECONDS = 0.02
 T = TypeVar("T")
-Settle = tuple[str, str, DeliveryStatus, int, str, bool]
+
+
+class Settle(NamedTuple):
+    """A delivery's outcome, to be logged and cleared from the spool (`Worker._settle`)."""
+
+    queue_id: str
+    origin: str
+    status: DeliveryStatus
+    attempts: int
+    detail: str
+    #: False: the output was delivered from memory; only its original is in the spool.
+    spooled: bool
 
 
 @dataclass(frozen=True)
@@ -205,9 +216,9 @@ class Worker:
     def _settle_all(self, batch: list[Settle]) -> None:
         for settle in batch:
             try:
-                self._settle(*settle)
+                self._settle(settle)
             except Exception as error:  # its files stay for `recover()`: a duplicate, no loss
-                log.error("settle_failed", queue_id=settle[1], error=repr(error))
+                log.error("settle_failed", queue_id=settle.origin, error=repr(error))
 
     async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -277,22 +288,22 @@ class Worker:
                  verdict=handed.report.verdict.value, parts=len(handed.report.actions))
         await self._deliver(handed.output, spooled=False)
 
-    def _settle(self, queue_id: str, origin: str, status: DeliveryStatus, attempts: int,
-                detail: str, spooled: bool) -> None:
+    def _settle(self, settle: Settle) -> None:
         """Log the outcome; drop the output first, then its original (never an output
         that nothing can remake). An output delivered from memory has only its original,
         still claimed, to drop."""
-        self.stores.messages.record_delivery(origin, status, attempts, detail)
-        if not spooled:
-            assert status == "delivered", "a failed delivery spools its output first"
-            self.spool.done(origin)
+        self.stores.messages.record_delivery(settle.origin, settle.status, settle.attempts,
+                                             settle.detail)
+        if not settle.spooled:
+            assert settle.status == "delivered", "a failed delivery spools its output first"
+            self.spool.done(settle.origin)
             return
-        failed = status == "bounced"
+        failed = settle.status == "bounced"
         if failed:
-            self.spool.fail(queue_id)
+            self.spool.fail(settle.queue_id)
         else:
-            self.spool.done(queue_id)
-        self.spool.release_hold(origin, failed=failed)
+            self.spool.done(settle.queue_id)
+        self.spool.release_hold(settle.origin, failed=failed)
 
     async def _deliver(self, entry: Entry, spooled: bool = True) -> None:
         env, state = entry.envelope, entry.state
@@ -316,8 +327,8 @@ class Worker:
             await self._defer(entry, state, result)
             return
         status: DeliveryStatus = "bounced" if result.permanent else "delivered"
-        self._settle_later((entry.queue_id, origin, status, state.attempts, _summary(result),
-                            spooled))
+        self._settle_later(Settle(entry.queue_id, origin, status, state.attempts,
+                                  _summary(result), spooled))
         self.metrics.message(status)
         if not result.permanent:
             self.metrics.observe_delivery(env.received_at, time.time())
