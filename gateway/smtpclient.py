@@ -11,14 +11,14 @@ ASCII addresses (ingress runs without SMTPUTF8, so no other address ever gets in
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+from gateway.smtpd import crlf
+
 #: A larger message goes out in pieces this big, so that a stalled server is noticed
 #: within the reply timeout rather than after the whole message sat in the buffer.
 _PIECE = 1 << 20
@@ -72,18 +72,6 @@ def take_replies(buffer: bytearray) -> list[Reply]:
             consumed = start
     del buffer[:consumed]
     return replies
-
-
-def crlf(data: bytes) -> bytes:
-    """`data` with every line ending CRLF, as SMTP carries it (a .eml may use bare LF).
-
-    What the gateway writes is CRLF already, so counting (much cheaper than the
-    substitution) almost always returns `data` itself; the substitution is the guard
-    for what is not (a folded header of our own, a load test template)."""
-    pairs = data.count(b"\r\n")
-    if data.count(b"\n") == pairs == data.count(b"\r"):
-        return data
-    return _LINE_END.sub(b"\r\n", data)
 
 
 def stuff(data: bytes) -> bytes:

@@ -52,6 +52,7 @@ LOCAL_PART_LIMIT = 64
 REPLY_TEMPFAIL = "451 4.3.0 Temporary local problem, try again later"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
 _SYNTAX = "501 5.5.4 Syntax: {}"
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 #: `<local@domain>` with a dot-atom local part and a plain domain: what nearly every MTA
 #: sends. The stdlib header parser (5 % of the gateway's time under load when it read
 #: every address) returns exactly these two strings for it; anything else still goes to it.
@@ -488,6 +489,19 @@ def _keyword_arg(keyword: str, arg: str) -> str | None:
     if arg[:len(keyword)].upper() != keyword:
         return None
     return arg[len(keyword):].strip()
+
+
+def crlf(data: bytes) -> bytes:
+    """`data` with every bare CR and bare LF made CRLF, as SMTP carries it.
+
+    Ingress normalises what it accepts this way (Postfix's `normalize`: no smuggled line
+    end survives); delivery and the load test guard what they send with it. Mail is nearly
+    always CRLF already: then three counts (no allocation) say so, and the very same
+    bytes come back instead of a copy of a message of up to 25 MB."""
+    pairs = data.count(b"\r\n")
+    if data.count(b"\n") == pairs == data.count(b"\r"):
+        return data
+    return _LINE_END.sub(b"\r\n", data)
 
 
 def unstuff(content: bytes) -> bytes:

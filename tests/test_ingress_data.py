@@ -14,7 +14,8 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ingress import has_line_longer, normalize_line_ends
+from gateway.ingress import has_line_longer
+from gateway.smtpd import crlf
 from tests.conftest import Gateway, Sink
 
 HEAD = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<staff@example.lg.jp>\r\nDATA\r\n"
@@ -91,7 +92,7 @@ def test_long_line_check_agrees_with_splitting_the_lines(lines: list[tuple[int, 
 def test_crlf_mail_is_not_copied_and_bare_line_ends_become_crlf(
         lines: list[tuple[int, bytes]]) -> None:
     data = b"".join(b"x" * n + end for n, end in lines)
-    normalized = normalize_line_ends(data)
+    normalized = crlf(data)
     assert b"\n" not in normalized.replace(b"\r\n", b"")
     assert b"\r" not in normalized.replace(b"\r\n", b"")
     if data.count(b"\n") == data.count(b"\r\n") == data.count(b"\r"):

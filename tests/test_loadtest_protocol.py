@@ -15,8 +15,8 @@ from gateway.loadcheck import Sent
 from gateway.loadclient import Client, ClientOptions
 from gateway.loadmix import Template, plan
 from gateway.loadsink import SinkFaults, SinkState, start_sink
-from gateway.smtpclient import Reply, crlf, stuff, take_replies
-from gateway.smtpd import DATA_END, unstuff
+from gateway.smtpclient import Reply, stuff, take_replies
+from gateway.smtpd import DATA_END, crlf, unstuff
 from tests.conftest import free_port
 
 #: Lines that DATA must stuff (and the sink unstuff): a leading dot, two dots, a lone dot.

@@ -212,24 +212,16 @@ def test_command_replies(server: Server, commands: bytes, expected: list[int]) -
     assert client.codes(len(expected)) == expected
 
 
-def test_unknown_commands_and_command_limit_close_the_session(server: Server) -> None:
+@pytest.mark.parametrize(("flood", "expected"), [
+    (b"FOO\r\n" * 5, [500, 500, 500, 500, 502]),  # unknown commands
+    (b"\r\n" * 10_000, [500, 500, 500, 500, 502]),  # junk lines are cut short too
+    (b"NOOP\r\n" * 21, [250] * 20 + [421]),  # the per-command limit
+])
+def test_floods_close_the_session(server: Server, flood: bytes, expected: list[int]) -> None:
     client = server.connect()
     client.reply()
-    client.send(b"FOO\r\n" * 5)
-    assert client.codes(5) == [500, 500, 500, 500, 502]
-    assert client.closed()
-    client = server.connect()
-    client.reply()
-    client.send(b"NOOP\r\n" * 21)
-    assert client.codes(21) == [250] * 20 + [421]
-    assert client.closed()
-
-
-def test_a_junk_flood_is_cut_short(server: Server) -> None:
-    client = server.connect()
-    client.reply()
-    client.send(b"\r\n" * 10_000)
-    assert client.codes(5) == [500, 500, 500, 500, 502]
+    client.send(flood)
+    assert client.codes(len(expected)) == expected
     assert client.closed()
 
 
