@@ -34,8 +34,9 @@ REPLY_LINE_TOO_LONG = "500 5.5.6 Message line too long"
 
 
 
-#: Messages up to this size go to the worker with their bytes (`on_queued`); a larger one
-#: is read back from the spool when its turn comes, so that ingress keeps no copy of it.
+#: Messages under this size go to the worker with their bytes (`on_queued`), made durable
+#: in the journal (`gateway.journal`); a larger one is spooled in incoming/ and read back
+#: when its turn comes, so that ingress keeps no copy of it.
 HAND_OVER_MAX_BYTES = 1 << 20
 
 
@@ -121,13 +122,16 @@ class IngressHandler:
         executor: Executor | None = None,
         on_queued: Callable[[str, Entry | None], None] | None = None,
         on_rejected: Callable[[], None] | None = None,
+        takes_fresh: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
         self.executor = executor
-        #: Gets each spooled message's queue id and, up to HAND_OVER_MAX_BYTES, its entry
-        #: with the bytes: the worker need not read those back.
+        #: Gets each spooled message's queue id and, when `takes_fresh()` said so and it is
+        #: under HAND_OVER_MAX_BYTES, its entry with the bytes, kept in the journal: no
+        #: spool file to claim nor read.
         self.on_queued = on_queued or (lambda _queue_id, _entry: None)
+        self.takes_fresh = takes_fresh or (lambda: False)
         self.on_rejected = on_rejected or (lambda: None)
 
     def handle_RCPT(self, session: Session, txn: Transaction, address: str) -> str:
@@ -149,11 +153,14 @@ class IngressHandler:
             helo=session.helo,
             received_at=time.time(),
         )
-        loop = asyncio.get_running_loop()
         queue_id = new_queue_id()
         try:
-            entry = await loop.run_in_executor(self.executor, self._store, queue_id,
-                                               txn.content, env)
+            if len(txn.content) < HAND_OVER_MAX_BYTES and self.takes_fresh():
+                entry: Entry | None = await self._hand_over(queue_id, txn.content, env)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._store, queue_id, txn.content, env)
+                entry = None
         except LineTooLong:
             return REPLY_LINE_TOO_LONG
         log.info("queued", queue_id=queue_id, client=env.client_addr,
@@ -161,16 +168,24 @@ class IngressHandler:
         self.on_queued(queue_id, entry)
         return REPLY_QUEUED.format(queue_id=queue_id)
 
-    def _store(self, queue_id: str, untrusted: bytes, env: Envelope) -> Entry | None:
-        """Spool the message behind our Received line; its entry when small enough to
-        hand over. Written as two buffers, not joined: a 20 MB mail is not copied."""
+    async def _hand_over(self, queue_id: str, untrusted: bytes, env: Envelope) -> Entry:
+        """Journal a small message for a worker of this process, which takes it with its
+        bytes: on the loop, in the journal's group commit (`Spool.put_fresh`)."""
+        received, body = self._prepared(queue_id, untrusted, env)
+        await self.spool.put_fresh(body, env, queue_id, prefix=received)
+        return Entry(queue_id, env, received + body, RetryState())
+
+    def _store(self, queue_id: str, untrusted: bytes, env: Envelope) -> None:
+        """Spool the message in incoming/, in a writer thread. Our Received line and the
+        message are written as two buffers, not joined: a 20 MB mail is not copied."""
+        received, body = self._prepared(queue_id, untrusted, env)
+        self.spool.put(body, env, queue_id, prefix=received)
+
+    def _prepared(self, queue_id: str, untrusted: bytes, env: Envelope) -> tuple[bytes, bytes]:
+        """Our Received line, and the message with CRLF line ends; raise `LineTooLong`."""
         if has_line_longer(untrusted, self.settings.max_line_bytes):
             raise LineTooLong
-        received, body = self._received(env, queue_id), crlf(untrusted)
-        self.spool.put(body, env, queue_id, prefix=received)
-        if len(received) + len(body) > HAND_OVER_MAX_BYTES:
-            return None
-        return Entry(queue_id, env, received + body, RetryState())
+        return self._received(env, queue_id), crlf(untrusted)
 
     def _received(self, env: Envelope, queue_id: str) -> bytes:
         helo = re.sub(r"[^A-Za-z0-9.\-\[\]:]", "?", env.helo)[:255]

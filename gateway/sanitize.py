@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from converters.base import Rendering
 from gateway.attachments import AttachmentContext, HeldOriginal, sanitize_attachment
-from gateway.bodies import extract_body
+from gateway.bodies import Body, extract_body
 from gateway.parse import ParsedMessage, parse
 from gateway.report import Action, Report, Verdict, verdict_for
 from gateway.settings import Settings
@@ -25,29 +25,58 @@ class Sanitized:
     held: tuple[HeldOriginal, ...] = ()
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A message parsed and its body text extracted: all of sanitize that runs no
+    converter. The worker does this much on its event loop for a small message, and goes
+    on there when nothing needs the sandbox (`gateway.worker.begin_here`)."""
+
+    untrusted: bytes
+    queue_id: str
+    parsed: ParsedMessage
+    #: None: the message is too complex to read (`parsed.too_complex` says why).
+    body: Body | None
+
+    @property
+    def needs_sandbox(self) -> bool:
+        return self.body is not None and bool(self.body.attachments)
+
+
+def open_message(untrusted: bytes, queue_id: str, settings: Settings) -> Opened:
+    """Parse and extract the body: pure computation on the bytes, no converter."""
+    parsed = parse(untrusted, settings.max_mime_depth, settings.max_mime_parts)
+    body = None if parsed.too_complex else extract_body(parsed.leaves, settings)
+    return Opened(untrusted, queue_id, parsed, body)
+
+
 def sanitize(untrusted: bytes, queue_id: str, settings: Settings,
              ctx: AttachmentContext | None = None) -> Sanitized:
-    """Sanitize one message; quarantine it whole when it cannot be read safely.
+    """Sanitize one message; quarantine it whole when it cannot be read safely."""
+    return finish(open_message(untrusted, queue_id, settings), settings, ctx)
+
+
+def finish(opened: Opened, settings: Settings, ctx: AttachmentContext | None) -> Sanitized:
+    """Convert the attachments of an opened message and say what was done.
 
     `ctx` (the converter sandbox pool) is built once by the caller (the worker); without
     one, a context lives for this message only (the CLI and tests), paying the converter
-    start-up if it converts.
+    start-up, and only when there is something to convert.
     """
-    if ctx is None:
-        with AttachmentContext.from_settings(settings) as own:
-            return sanitize(untrusted, queue_id, settings, own)
-    parsed = parse(untrusted, settings.max_mime_depth, settings.max_mime_parts)
-    if parsed.too_complex:
-        report = Report(queue_id, Verdict.QUARANTINED, defects=parsed.defects,
-                        reason=parsed.too_complex)
-        whole = HeldOriginal("0", None, "message/rfc822", untrusted, parsed.too_complex)
+    parsed, body, queue_id = opened.parsed, opened.body, opened.queue_id
+    if body is None:
+        reason = parsed.too_complex
+        report = Report(queue_id, Verdict.QUARANTINED, defects=parsed.defects, reason=reason)
+        whole = HeldOriginal("0", None, "message/rfc822", opened.untrusted, reason)
         return Sanitized(parsed, report, "", held=(whole,))
-    body = extract_body(parsed.leaves, settings)
+    if ctx is None and opened.needs_sandbox:
+        with AttachmentContext.from_settings(settings) as own:
+            return finish(opened, settings, own)
     actions: list[Action] = list(body.actions)
     outputs: list[Rendering] = []
     held: list[HeldOriginal] = []
     names: set[str] = set()
     for leaf in body.attachments:
+        assert ctx is not None  # made above whenever there are attachments
         outcome = sanitize_attachment(leaf, ctx, queue_id, settings, names)
         actions.extend(outcome.actions)
         outputs.extend(outcome.outputs)

@@ -83,6 +83,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     # Start the sandboxed converters now, so a broken install fails here, not on mail.
     await asyncio.to_thread(attachments.pool.warm)
     spool = Spool(settings.spool_dir, slot)
+    # Before listening: the journal is replayed into spool files before anything new
+    # is appended to it.
+    recovered = await asyncio.to_thread(spool.recover)
     stores = open_stores(settings, write_behind=True)
     forwarder = forwarder_from_settings(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
@@ -95,7 +98,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         worker.enqueue(queue_id, entry)
 
     handler = IngressHandler(settings, spool, spool_pool, on_queued=queued,
-                             on_rejected=lambda: metrics.message("rejected"))
+                             on_rejected=lambda: metrics.message("rejected"),
+                             takes_fresh=worker.takes_fresh)
     smtp = await loop.create_server(server_factory(settings, handler, limits, slot or 0),
                                     settings.smtp_host, settings.smtp_port,
                                     reuse_port=slot is not None)
@@ -108,6 +112,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         app = create_app(settings, stores, api_spool, metrics,
                          decrypt=sandboxed_decrypter(settings))
         tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
+    log.info("spool_recovered", recovered=recovered)
     log.info("serving", smtp=f"{settings.smtp_host}:{settings.smtp_port}",
              data_dir=str(settings.data_dir), downstream=settings.downstream_host or "maildir")
     try:
@@ -122,5 +127,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
         spool_pool.shutdown(wait=True)
+        spool.journal.close()
         stores.close()
         attachments.close()

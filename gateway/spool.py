@@ -2,6 +2,9 @@
 
 Layout under the spool root (one file per message, like Postfix's queue files):
 
+    journal/    fresh messages a worker of this process took with their bytes, in an
+                append-only log synced once per batch (`gateway.journal`, `put_fresh`);
+                with several gateway processes, each has its own `journal.N/`
     tmp/        being written; never read
     incoming/   complete and fsynced; waiting for a worker
     active/     claimed by a worker (claim = rename, so two workers never share one);
@@ -13,8 +16,10 @@ Layout under the spool root (one file per message, like Postfix's queue files):
 
 A file is `MAGIC + envelope JSON + "\\n" + message bytes`. It reaches `incoming/` only by
 `rename` after `fsync` of the file, and the rename is made durable with `fsync` of the
-directory: the SMTP `250` is sent after that, never before. On start every file in
-`active/` goes back to `incoming/`: a crash may deliver a message twice, never lose it.
+directory: the SMTP `250` is sent after that, never before (or, for a message in the
+journal, after the `fdatasync` of the batch that holds it). On start every message still
+in a journal becomes a file in its process's `active/`, and every file in `active/` goes
+back to `incoming/`: a crash may deliver a message twice, never lose it.
 A restarted gateway process of a group (`Spool(root, slot=N)`) takes back only its own
 `active.N/`; the rest of the spool belongs to the processes still running.
 
@@ -39,7 +44,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from gateway import journal
+from gateway.durable import fsync_dir, write_all
 from gateway.envelope import Envelope
+from gateway.journal import Journal
 
 MAGIC = b"MUGAIKA1 "
 DIRS = ("tmp", "incoming", "active", "deferred", "hold", "failed", "state")
@@ -85,18 +93,21 @@ def derived_id(origin: str) -> str:
     return origin + DERIVED_SUFFIX
 
 
+def _head(envelope: Envelope) -> bytes:
+    """What a spool file holds before the message."""
+    return MAGIC + envelope.to_json().encode() + b"\n"
+
+
+def _every_journal(root: Path) -> list[Path]:
+    """The journal directories of every process that used this spool."""
+    return sorted(p for p in root.iterdir() if p.name == "journal"
+                  or p.name.startswith("journal."))
+
+
 def _every_claim_area(root: Path) -> list[str]:
     """The claim areas of every process that used this spool (`active`, `active.N`)."""
     return sorted(p.name for p in root.iterdir()
                   if p.name == "active" or p.name.startswith("active."))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _SharedDirSync:
@@ -132,7 +143,7 @@ class _SharedDirSync:
         generation, synced = self._started, False
         self._cv.release()
         try:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
             synced = True
         finally:
             self._cv.acquire()
@@ -140,16 +151,6 @@ class _SharedDirSync:
             if synced:
                 self._finished = generation
             self._cv.notify_all()
-
-
-def _write_all(fd: int, buffers: list[bytes]) -> None:
-    """All `buffers`, in one system call when the kernel takes them whole (it may not)."""
-    written = os.writev(fd, buffers)
-    for buffer in buffers:
-        rest = memoryview(buffer)[min(written, len(buffer)):]
-        written = max(0, written - len(buffer))
-        while rest:
-            rest = rest[os.write(fd, rest):]
 
 
 class Spool:
@@ -165,6 +166,8 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create spool under {root}: {exc.strerror}") from exc
         self._incoming_sync = _SharedDirSync(root / "incoming")
+        #: Fresh messages a worker of this process took with their bytes (`put_fresh`).
+        self.journal = Journal(root / ("journal" if slot is None else f"journal.{slot}"))
         self._root = str(root)
 
     def _path(self, area: str, queue_id: str) -> Path:
@@ -182,23 +185,38 @@ class Spool:
         are written as they are, not joined: ingress puts its Received line before a
         message of up to 25 MB without copying it)."""
         queue_id = queue_id or new_queue_id()
+        self._write_durably("incoming", queue_id, [_head(envelope), prefix, raw])
+        self._incoming_sync.sync()
+        return queue_id
+
+    async def put_fresh(self, raw: bytes, envelope: Envelope, queue_id: str,
+                        prefix: bytes = b"") -> None:
+        """Store `prefix + raw` durably in this process's journal, for a worker of this
+        process that takes it with its bytes: no spool file unless it must wait.
+
+        From the event loop; as durable as `put` when it returns (`gateway.journal`)."""
+        try:
+            await self.journal.append(queue_id, [_head(envelope), prefix, raw])
+        except OSError as exc:
+            raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
+
+    def _write_durably(self, area: str, queue_id: str, buffers: list[bytes]) -> None:
+        """A spool file in `area`, fsynced (its directory is the caller's to sync)."""
         tmp = self._file("tmp", queue_id)
         # Plain system calls, not a buffered file: each call gives up the GIL and waits
         # to get it back from a busy event loop, and open() alone made four of them.
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
-                _write_all(fd, [MAGIC + envelope.to_json().encode() + b"\n", prefix, raw])
+                write_all(fd, buffers)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(tmp, self._file("incoming", queue_id))
-            self._incoming_sync.sync()
+            os.rename(tmp, self._file(area, queue_id))
         except OSError as exc:
             with contextlib.suppress(OSError):  # tmp/ itself may be what is broken
                 os.unlink(tmp)
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
-        return queue_id
 
     def put_derived(self, raw: bytes, envelope: Envelope, origin: str) -> Entry:
         """Store the sanitized output of `origin`, already claimed (in `active/`), unsynced.
@@ -268,13 +286,28 @@ class Spool:
         For an output, call this before `release_hold` of its original: the other order
         would leave, after a crash between the two, an output that nothing can remake.
         """
+        if self.journal.holds(queue_id):
+            self.journal.done(queue_id)
+            return
         for path in (self._file(self.claims, queue_id), self._file("state", f"{queue_id}.json")):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
     def to_hold(self, queue_id: str) -> None:
-        """Keep a sanitized message's original until its output is delivered or bounced."""
-        os.rename(self._path(self.claims, queue_id), self._path("hold", queue_id))
+        """Keep a sanitized message's original until its output is delivered or bounced.
+
+        An original that lives in the journal gets a spool file of its own: its output
+        must wait, and the journal is for messages in flight."""
+        self._move_claimed(queue_id, "hold")
+
+    def _move_claimed(self, queue_id: str, area: str) -> None:
+        """A claimed entry, in a spool file or in the journal, moves to `area`."""
+        if not self.journal.holds(queue_id):
+            os.rename(self._path(self.claims, queue_id), self._path(area, queue_id))
+            return
+        self._write_durably(area, queue_id, [self.journal.read(queue_id)])
+        fsync_dir(self.root / area)
+        self.journal.done(queue_id)
 
     def release_hold(self, queue_id: str, failed: bool) -> None:
         """The output of `queue_id` is settled: drop its original, or keep it in failed/."""
@@ -287,7 +320,7 @@ class Spool:
 
     def defer(self, queue_id: str, state: RetryState) -> None:
         self.write_state(queue_id, state)
-        os.rename(self._path(self.claims, queue_id), self._path("deferred", queue_id))
+        self._move_claimed(queue_id, "deferred")
 
     def fail(self, queue_id: str) -> None:
         """Bounced or undeliverable: kept in failed/ for operators."""
@@ -332,6 +365,7 @@ class Spool:
         recovers after its process died, so each entry taken back counts a crash.
         """
         whole = self.slot is None
+        self._replay_journals(_every_journal(self.root) if whole else [self.journal.directory])
         names = self._unclaim(_every_claim_area(self.root) if whole else [self.claims])
         if whole:
             for path in (self.root / "tmp").iterdir():
@@ -352,6 +386,18 @@ class Spool:
                 self._recover_held(path.name, live)
         self._incoming_sync.sync()
         return len(names)
+
+    def _replay_journals(self, directories: list[Path]) -> None:
+        """Messages still live in a journal become claimed spool files of the process
+        that journaled them (`journal.N` → `active.N`), as if it had crashed holding
+        them; then the journal is cleared."""
+        for directory in directories:
+            area = "active" + directory.name.removeprefix("journal")
+            (self.root / area).mkdir(exist_ok=True)
+            for queue_id, content in journal.replay(directory):
+                self._write_durably(area, queue_id, [content])
+            fsync_dir(self.root / area)
+            journal.clear(directory)
 
     def _unclaim(self, areas: list[str]) -> list[str]:
         names = []
@@ -394,7 +440,7 @@ class Spool:
         def count(areas: list[str]) -> int:
             return sum(1 for area in areas for _ in (self.root / area).iterdir())
         every = _every_claim_area(self.root)
-        return {"incoming": count(["incoming"]), "active": count(every),
+        return {"incoming": count(["incoming"]), "active": count(every) + self.journal.live(),
                 "deferred": count(["deferred"]), "failed": count(["failed"])}
 
     def oldest_age(self, now: float) -> float:

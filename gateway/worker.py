@@ -5,7 +5,8 @@ delivered from memory while the original stays claimed in active/: a crash only 
 is sanitized again. Only when the delivery must wait (a retry, a bounce) does the output
 become a spool entry of its own (`Spool.put_derived`, not fsynced; a retry never converts
 twice), its original then waiting in `hold/`. Mail from this process's own SMTP sessions
-comes with its bytes (`enqueue(..., fresh)`): claimed and sanitized in one thread hop.
+comes with its bytes, already claimed (`enqueue(..., fresh)`): a small one that needs no
+converter is sanitized right on the event loop (`begin_here`), any other in one thread hop.
 Spool and database calls run in threads, never on the event loop, which must stay free
 for SMTP.
 Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
-from functools import partial
 from typing import NamedTuple, TypeVar
 
 import structlog
@@ -34,7 +34,7 @@ from gateway.notice import NoticeTemplates, load_templates
 from gateway.parse import ParsedMessage
 from gateway.rebuild import rebuild
 from gateway.report import Report, Verdict
-from gateway.sanitize import Sanitized, sanitize
+from gateway.sanitize import Opened, Sanitized, finish, open_message
 from gateway.settings import Settings
 from gateway.spool import Entry, RetryState, Spool, derived_id
 from gateway.stores import DeliveryStatus, Stores
@@ -42,11 +42,18 @@ from gateway.stores import DeliveryStatus, Stores
 log = structlog.get_logger("mugaika.worker")
 
 SCAN_SECONDS = 1.0
-#: A message from ingress travels to its worker with its bytes only while the queue is
-#: shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`); otherwise it
-#: is read back from the spool when its turn comes, so a burst of accepted mail does not
-#: pile up in memory.
+#: A message from ingress travels to its worker with its bytes, born claimed, only while
+#: the queue is shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`);
+#: otherwise it waits in incoming/ and is read back when its turn comes, so a burst of
+#: accepted mail does not pile up in memory, nor in this process's claims (each of which
+#: counts a crash if the process dies: `MAX_CRASHES`).
 FRESH_QUEUE_LIMIT = 256
+#: A fresh message up to this size is sanitized on the event loop when it needs no
+#: converter: in a sanitize thread the same Python work held the GIL all the same, and
+#: the hop there and back (a future, a thread wake-up, GIL hand-overs, a wake-up of the
+#: loop) cost more than the work for a 5 KB mail (docs/performance.md). The cap bounds
+#: how long the loop's SMTP sessions wait: HTML→text of 64 KB is a few milliseconds.
+INLINE_MAX_BYTES = 64 * 1024
 #: A message held by a gateway process that died this often is not sanitized again but
 #: quarantined whole (`processing_error`): hostile input that crashes the parser (a C
 #: extension, the OOM killer) must not take the group down in a loop.
@@ -81,19 +88,45 @@ class Processed:
 
 
 def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
-                   templates: NoticeTemplates | None = None) -> Processed:
-    """Sanitize and rebuild one message. Runs in a worker thread; no I/O of its own.
+                   templates: NoticeTemplates | None = None,
+                   opened: Opened | None = None) -> Processed:
+    """Sanitize and rebuild one message (from `opened`, when `begin_here` began it). Runs
+    in a worker thread; no I/O of its own but the converters'.
 
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
     message is then held whole and the recipient gets a notice instead.
     """
     try:
-        result = sanitize(entry.data, entry.queue_id, settings, attachments)
-        output = _own_trace(entry.data) + rebuild(result, settings, templates)
+        opened = opened or open_message(entry.data, entry.queue_id, settings)
+        return _rebuilt(entry, finish(opened, settings, attachments), settings, templates)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
-        log.exception("pipeline_error", queue_id=entry.queue_id)
-        return failed_stage(entry, settings, templates)
+        return _pipeline_error(entry, settings, templates)
+
+
+def begin_here(entry: Entry, settings: Settings,
+               templates: NoticeTemplates) -> Processed | Opened:
+    """`sanitize_stage` as far as it goes without a converter: the whole stage for a
+    message with no attachment, else the message opened, for a sanitize thread to finish.
+    For the event loop (`INLINE_MAX_BYTES`)."""
+    try:
+        opened = open_message(entry.data, entry.queue_id, settings)
+        if opened.needs_sandbox:
+            return opened
+        return _rebuilt(entry, finish(opened, settings, None), settings, templates)
+    except Exception:  # the stage boundary, as in sanitize_stage
+        return _pipeline_error(entry, settings, templates)
+
+
+def _rebuilt(entry: Entry, result: Sanitized, settings: Settings,
+             templates: NoticeTemplates | None) -> Processed:
+    output = _own_trace(entry.data) + rebuild(result, settings, templates)
     return Processed(output, result.report, result.parsed.header("Subject"), result.held)
+
+
+def _pipeline_error(entry: Entry, settings: Settings,
+                    templates: NoticeTemplates | None) -> Processed:
+    log.exception("pipeline_error", queue_id=entry.queue_id)
+    return failed_stage(entry, settings, templates)
 
 
 def failed_stage(entry: Entry, settings: Settings,
@@ -128,8 +161,10 @@ def spool_output(spool: Spool, output: Entry) -> Entry:
 
 
 def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
-                     templates: NoticeTemplates, stores: Stores) -> HandedOn:
-    """Sanitize a claimed entry, log it, and hand on its output in memory.
+                     templates: NoticeTemplates, stores: Stores,
+                     begun: Processed | Opened | None = None) -> HandedOn:
+    """Sanitize a claimed entry (or go on from what `begin_here` did), log it, and hand
+    on its output in memory.
 
     One thread hop for the stage: each hop cost the event loop a future, a thread
     wake-up and a GIL hand-over, 12 % of its time under load.
@@ -137,27 +172,25 @@ def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentCo
     if entry.state.crashes >= MAX_CRASHES:
         log.error("crashed_gateway", queue_id=entry.queue_id, crashes=entry.state.crashes)
         processed = failed_stage(entry, settings, templates)
+    elif isinstance(begun, Processed):
+        processed = begun
     else:
-        processed = sanitize_stage(entry, settings, attachments, templates)
+        processed = sanitize_stage(entry, settings, attachments, templates, begun)
     record_stage(entry, processed, stores)
     return HandedOn(output_entry(entry, processed.output), processed.report)
 
 
-def claim_and_sanitize(spool: Spool, fresh: Entry, settings: Settings,
-                       attachments: AttachmentContext | None, templates: NoticeTemplates,
-                       stores: Stores) -> HandedOn | None:
-    """`sanitize_claimed` for an entry whose bytes came with it from ingress; None when
-    another worker claimed it first. The claim (a rename) rides on the same hop."""
-    if not spool.take(fresh.queue_id):
-        return None
-    return sanitize_claimed(fresh, settings, attachments, templates, stores)
+def keeps_original(processed: Processed) -> bool:
+    """Whether the quarantine keeps (part of) the original: a database and file write."""
+    return bool(processed.held) or processed.report.verdict is Verdict.QUARANTINED
 
 
 def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
-    """Log the message and keep quarantined originals (in the sanitizing thread or child)."""
+    """Log the message and keep quarantined originals. The log rows are only queued
+    (`store.behind`); keeping an original is I/O, for a thread."""
     stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
     stores.messages.record_processed(entry.queue_id, processed.subject, processed.report)
-    if processed.held or processed.report.verdict is Verdict.QUARANTINED:
+    if keeps_original(processed):
         stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, processed.report,
                                processed.held)
 
@@ -191,10 +224,13 @@ class Worker:
         self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
         self._settles: list[Settle] = []
 
+    def takes_fresh(self) -> bool:
+        """Whether ingress should spool the next message claimed for this process and
+        hand it over with its bytes (`FRESH_QUEUE_LIMIT`)."""
+        return self.queue.qsize() < FRESH_QUEUE_LIMIT
+
     def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
-        """Queue an entry; `fresh` is the entry ingress just spooled, bytes included."""
-        if self.queue.qsize() >= FRESH_QUEUE_LIMIT:
-            fresh = None  # read back from the spool when its turn comes
+        """Queue an entry; `fresh` is one ingress just spooled claimed, bytes included."""
         self.queue.put_nowait((queue_id, fresh))
 
     def close(self) -> None:
@@ -252,11 +288,10 @@ class Worker:
             log.exception("park_failed", queue_id=queue_id)
 
     async def scheduler(self) -> None:
-        """Recover claimed entries, enqueue what waits, and wake deferred ones when due."""
-        recovered = self.spool.recover()
+        """Enqueue what waits in incoming/ (after `Spool.recover()`), and wake deferred
+        entries when due."""
         for queue_id in self.spool.incoming_ids():
             self.enqueue(queue_id)
-        log.info("spool_recovered", recovered=recovered, waiting=self.queue.qsize())
         while True:
             await asyncio.sleep(SCAN_SECONDS)
             for queue_id in await self._io(self._due):
@@ -267,22 +302,37 @@ class Worker:
 
     async def process(self, queue_id: str, fresh: Entry | None = None) -> None:
         if fresh is not None:
-            await self._sanitize(partial(claim_and_sanitize, self.spool), fresh)
+            await self._sanitize_fresh(fresh)
             return
         entry = await self._io(self.spool.claim, queue_id)
         if entry is None:
             return
         if entry.envelope.kind == "inbound":
-            await self._sanitize(sanitize_claimed, entry)
+            await self._sanitize(entry)
         else:
             await self._deliver(entry)
 
-    async def _sanitize(self, stage: Callable[..., HandedOn | None], entry: Entry) -> None:
-        """Run `stage` on `entry` in a sanitize thread, then deliver its output."""
-        handed = await self._in_thread(stage, entry, self.settings, self.attachments,
-                                       self.templates, self.stores)
-        if handed is None:  # another worker claimed it first
+    async def _sanitize_fresh(self, entry: Entry) -> None:
+        """A message ingress spooled claimed and handed over: small and simple, it is
+        sanitized here on the loop (`INLINE_MAX_BYTES`), else in a sanitize thread."""
+        if len(entry.data) > INLINE_MAX_BYTES:
+            await self._sanitize(entry)
             return
+        begun = begin_here(entry, self.settings, self.templates)
+        if isinstance(begun, Processed) and not keeps_original(begun):
+            handed = sanitize_claimed(entry, self.settings, self.attachments, self.templates,
+                                      self.stores, begun)  # only queues log rows
+            await self._handed_on(entry, handed)
+        else:
+            await self._sanitize(entry, begun)
+
+    async def _sanitize(self, entry: Entry, begun: Processed | Opened | None = None) -> None:
+        """Sanitize `entry` in a sanitize thread, then deliver its output."""
+        handed = await self._in_thread(sanitize_claimed, entry, self.settings,
+                                       self.attachments, self.templates, self.stores, begun)
+        await self._handed_on(entry, handed)
+
+    async def _handed_on(self, entry: Entry, handed: HandedOn) -> None:
         self.metrics.observe_report(handed.report)
         log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
                  verdict=handed.report.verdict.value, parts=len(handed.report.actions))

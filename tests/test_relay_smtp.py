@@ -177,10 +177,15 @@ def test_smtp_smuggling_yields_one_message(gateway: Gateway, sink: Sink, termina
 
 
 def test_internal_error_answers_451_and_nothing_is_lost(gateway: Gateway, sink: Sink) -> None:
-    """Spool unwritable → 451 (the client keeps the mail); once fixed, the retry is delivered."""
-    tmp = gateway.data_dir / "spool" / "tmp"
+    """Spool unwritable → 451 (the client keeps the mail); once fixed, the retry is delivered.
+
+    Both places a message is made durable are broken: tmp/ (spool files) and the journals
+    of the gateway's processes (not made yet: nothing was journaled)."""
+    spool = gateway.data_dir / "spool"
+    tmp, journals = spool / "tmp", [spool / name for name in ("journal", "journal.0", "journal.1")]
     tmp.rmdir()
-    tmp.write_text("not a directory")
+    for broken in (tmp, *journals):
+        broken.write_text("not a directory")
     with smtplib.SMTP("127.0.0.1", gateway.smtp_port, timeout=30) as client:
         client.ehlo()
         client.mail("a@example.com")
@@ -189,7 +194,8 @@ def test_internal_error_answers_451_and_nothing_is_lost(gateway: Gateway, sink: 
     assert (code, reply[:5]) == (451, b"4.3.0")
     assert b"Error" not in reply and b"Errno" not in reply
     assert not list((gateway.data_dir / "spool" / "incoming").iterdir())
-    tmp.unlink()
+    for broken in (tmp, *journals):
+        broken.unlink()
     tmp.mkdir()
     send(gateway, plain_message(body="大事な連絡"))
     assert "大事な連絡" in sink.wait(1)[0].message.get_content()
@@ -203,7 +209,8 @@ def test_kill_9_after_250_then_restart_delivers(make_gateway, tmp_path: Path) ->
     gw.kill()
     spool = tmp_path / "data" / "spool"
     areas = [*spool.glob("active*"), spool / "incoming", spool / "deferred", spool / "hold"]
-    assert any(any(area.iterdir()) for area in areas), "the message is in the spool"
+    journaled = any(p.stat().st_size for p in spool.glob("journal*/*.log"))
+    assert journaled or any(any(area.iterdir()) for area in areas), "the message is in the spool"
     sink = Sink(port).start()
     try:
         make_gateway(port, data_dir=tmp_path / "data")

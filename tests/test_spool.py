@@ -66,7 +66,7 @@ def test_directory_fsyncs_are_shared_and_each_covers_its_callers(
         time.sleep(0.01)  # an ext4 journal commit
         runs.append((started, time.monotonic()))
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", slow_fsync)
+    monkeypatch.setattr(spool_module, "fsync_dir", slow_fsync)
     shared = spool_module._SharedDirSync(tmp_path)
     calls: list[tuple[float, float]] = []
 
@@ -97,7 +97,7 @@ def test_a_failed_directory_fsync_counts_for_nobody(
         if len(attempts) == 1:
             raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", failing_once)
+    monkeypatch.setattr(spool_module, "fsync_dir", failing_once)
     shared = spool_module._SharedDirSync(tmp_path)
     with pytest.raises(OSError):
         shared.sync()
