@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+import orjson
 
 
 @dataclass(frozen=True)
@@ -21,14 +22,15 @@ class Envelope:
     add_headers: tuple[tuple[str, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        # Shallow: every field is JSON as it is (`asdict` deep-copied them, per message).
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)},
-                          ensure_ascii=False)
+    def to_json(self) -> bytes:
+        """UTF-8 JSON, one line. Shallow: every field is JSON as it is (`asdict` deep-copied
+        them); orjson, because every message writes one (the stdlib encoder was 2 % of a
+        gateway process)."""
+        return orjson.dumps({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Envelope:
-        data = json.loads(text)
+        data = orjson.loads(text)
         data["rcpt_tos"] = tuple(data["rcpt_tos"])
         data["add_headers"] = tuple(tuple(h) for h in data.get("add_headers", ()))
         return cls(**data)

@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, SimpleQueue
 
 import structlog
 
@@ -45,6 +46,9 @@ SEGMENT_BYTES = 32 << 20
 SUFFIX = ".log"
 
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+#: What the writer thread is handed: a record and who waits for it, the queue id of a
+#: message that left, or None to stop.
+_Item = tuple["_Record", asyncio.AbstractEventLoop, "asyncio.Future[None]"] | str | None
 
 
 class JournalError(OSError):
@@ -81,10 +85,11 @@ class Journal:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._cv = threading.Condition()
-        self._records: list[_Record] = []
-        self._waiters: list[_Waiter] = []
-        self._dones: list[str] = []
+        #: To the writer thread. A C queue, not a Condition: put() is one call for the
+        #: loop, where a Condition's acquire, notify and release were Python code.
+        self._queue: SimpleQueue[_Item] = SimpleQueue()
+        #: Guards where live messages are (`_places`, the segments' `live` sets).
+        self._lock = threading.Lock()
         self._places: dict[str, _Place] = {}
         self._segments: dict[int, _Segment] = {}
         self._current: _Segment | None = None
@@ -100,15 +105,12 @@ class Journal:
         for piece in content:
             size, crc = size + len(piece), zlib.crc32(piece, crc)
         record = _Record(queue_id, f"+{queue_id} {size} {crc:08x}\n".encode(), content, size)
-        with self._cv:
-            if self._closed:
-                raise JournalError("journal closed")
-            self._records.append(record)
-            self._waiters.append((loop, waiter))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
-                self._thread.start()
-            self._cv.notify()
+        if self._closed:
+            raise JournalError("journal closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+            self._thread.start()
+        self._queue.put((record, loop, waiter))
         await waiter
 
     def holds(self, queue_id: str) -> bool:
@@ -117,17 +119,16 @@ class Journal:
 
     def done(self, queue_id: str) -> None:
         """The message left the journal: delivered, or kept in a spool file now."""
-        with self._cv:
+        with self._lock:
             place = self._places.pop(queue_id, None)
             if place is None:
                 return
             self._segments[place.seq].live.discard(queue_id)
-            self._dones.append(queue_id)
-            self._cv.notify()
+        self._queue.put(queue_id)
 
     def read(self, queue_id: str) -> bytes:
         """A live record's content (a spool file's bytes), read back from its segment."""
-        with self._cv:
+        with self._lock:
             place = self._places[queue_id]
             return os.pread(self._segments[place.seq].fd, place.length, place.offset)
 
@@ -137,10 +138,9 @@ class Journal:
 
     def close(self) -> None:
         """Write what is queued, stop the writer thread, close the segments."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
+        self._closed = True
         if self._thread is not None:
+            self._queue.put(None)
             self._thread.join()
         for segment in self._segments.values():
             os.close(segment.fd)
@@ -148,14 +148,19 @@ class Journal:
 
     # --- the writer thread ---------------------------------------------------------
     def _run(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._records or self._dones or self._closed)
-                if self._closed and not self._records and not self._dones:
-                    return
-                records, self._records = self._records, []
-                waiters, self._waiters = self._waiters, []
-                dones, self._dones = self._dones, []
+        stop = False
+        while not stop:
+            records: list[_Record] = []
+            waiters: list[_Waiter] = []
+            dones: list[str] = []
+            for item in self._take_all():
+                if item is None:
+                    stop = True
+                elif isinstance(item, str):
+                    dones.append(item)
+                else:
+                    records.append(item[0])
+                    waiters.append(item[1:])
             try:
                 self._write(records, dones)
                 error = None
@@ -164,6 +169,14 @@ class Journal:
                 error = JournalError(exc.errno, f"cannot journal message: {exc.strerror}")
             for loop, waiter in waiters:
                 loop.call_soon_threadsafe(_resolve, waiter, error)
+
+    def _take_all(self) -> list[_Item]:
+        """Wait for the next item, then take whatever else is queued: the batch."""
+        items = [self._queue.get()]
+        with contextlib.suppress(Empty):
+            while True:
+                items.append(self._queue.get_nowait())
+        return items
 
     def _write(self, records: list[_Record], dones: list[str]) -> None:
         """One writev of the batch and the done records; one fdatasync when the batch
@@ -186,7 +199,7 @@ class Journal:
 
     def _placed(self, segment: _Segment, records: list[_Record], written: int) -> None:
         offset = segment.size
-        with self._cv:
+        with self._lock:
             for record in records:
                 offset += len(record.header)
                 self._places[record.queue_id] = _Place(segment.seq, offset, record.size)
@@ -196,7 +209,7 @@ class Journal:
 
     def _drop_empty(self) -> None:
         """Delete the segments, other than the current one, with no message left."""
-        with self._cv:
+        with self._lock:
             empty = [s for s in self._segments.values()
                      if not s.live and s is not self._current]
             for segment in empty:

@@ -221,8 +221,10 @@ def _wrap_long_lines(text: str, width: int = 300) -> str:
 
 def assert_safe_headers(data: bytes) -> None:
     """Every header line is an output field or a fold; no bare CR or LF anywhere."""
-    head, _, _ = data.partition(b"\r\n\r\n")
-    if re.search(rb"\r(?!\n)|(?<!\r)\n", head):
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]  # not partition(): that copied the body too
+    pairs = head.count(b"\r\n")
+    if not head.count(b"\r") == pairs == head.count(b"\n"):  # counts, as smtpd.crlf
         raise ValueError("rebuilt header has a bare CR or LF")
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):

@@ -99,7 +99,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
 
     handler = IngressHandler(settings, spool, spool_pool, on_queued=queued,
                              on_rejected=lambda: metrics.message("rejected"),
-                             takes_fresh=worker.takes_fresh)
+                             room_for_fresh=worker.room_for_fresh)
     smtp = await loop.create_server(server_factory(settings, handler, limits, slot or 0),
                                     settings.smtp_host, settings.smtp_port,
                                     reuse_port=slot is not None)

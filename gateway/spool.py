@@ -95,7 +95,7 @@ def derived_id(origin: str) -> str:
 
 def _head(envelope: Envelope) -> bytes:
     """What a spool file holds before the message."""
-    return MAGIC + envelope.to_json().encode() + b"\n"
+    return MAGIC + envelope.to_json() + b"\n"
 
 
 def _every_journal(root: Path) -> list[Path]:
@@ -232,7 +232,7 @@ class Spool:
         tmp = self._path("tmp", queue_id)
         try:
             with open(tmp, "wb") as fh:
-                fh.write(MAGIC + sealed.to_json().encode() + b"\n")
+                fh.write(MAGIC + sealed.to_json() + b"\n")
                 fh.write(raw)
             os.rename(tmp, self._path(self.claims, queue_id))
         except OSError as exc:

@@ -42,12 +42,20 @@ from gateway.stores import DeliveryStatus, Stores
 log = structlog.get_logger("mugaika.worker")
 
 SCAN_SECONDS = 1.0
-#: A message from ingress travels to its worker with its bytes, born claimed, only while
-#: the queue is shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`);
-#: otherwise it waits in incoming/ and is read back when its turn comes, so a burst of
-#: accepted mail does not pile up in memory, nor in this process's claims (each of which
-#: counts a crash if the process dies: `MAX_CRASHES`).
-FRESH_QUEUE_LIMIT = 256
+#: A message from ingress travels to its worker with its bytes, in the journal, only while
+#: the queue is shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`),
+#: so that accepted mail does not pile up in memory, nor in this process's journal (each
+#: message there counts a crash if the process dies: `MAX_CRASHES`). Several times the
+#: worker tasks, so that they never wait for mail while sessions wait for room.
+FRESH_QUEUE_LIMIT = 64
+#: How long ingress waits for room in the queue before it spools the message in
+#: incoming/ instead (Postfix's `in_flow_delay`, same default): when mail arrives faster
+#: than it leaves, the sending MTA waits a little for its `250` rather than the queue
+#: growing. Mail spooled in incoming/ costs more to take back (a file written, claimed,
+#: read and unlinked, in threads): without this wait, a backlog that outgrew the queue
+#: sent a third of the bench's mail that way and cut the delivered rate by a third
+#: (docs/performance.md).
+IN_FLOW_DELAY_SECONDS = 1.0
 #: A fresh message up to this size is sanitized on the event loop when it needs no
 #: converter: in a sanitize thread the same Python work held the GIL all the same, and
 #: the hop there and back (a future, a thread wake-up, GIL hand-overs, a wake-up of the
@@ -223,11 +231,23 @@ class Worker:
         #: `close()` waits for them.
         self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
         self._settles: list[Settle] = []
+        #: Set whenever the queue is shorter than FRESH_QUEUE_LIMIT (`room_for_fresh`).
+        self._room = asyncio.Event()
+        self._room.set()
 
-    def takes_fresh(self) -> bool:
-        """Whether ingress should spool the next message claimed for this process and
-        hand it over with its bytes (`FRESH_QUEUE_LIMIT`)."""
-        return self.queue.qsize() < FRESH_QUEUE_LIMIT
+    async def room_for_fresh(self) -> bool:
+        """Whether ingress may journal the next message for this process and hand it
+        over with its bytes: at once while the queue is short, else once it has room
+        again, or False after IN_FLOW_DELAY_SECONDS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IN_FLOW_DELAY_SECONDS
+        while self.queue.qsize() >= FRESH_QUEUE_LIMIT:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), deadline - loop.time())
+            except TimeoutError:
+                return False
+        return True
 
     def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
         """Queue an entry; `fresh` is one ingress just spooled claimed, bytes included."""
@@ -271,6 +291,8 @@ class Worker:
     async def run(self) -> None:
         while True:
             queue_id, fresh = await self.queue.get()
+            if self.queue.qsize() < FRESH_QUEUE_LIMIT:
+                self._room.set()
             try:
                 await self.process(queue_id, fresh)
             except Exception:  # a broken entry must not stop the worker, nor be lost
