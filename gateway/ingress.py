@@ -198,6 +198,7 @@ class IngressHandler:
 
 
 async def _no_room() -> bool:
+    """Without a worker in this process to hand mail to (tools, tests): incoming/."""
     return False
 
 

@@ -5,8 +5,9 @@ delivered from memory while the original stays claimed in active/: a crash only 
 is sanitized again. Only when the delivery must wait (a retry, a bounce) does the output
 become a spool entry of its own (`Spool.put_derived`, not fsynced; a retry never converts
 twice), its original then waiting in `hold/`. Mail from this process's own SMTP sessions
-comes with its bytes, already claimed (`enqueue(..., fresh)`): a small one that needs no
-converter is sanitized right on the event loop (`begin_here`), any other in one thread hop.
+comes with its bytes, kept in the process's journal (`enqueue(..., fresh)`): a small one
+that needs no converter is sanitized right on the event loop (`begin_here`), any other
+in one thread hop.
 Spool and database calls run in threads, never on the event loop, which must stay free
 for SMTP.
 Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
@@ -250,7 +251,7 @@ class Worker:
         return True
 
     def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
-        """Queue an entry; `fresh` is one ingress just spooled claimed, bytes included."""
+        """Queue an entry; `fresh` is one ingress just journaled, bytes included."""
         self.queue.put_nowait((queue_id, fresh))
 
     def close(self) -> None:
@@ -335,8 +336,8 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize_fresh(self, entry: Entry) -> None:
-        """A message ingress spooled claimed and handed over: small and simple, it is
-        sanitized here on the loop (`INLINE_MAX_BYTES`), else in a sanitize thread."""
+        """A message ingress journaled and handed over: small and simple, it is sanitized
+        here on the loop (`INLINE_MAX_BYTES`), else in a sanitize thread."""
         if len(entry.data) > INLINE_MAX_BYTES:
             await self._sanitize(entry)
             return
