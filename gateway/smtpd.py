@@ -44,6 +44,11 @@ BOGUS_LIMIT = 5
 #: While a hook runs (or the client reads no replies), input is buffered; beyond this
 #: much the socket stops being read.
 PAUSE_BYTES = 256 * 1024
+#: During DATA, the idle timer moves on with each this many bytes received, not with
+#: every byte: a client that trickles a byte now and then (slowloris) cannot hold its
+#: connection slot for ever. At the default 60 s timeout a message must arrive at 1 KiB/s
+#: or more; RFC 5321 4.5.3.2.5 lets a server give up after 3 minutes without progress.
+DATA_PROGRESS_BYTES = 64 * 1024
 #: Replies written together at most: then the transport may say its buffer is full.
 REPLY_BATCH = 64
 #: RFC 5321 4.5.3.1.3: a local part of at most 64 octets.
@@ -165,6 +170,7 @@ class SMTPSession(asyncio.Protocol):
         self._bogus = 0
         self._admitted = False
         self._last = 0.0
+        self._progress = 0
         self._timer: asyncio.TimerHandle | None = None
         self._hook: asyncio.Task[None] | None = None
         self._commands: dict[str, Callable[[str], None]] = {
@@ -213,7 +219,11 @@ class SMTPSession(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         """One timer a session, moved on when it fires (not re-armed per command); a
-        session whose DATA hook is running is not idle."""
+        session whose DATA hook is running is not idle.
+
+        What counts as activity is a whole command line, or DATA_PROGRESS_BYTES of a
+        message (Postfix's `smtpd_per_record_deadline`): bytes that never complete a
+        command do not keep a session alive."""
         loop = asyncio.get_running_loop()
         idle = 0.0 if self._busy else loop.time() - self._last
         if idle < self.limits.timeout:
@@ -224,8 +234,12 @@ class SMTPSession(asyncio.Protocol):
         self._close()
 
     def data_received(self, data: bytes) -> None:
-        self._last = asyncio.get_running_loop().time()
         self._in += data
+        if self._data is not None:
+            self._progress += len(data)
+            if self._progress >= DATA_PROGRESS_BYTES:
+                self._progress = 0
+                self._last = asyncio.get_running_loop().time()
         if not self._busy and not self._unread:
             self._advance()
         elif len(self._in) > PAUSE_BYTES and self.transport is not None:
@@ -272,6 +286,7 @@ class SMTPSession(asyncio.Protocol):
         while (end := self._in.find(b"\n")) >= 0:
             line = bytes(self._in[:end]).rstrip(b"\r")
             del self._in[:end + 1]
+            self._last = asyncio.get_running_loop().time()  # a whole line: activity
             if not self._skipping_line:
                 return line
             self._skipping_line = False
@@ -409,6 +424,7 @@ class SMTPSession(asyncio.Protocol):
             self._reply("354 End data with <CR><LF>.<CR><LF>")
             self._data = bytearray(b"\r\n")  # an empty message ends at once
             self._searched = 0
+            self._progress = 0
             self._too_big = False
 
     def _rset(self, arg: str) -> None:

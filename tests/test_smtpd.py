@@ -283,6 +283,59 @@ def test_idle_session_times_out() -> None:
         srv.close()
 
 
+def _trickle(client: Client, data: bytes, interval: float, until: float) -> bytes:
+    """Send `data` a byte at a time until the server answers (or `until` seconds)."""
+    client.sock.settimeout(interval)
+    deadline = time.monotonic() + until
+    for byte in data:
+        assert time.monotonic() < deadline, "the trickle kept the session alive"
+        try:
+            client.sock.sendall(bytes([byte]))
+            return client.sock.recv(200)
+        except TimeoutError:
+            continue
+    raise AssertionError("the trickle ran out before the server answered")
+
+
+@pytest.mark.parametrize("during", ["command", "data"])
+def test_bytes_that_complete_nothing_do_not_keep_a_session(during: str) -> None:
+    """Slowloris: a byte every 0.1 s, with a 0.5 s timeout. A command line that never
+    ends, or a message that grows by less than DATA_PROGRESS_BYTES, is not activity."""
+    limits = ServerLimits("gw.test", 10**6, 2_000, timeout=0.5, max_commands=20)
+    srv = Server(limits, Admission())
+    try:
+        client = srv.connect()
+        client.reply()
+        if during == "data":
+            client.send(b"EHLO c\r\n" + TXN)
+            assert client.codes(4) == [250, 250, 250, 354]
+        started = time.monotonic()
+        answer = _trickle(client, b"x" * 200, interval=0.1, until=10)
+        assert answer.startswith(b"421 4.4.2"), answer
+        assert 0.4 < time.monotonic() - started < 5
+    finally:
+        srv.close()
+
+
+def test_a_slow_message_that_keeps_coming_is_not_cut_off() -> None:
+    """64 KiB every 0.2 s with a 0.5 s timeout: each block is progress."""
+    limits = ServerLimits("gw.test", 10**6, 2_000, timeout=0.5, max_commands=20)
+    srv = Server(limits, Admission())
+    try:
+        client = srv.connect()
+        client.reply()
+        client.send(b"EHLO c\r\n" + TXN)
+        assert client.codes(4) == [250, 250, 250, 354]
+        block = (b"y" * 1022 + b"\r\n") * 64
+        for _ in range(8):  # 1.6 s in all, three times the timeout
+            client.send(block)
+            time.sleep(0.2)
+        client.send(b".\r\n")
+        assert client.codes(1) == [250]
+    finally:
+        srv.close()
+
+
 def test_admission_refused_and_freed_when_the_client_leaves() -> None:
     admission = Admission(room=1)
     srv = Server(LIMITS, admission)
