@@ -200,9 +200,17 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot spool message: {exc.strerror}") from exc
 
-    def _write_durably(self, area: str, queue_id: str, buffers: list[bytes]) -> None:
-        """A spool file in `area`, fsynced (its directory is the caller's to sync)."""
+    def _write_durably(self, area: str, queue_id: str, buffers: list[bytes],
+                       from_journal: bool = False) -> None:
+        """A spool file in `area`, fsynced (its directory is the caller's to sync).
+
+        `from_journal`: a copy of a journaled message, which a crash may have cut short
+        before: its stale tmp file goes first (for a new message, an existing tmp file
+        means two messages with one queue id, and the write fails)."""
         tmp = self._file("tmp", queue_id)
+        if from_journal:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         # Plain system calls, not a buffered file: each call gives up the GIL and waits
         # to get it back from a busy event loop, and open() alone made four of them.
         try:
@@ -305,7 +313,7 @@ class Spool:
         if not self.journal.holds(queue_id):
             os.rename(self._path(self.claims, queue_id), self._path(area, queue_id))
             return
-        self._write_durably(area, queue_id, [self.journal.read(queue_id)])
+        self._write_durably(area, queue_id, [self.journal.read(queue_id)], from_journal=True)
         fsync_dir(self.root / area)
         self.journal.done(queue_id)
 
@@ -365,11 +373,14 @@ class Spool:
         recovers after its process died, so each entry taken back counts a crash.
         """
         whole = self.slot is None
+        if whole:
+            # Never acknowledged with 250 (the client still has it), or a copy of a
+            # journaled message cut short (the journal still has it).
+            for path in (self.root / "tmp").iterdir():
+                path.unlink()
         self._replay_journals(_every_journal(self.root) if whole else [self.journal.directory])
         names = self._unclaim(_every_claim_area(self.root) if whole else [self.claims])
         if whole:
-            for path in (self.root / "tmp").iterdir():
-                path.unlink()  # never acknowledged with 250: the client still has it
             self._drop_torn_outputs()
             names_to_check = sorted(p.name for p in (self.root / "incoming").iterdir())
         else:
@@ -395,7 +406,7 @@ class Spool:
             area = "active" + directory.name.removeprefix("journal")
             (self.root / area).mkdir(exist_ok=True)
             for queue_id, content in journal.replay(directory):
-                self._write_durably(area, queue_id, [content])
+                self._write_durably(area, queue_id, [content], from_journal=True)
             fsync_dir(self.root / area)
             journal.clear(directory)
 

@@ -145,3 +145,18 @@ def test_a_journaled_message_parked_after_a_bug_waits_in_deferred(tmp_path: Path
     assert list(spool.due_deferred(1.0)) == ["PARK"]
     entry = spool.claim("PARK")
     assert entry is not None and entry.data == _raw(2) and entry.state.attempts == 1
+
+
+@pytest.mark.parametrize("slot", [None, 1])
+def test_a_copy_cut_short_by_a_crash_does_not_stop_the_restart(
+        tmp_path: Path, slot: int | None) -> None:
+    """Killed while giving a journaled message its own file (its output had to wait):
+    the stale tmp file must not stop recovery, for the whole spool or for one member."""
+    spool = Spool(tmp_path, slot=slot)
+    asyncio.run(spool.put_fresh(_raw(3), ENV, "CUT"))
+    (tmp_path / "tmp" / "CUT").write_bytes(b"MUGAIKA1 {half")
+    restarted = Spool(tmp_path, slot=slot)
+    assert restarted.recover() == 1
+    assert restarted.incoming_ids() == ["CUT"]
+    entry = restarted.claim("CUT")
+    assert entry is not None and entry.data == _raw(3)
