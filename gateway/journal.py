@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import threading
 import zlib
@@ -164,9 +165,11 @@ class Journal:
             try:
                 self._write(records, dones)
                 error = None
-            except OSError as exc:
-                log.error("journal_write_failed", error=exc.strerror, messages=len(records))
-                error = JournalError(exc.errno, f"cannot journal message: {exc.strerror}")
+            except Exception as exc:  # never a session left waiting: it answers 451
+                log.exception("journal_write_failed", messages=len(records))
+                reason = exc.strerror if isinstance(exc, OSError) else None
+                error = JournalError(getattr(exc, "errno", None) or errno.EIO,
+                                     reason or type(exc).__name__)
             for loop, waiter in waiters:
                 loop.call_soon_threadsafe(_resolve, waiter, error)
 
