@@ -24,6 +24,7 @@ from gateway.headers import decode_words
 from gateway.notice import NoticeTemplates, render_notice
 from gateway.sanitize import Sanitized
 from gateway.settings import Settings
+from gateway.smtpd import is_crlf
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Reply-To")
 ALLOWED_HEADERS = (
@@ -223,8 +224,7 @@ def assert_safe_headers(data: bytes) -> None:
     """Every header line is an output field or a fold; no bare CR or LF anywhere."""
     end = data.find(b"\r\n\r\n")
     head = data if end < 0 else data[:end]  # not partition(): that copied the body too
-    pairs = head.count(b"\r\n")
-    if not head.count(b"\r") == pairs == head.count(b"\n"):  # counts, as smtpd.crlf
+    if not is_crlf(head):
         raise ValueError("rebuilt header has a bare CR or LF")
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t"):

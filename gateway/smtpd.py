@@ -514,10 +514,13 @@ def crlf(data: bytes) -> bytes:
     end survives); delivery and the load test guard what they send with it. Mail is nearly
     always CRLF already: then three counts (no allocation) say so, and the very same
     bytes come back instead of a copy of a message of up to 25 MB."""
+    return data if is_crlf(data) else _LINE_END.sub(b"\r\n", data)
+
+
+def is_crlf(data: bytes) -> bool:
+    """Whether every CR and LF in `data` is part of a CRLF: three counts, no copy."""
     pairs = data.count(b"\r\n")
-    if data.count(b"\n") == pairs == data.count(b"\r"):
-        return data
-    return _LINE_END.sub(b"\r\n", data)
+    return data.count(b"\n") == pairs == data.count(b"\r")
 
 
 def unstuff(content: bytes) -> bytes:

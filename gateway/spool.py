@@ -98,16 +98,15 @@ def _head(envelope: Envelope) -> bytes:
     return MAGIC + envelope.to_json() + b"\n"
 
 
-def _every_journal(root: Path) -> list[Path]:
-    """The journal directories of every process that used this spool."""
-    return sorted(p for p in root.iterdir() if p.name == "journal"
-                  or p.name.startswith("journal."))
+def _every_process_area(root: Path, stem: str) -> list[str]:
+    """`stem` and every `stem.N`: an area that each process of a group has its own of
+    (claims: `active`, journals: `journal`)."""
+    return sorted(p.name for p in root.iterdir()
+                  if p.name == stem or p.name.startswith(f"{stem}."))
 
 
 def _every_claim_area(root: Path) -> list[str]:
-    """The claim areas of every process that used this spool (`active`, `active.N`)."""
-    return sorted(p.name for p in root.iterdir()
-                  if p.name == "active" or p.name.startswith("active."))
+    return _every_process_area(root, "active")
 
 
 class _SharedDirSync:
@@ -378,7 +377,8 @@ class Spool:
             # journaled message cut short (the journal still has it).
             for path in (self.root / "tmp").iterdir():
                 path.unlink()
-        self._replay_journals(_every_journal(self.root) if whole else [self.journal.directory])
+        self._replay_journals(_every_process_area(self.root, "journal") if whole
+                              else [self.journal.directory.name])
         names = self._unclaim(_every_claim_area(self.root) if whole else [self.claims])
         if whole:
             self._drop_torn_outputs()
@@ -398,12 +398,12 @@ class Spool:
         self._incoming_sync.sync()
         return len(names)
 
-    def _replay_journals(self, directories: list[Path]) -> None:
+    def _replay_journals(self, names: list[str]) -> None:
         """Messages still live in a journal become claimed spool files of the process
         that journaled them (`journal.N` → `active.N`), as if it had crashed holding
         them; then the journal is cleared."""
-        for directory in directories:
-            area = "active" + directory.name.removeprefix("journal")
+        for name in names:
+            directory, area = self.root / name, "active" + name.removeprefix("journal")
             (self.root / area).mkdir(exist_ok=True)
             for queue_id, content in journal.replay(directory):
                 self._write_durably(area, queue_id, [content], from_journal=True)

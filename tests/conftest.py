@@ -216,6 +216,11 @@ def gateway(make_gateway: Callable[..., Gateway], sink: Sink) -> Gateway:
     return make_gateway(sink.port)
 
 
+def journaled_bytes(spool: Path) -> int:
+    """How much the gateway processes' journals hold (`gateway.journal`)."""
+    return sum(p.stat().st_size for p in spool.glob("journal*/*.log"))
+
+
 def plain_message(subject: str = "test", body: str = "hello", to: str = "staff@example.lg.jp",
                   sender: str = "alice@example.com") -> bytes:
     msg = EmailMessage()

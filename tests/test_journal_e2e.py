@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import Gateway, Sink, free_port, plain_message
+from tests.conftest import Gateway, Sink, free_port, journaled_bytes, plain_message
 
 COUNT = 5
 
@@ -50,10 +50,6 @@ def _spool_files(spool: Path) -> list[Path]:
     return [p for area in areas for p in (spool / area).iterdir()]
 
 
-def _journaled(spool: Path) -> int:
-    return sum(p.stat().st_size for p in spool.glob("journal*/*.log"))
-
-
 def test_journaled_mail_survives_kill_9_and_arrives_once(
         make_gateway: Callable[..., Gateway]) -> None:
     port = free_port()
@@ -64,7 +60,7 @@ def test_journaled_mail_survives_kill_9_and_arrives_once(
             for n in range(COUNT):
                 client.sendmail("alice@example.com", ["staff@example.lg.jp"],
                                 plain_message(subject=f"journal {n}", body=f"飛行中の{n}通目"))
-        assert _journaled(spool) > 0
+        assert journaled_bytes(spool) > 0
         assert _spool_files(spool) == [], "in flight: in the journal, in no spool file"
         gw.kill()
     sink = Sink(port).start()
@@ -75,6 +71,6 @@ def test_journaled_mail_survives_kill_9_and_arrives_once(
         assert all("通目" in r.message.get_content() for r in got)
         time.sleep(1.5)
         assert len(sink.received) == COUNT, "each message delivered once"
-        assert _spool_files(spool) == [] and _journaled(spool) == 0
+        assert _spool_files(spool) == [] and journaled_bytes(spool) == 0
     finally:
         sink.stop()
