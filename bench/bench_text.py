@@ -27,9 +27,9 @@ from typing import Any
 from selectolax.lexbor import LexborHTMLParser
 
 from converters.html import html_to_text
-from gateway.notice import load_templates
-from gateway.rebuild import rebuild
-from gateway.sanitize import sanitize
+from gateway.pipeline.notice import load_templates
+from gateway.pipeline.rebuild import rebuild
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 from tests.bodies_helpers import (
     b_word,

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway import loop
-from gateway.loadclient import ClientOptions
-from gateway.loadmix import Template, load_templates
-from gateway.loadtest import LoadConfig, run_loadtest
-from gateway.samples import write_corpus
+from gateway.loadtest.client import ClientOptions
+from gateway.loadtest.mix import Template, load_templates
+from gateway.loadtest.run import LoadConfig, run_loadtest
+from gateway.loadtest.samples import write_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The concurrency of every gateway benchmark (MEASURED.md used 20 smtp-source sessions).

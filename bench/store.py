@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.envelope import Envelope
-from gateway.sanitize import sanitize
+from gateway.custody.stores import SqlStores, open_stores
+from gateway.pipeline.sanitize import sanitize
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
-from gateway.store import SqlStores, open_stores
 from gateway.store.messages import MessageQuery
 from gateway.store.records import QuarantineQuery
 

@@ -38,20 +38,6 @@ GZIP = b"\x1f\x8b"
 BZIP2 = b"BZh"
 XZ = b"\xfd7zXZ\x00"
 
-MIME_TYPES = (
-    "application/zip",
-    "application/x-zip-compressed",
-    "application/x-7z-compressed",
-    "application/x-tar",
-    "application/gzip",
-    "application/x-gzip",
-    "application/x-bzip2",
-    "application/x-xz",
-    "application/x-lzh-compressed",
-    "application/x-lha",
-)
-
-
 def kind_of(untrusted: bytes) -> str:
     """zip, 7z, lzh, tar, gzip, bzip2, xz or "" (by content, never by name)."""
     if untrusted[:4] in (b"PK\x03\x04", b"PK\x05\x06"):

@@ -1,6 +1,6 @@
 """`python -m converters.decrypt`: open one password-protected ZIP or Office file (PPAP).
 
-Started by `gateway.ppap` inside its own bubblewrap sandbox, one process per attempt,
+Started by `gateway.custody.ppap` inside its own bubblewrap sandbox, one process per attempt,
 with rlimits set here before any untrusted byte is parsed. The protocol is deliberately
 tiny: stdin carries one JSON line (password and limits; the password never appears on a
 command line) and then the file; stdout carries the same kind of file without

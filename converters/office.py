@@ -8,8 +8,6 @@ sheet names go into the notes so that staff know what the images contain.
 
 from __future__ import annotations
 
-import io
-import zipfile
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -28,67 +26,6 @@ OFFICE_SUFFIXES = frozenset({
     ".ppt", ".pptx", ".pptm", ".pot", ".potx", ".potm", ".pps", ".ppsx",
     ".odt", ".ods", ".odp", ".ott", ".ots", ".otp", ".rtf",
 })
-
-#: Detected MIME types (libmagic on content, lower-cased as the registry does) this converter
-#: accepts; see docs/office-archives.md.
-MIME_TYPES = (
-    "application/msword",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.template",
-    "application/vnd.ms-word.document.macroenabled.12",
-    "application/vnd.ms-word.template.macroenabled.12",
-    "application/vnd.ms-excel",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.template",
-    "application/vnd.ms-excel.sheet.macroenabled.12",
-    "application/vnd.ms-excel.sheet.binary.macroenabled.12",
-    "application/vnd.ms-powerpoint",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    "application/vnd.openxmlformats-officedocument.presentationml.slideshow",
-    "application/vnd.ms-powerpoint.presentation.macroenabled.12",
-    "application/vnd.oasis.opendocument.text",
-    "application/vnd.oasis.opendocument.spreadsheet",
-    "application/vnd.oasis.opendocument.presentation",
-    "application/rtf",
-    "text/rtf",
-    "application/cdfv2",  # libmagic's name for OLE2 files it cannot tell apart (xls, ppt)
-    "application/x-ole-storage",
-    "application/encrypted",  # libmagic's name for password-protected OOXML: scan says so
-)
-
-#: First-level folders that make a ZIP an OOXML document, and the type each means.
-_OOXML_ROOTS = {
-    "word/": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "xl/": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "ppt/": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-}
-_ODF_TYPES = (
-    "application/vnd.oasis.opendocument.text",
-    "application/vnd.oasis.opendocument.spreadsheet",
-    "application/vnd.oasis.opendocument.presentation",
-)
-
-
-def refine_zip_type(untrusted: bytes) -> str | None:
-    """The Office type of a ZIP libmagic called application/zip, or None for a real archive.
-
-    libmagic recognises OOXML only when [Content_Types].xml is the first entry; other
-    writers put it elsewhere, and such a document must still be rendered, not unpacked.
-    """
-    try:
-        with zipfile.ZipFile(io.BytesIO(untrusted)) as z:
-            names = z.namelist()[:5000]
-            if "[Content_Types].xml" in names:
-                for prefix, mime in _OOXML_ROOTS.items():
-                    if any(n.startswith(prefix) for n in names):
-                        return mime
-            if "mimetype" in names:
-                declared = z.read("mimetype")[:100].decode("ascii", "replace").strip()
-                return declared if declared in _ODF_TYPES else None
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        return None
-    return None
-
 
 def safe_suffix(untrusted_filename: str) -> str:
     """The extension as a LibreOffice hint, only from the allow-list (never a path part)."""

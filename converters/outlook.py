@@ -26,7 +26,6 @@ from converters.limits import ConversionPolicy
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 TNEF_MAGIC = b"\x78\x9f\x3e\x22"
-MIME_TYPES = ("application/vnd.ms-outlook", "application/vnd.ms-tnef")
 #: extract-msg's tolerance switches: a broken or unknown attachment is reported, not fatal.
 _TOLERANT = (ErrorBehavior.ATTACH_NOT_IMPLEMENTED | ErrorBehavior.ATTACH_BROKEN
              | ErrorBehavior.STANDARDS_VIOLATION | ErrorBehavior.OLE_DEFECT_INCORRECT

@@ -12,14 +12,56 @@ call it), the `module:Class` the sandboxed worker imports, and the types it take
 from __future__ import annotations
 
 import importlib
+import io
+import zipfile
 from dataclasses import dataclass, field
 
 import magic
 
-from converters import archive, office, outlook
 from converters.base import Converter
 from converters.errors import Blocked, ConversionError, DeceptiveName, Unsupported
 from converters.names import blocked_extension, clean_name, extensions, name_trick
+
+#: Detected MIME types (libmagic on content, lower-cased as the registry lookup does) of
+#: the kinds with long lists. They live here rather than beside their converters so that
+#: the gateway knows them without importing those parsers (see docs/office-archives.md).
+OFFICE_TYPES = (
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.template",
+    "application/vnd.ms-word.document.macroenabled.12",
+    "application/vnd.ms-word.template.macroenabled.12",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.template",
+    "application/vnd.ms-excel.sheet.macroenabled.12",
+    "application/vnd.ms-excel.sheet.binary.macroenabled.12",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.openxmlformats-officedocument.presentationml.slideshow",
+    "application/vnd.ms-powerpoint.presentation.macroenabled.12",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+    "application/rtf",
+    "text/rtf",
+    "application/cdfv2",  # libmagic's name for OLE2 files it cannot tell apart (xls, ppt)
+    "application/x-ole-storage",
+    "application/encrypted",  # libmagic's name for password-protected OOXML: scan says so
+)
+ARCHIVE_TYPES = (
+    "application/zip",
+    "application/x-zip-compressed",
+    "application/x-7z-compressed",
+    "application/x-tar",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-bzip2",
+    "application/x-xz",
+    "application/x-lzh-compressed",
+    "application/x-lha",
+)
+OUTLOOK_TYPES = ("application/vnd.ms-outlook", "application/vnd.ms-tnef")
 
 
 @dataclass(frozen=True)
@@ -41,10 +83,10 @@ CONVERTERS: tuple[Registration, ...] = (
         "text/plain", "text/csv", "text/tab-separated-values", "text/*",
     )),
     # In the sandbox "office" is only the macro/DDE scan: LibreOffice runs in its own warm,
-    # sandboxed pool in the gateway (gateway.attachments wires `OfficeConverter`).
-    Registration("office", "converters.office_scan:OfficeScanConverter", office.MIME_TYPES),
-    Registration("archive", "converters.archive:ArchiveConverter", archive.MIME_TYPES),
-    Registration("outlook", "converters.outlook:OutlookConverter", outlook.MIME_TYPES),
+    # sandboxed pool in the gateway (gateway.pipeline.attachments wires `OfficeConverter`).
+    Registration("office", "converters.office_scan:OfficeScanConverter", OFFICE_TYPES),
+    Registration("archive", "converters.archive:ArchiveConverter", ARCHIVE_TYPES),
+    Registration("outlook", "converters.outlook:OutlookConverter", OUTLOOK_TYPES),
 )
 
 #: Content kinds that are removed whatever they are called (original quarantined).
@@ -105,8 +147,42 @@ def detect_type(untrusted: bytes) -> str:
         if b"META-INF/MANIFEST.MF" in head:
             return "application/java-archive"
         # libmagic knows OOXML only when [Content_Types].xml is the first entry.
-        return office.refine_zip_type(untrusted) or detected
+        return refine_zip_type(untrusted) or detected
     return _ALIASES.get(detected, detected)
+
+
+#: First-level folders that make a ZIP an OOXML document, and the type each means.
+_OOXML_ROOTS = {
+    "word/": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xl/": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "ppt/": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+}
+_ODF_TYPES = (
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+)
+
+
+def refine_zip_type(untrusted: bytes) -> str | None:
+    """The Office type of a ZIP libmagic called application/zip, or None for a real archive.
+
+    libmagic recognises OOXML only when [Content_Types].xml is the first entry; other
+    writers put it elsewhere, and such a document must still be rendered, not unpacked.
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(untrusted)) as z:
+            names = z.namelist()[:5000]
+            if "[Content_Types].xml" in names:
+                for prefix, mime in _OOXML_ROOTS.items():
+                    if any(n.startswith(prefix) for n in names):
+                        return mime
+            if "mimetype" in names:
+                declared = z.read("mimetype")[:100].decode("ascii", "replace").strip()
+                return declared if declared in _ODF_TYPES else None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return None
+    return None
 
 
 @dataclass(frozen=True)

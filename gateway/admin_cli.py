@@ -17,22 +17,22 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from gateway.audit import Actor
-from gateway.envelope import Envelope
-from gateway.quarantine import QuarantineError, QuarantineService
+from gateway.custody.audit import Actor
+from gateway.custody.quarantine import QuarantineError, QuarantineService
+from gateway.custody.stores import SqlStores, open_stores
+from gateway.custody.tokens import Role, TokenError
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import RetryState, Spool
 from gateway.settings import Settings, load_settings
-from gateway.spool import RetryState, Spool
-from gateway.store import SqlStores, open_stores
 from gateway.store.quarantine import STATUSES
 from gateway.store.records import QuarantineQuery
-from gateway.tokens import Role, TokenError
 
 EXIT_OK, EXIT_REFUSED = 0, 1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `token` and `quarantine` to the `mugaika` command."""
-    token = subparsers.add_parser("token", help="API tokens").add_subparsers(
+    token = subparsers.add_parser("token").add_subparsers(
         dest="token_command", required=True)
     p = token.add_parser("create", help="create a token; it is printed once, as the last line")
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name")
     p.set_defaults(func=_run(_token_revoke))
 
-    q = subparsers.add_parser("quarantine", help="review and release held mail").add_subparsers(
+    q = subparsers.add_parser("quarantine").add_subparsers(
         dest="quarantine_command", required=True)
     p = q.add_parser("list", help="newest first")
     p.add_argument("--status", choices=STATUSES)

@@ -1,23 +1,40 @@
-"""`mugaika serve | sanitize | check-config` (and the subcommands other modules register)."""
+"""`mugaika serve | sanitize | check-config` and the subcommands other modules register.
+
+The command line starts fast because it imports only what the chosen command needs:
+the other commands appear in `mugaika --help` by name and help text alone (`_COMMANDS`),
+and the module that defines a command's arguments is imported only when that command
+runs (the database layer, the API and the converters cost seconds to import).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-
-from gateway import admin_cli, loadtest, loop, office_cli, samples
-from gateway.logs import configure_logging
-from gateway.settings import Settings, describe, load_settings
+if TYPE_CHECKING:
+    from gateway.settings import Settings
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
+#: Subcommands defined by other modules: name → (module with `register(subparsers)`, help).
+_COMMANDS = {
+    "token": ("gateway.admin_cli", "API tokens"),
+    "quarantine": ("gateway.admin_cli", "review and release held mail"),
+    "samples": ("gateway.loadtest.samples", "write the benign and hostile test corpus"),
+    "loadtest": ("gateway.loadtest.run", "load-test a gateway and account for every message"),
+    "office-check": ("gateway.office_cli",
+                     "start LibreOffice in its sandbox and convert a Japanese probe"),
+}
+
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from gateway.settings import load_settings
+
     return load_settings(args.config)
 
 
@@ -28,6 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # imports (the database layer, converters, API: ~100 MB) would be dead weight.
         config = ["--config", str(args.config)] if args.config else []
         os.execv(sys.executable, [sys.executable, "-m", "gateway.processes", *config])  # noqa: S606
+    from gateway import loop
+    from gateway.logs import configure_logging
     from gateway.server import serve
 
     configure_logging()
@@ -36,8 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sanitize(args: argparse.Namespace) -> int:
-    from gateway.rebuild import rebuild
-    from gateway.sanitize import sanitize
+    from gateway.pipeline.rebuild import rebuild
+    from gateway.pipeline.sanitize import sanitize
 
     settings = _settings(args)
     try:
@@ -57,12 +76,15 @@ def cmd_sanitize(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.settings import describe
+
     settings = _settings(args)
     print(json.dumps(describe(settings), ensure_ascii=False, indent=2))
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; only the module of the command named in `argv` is imported."""
     parser = argparse.ArgumentParser(prog="mugaika", description="無害化 mail gateway")
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML settings file (also MUGAIKA_CONFIG)")
@@ -76,13 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sanitize)
     sub.add_parser("check-config", help="validate and print the effective settings").set_defaults(
         func=cmd_check_config)
-    for module in (admin_cli, samples, loadtest, office_cli):
-        module.register(sub)
+    chosen = _command_name(sys.argv[1:] if argv is None else argv)
+    if chosen in _COMMANDS:
+        importlib.import_module(_COMMANDS[chosen][0]).register(sub)
+    for name, (_module, help_text) in _COMMANDS.items():
+        if name not in sub.choices:  # listed in --help; never parsed: `chosen` is the command
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _command_name(argv: list[str]) -> str | None:
+    """The first word that is neither an option nor the value of `--config`."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    args = build_parser(argv).parse_args(argv)
     try:
         code: int = args.func(args)
     except (ValidationError, FileNotFoundError) as exc:

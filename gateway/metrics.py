@@ -31,8 +31,6 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from gateway.report import Report, Verdict
-
 OUTCOMES = frozenset({"received", "delivered", "quarantined", "rejected", "deferred", "bounced"})
 ACTIONS = frozenset({"kept", "converted", "removed"})
 #: Converter and kind labels: short lowercase tokens; at most this many distinct values each.
@@ -105,14 +103,6 @@ class Metrics:
 
     def delivery_delay(self, seconds: float) -> None:
         self._delivery_delay.observe(max(0.0, seconds))
-
-    def observe_report(self, report: Report) -> None:
-        """After sanitizing: each part by detected type and action; "quarantined" when the
-        original went to the quarantine (the whole message or any part of it)."""
-        for action in report.actions:
-            self.attachment(action.detected_type, action.action.value)
-        if report.verdict is Verdict.QUARANTINED or any(a.quarantined for a in report.actions):
-            self.message("quarantined")
 
     def observe_delivery(self, received_at: float, now: float) -> None:
         """After a successful delivery: acceptance-to-delivery delay (needs `received_at`)."""

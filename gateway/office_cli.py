@@ -70,6 +70,5 @@ def cmd_office_check(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    subparsers.add_parser(
-        "office-check", help="start LibreOffice in its sandbox and convert a Japanese probe",
-    ).set_defaults(func=cmd_office_check)
+    subparsers.add_parser("office-check", description=__doc__).set_defaults(
+        func=cmd_office_check)

@@ -33,9 +33,9 @@ from pathlib import Path
 import structlog
 
 from gateway import loop
-from gateway.ingress import forget, limit_table
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROC_ENV
+from gateway.relay.ingress import forget, limit_table
 from gateway.settings import Settings, load_settings
 
 log = structlog.get_logger("mugaika.processes")
@@ -76,8 +76,8 @@ def slot_settings(settings: Settings) -> Settings:
 def _prepare(settings: Settings) -> None:
     """What must happen once before any member runs (in a child: heavy imports)."""
     from converters.sandbox import SandboxUnavailable, decide_sandboxing
-    from gateway.spool import Spool
-    from gateway.store import open_stores
+    from gateway.custody.stores import open_stores
+    from gateway.queue.spool import Spool
 
     configure_logging()
     try:

@@ -17,15 +17,15 @@ import structlog
 
 from gateway.api import create_app
 from gateway.api.serve import NotifyingSpool, serve_api
-from gateway.attachments import AttachmentContext
-from gateway.egress import forwarder_from_settings
-from gateway.ingress import IngressHandler, server_factory
+from gateway.custody.ppap import sandboxed_decrypter
+from gateway.custody.stores import open_stores
 from gateway.metrics import Metrics
-from gateway.ppap import sandboxed_decrypter
+from gateway.pipeline.attachments import AttachmentContext
+from gateway.queue.spool import Entry, Spool
+from gateway.queue.worker import Worker
+from gateway.relay.egress import forwarder_from_settings
+from gateway.relay.ingress import IngressHandler, server_factory
 from gateway.settings import Settings
-from gateway.spool import Entry, Spool
-from gateway.store import open_stores
-from gateway.worker import Worker
 
 log = structlog.get_logger("mugaika.server")
 

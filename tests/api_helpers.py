@@ -1,6 +1,6 @@
 """Fixtures for the API tests: an app on a real database, tokens per role, a spool double.
 
-`RecordingSpool` stands in for `gateway.spool.Spool` (same `put`, `writable`, `depth`,
+`RecordingSpool` stands in for `gateway.queue.spool.Spool` (same `put`, `writable`, `depth`,
 `oldest_age`) and keeps what was put, so tests can check exactly what release delivers.
 The end-to-end test uses the real spool and SMTP.
 """
@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from gateway.api import create_app
-from gateway.envelope import Envelope
+from gateway.custody.quarantine import Decrypter
+from gateway.custody.stores import SqlStores
+from gateway.custody.tokens import Role
 from gateway.metrics import Metrics
-from gateway.quarantine import Decrypter
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
-from gateway.store import SqlStores
-from gateway.tokens import Role
 
 pytest_plugins = ("tests.store_helpers",)
 

@@ -108,8 +108,8 @@ def newsletter(target_bytes: int = 100_000) -> str:
 
 def deliver(raw: bytes, **overrides: object) -> tuple[object, bytes]:
     """Run sanitize + rebuild like the worker does; return (Sanitized, delivered bytes)."""
-    from gateway.rebuild import rebuild
-    from gateway.sanitize import sanitize
+    from gateway.pipeline.rebuild import rebuild
+    from gateway.pipeline.sanitize import sanitize
     from gateway.settings import Settings
 
     settings = Settings(**overrides)  # type: ignore[arg-type]

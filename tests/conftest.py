@@ -217,7 +217,7 @@ def gateway(make_gateway: Callable[..., Gateway], sink: Sink) -> Gateway:
 
 
 def journaled_bytes(spool: Path) -> int:
-    """How much the gateway processes' journals hold (`gateway.journal`)."""
+    """How much the gateway processes' journals hold (`gateway.queue.journal`)."""
     return sum(p.stat().st_size for p in spool.glob("journal*/*.log"))
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
-from gateway.rebuild import rebuild
-from gateway.samples import write_corpus
-from gateway.sanitize import sanitize
+from gateway.loadtest.samples import write_corpus
+from gateway.pipeline.rebuild import rebuild
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 
 #: Corpus entries every build of mugaika handles the same way (no converters needed).

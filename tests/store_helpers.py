@@ -19,10 +19,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from gateway.envelope import Envelope
-from gateway.sanitize import Sanitized, sanitize
+from gateway.custody.stores import SqlStores, open_stores
+from gateway.pipeline.message import Sanitized
+from gateway.pipeline.sanitize import sanitize
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
-from gateway.store import SqlStores, open_stores
 
 PG_ENV = "MUGAIKA_TEST_DATABASE_URL"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get(PG_ENV) else [])

@@ -12,9 +12,9 @@ from fastapi.routing import APIRoute, iter_route_contexts
 
 from gateway.api.auth import Require
 from gateway.api.links import RecipientLink
+from gateway.custody.stores import SqlStores
+from gateway.custody.tokens import ROLE_PERMISSIONS, Permission, Role
 from gateway.settings import Settings
-from gateway.store import SqlStores
-from gateway.tokens import ROLE_PERMISSIONS, Permission, Role
 from tests.api_helpers import Api, build_api
 
 pytest_plugins = ("tests.store_helpers", "tests.api_helpers")

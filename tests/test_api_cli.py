@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditQuery
 from gateway.cli import main
-from gateway.envelope import Envelope
+from gateway.custody.audit import AuditQuery
+from gateway.custody.stores import SqlStores
+from gateway.custody.tokens import Role
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import Spool
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.store import SqlStores
-from gateway.tokens import Role
 from tests.store_helpers import FakeClock, hold_message
 
 pytest_plugins = ("tests.store_helpers",)

@@ -11,12 +11,12 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 
-from gateway.audit import AuditQuery
-from gateway.rebuild import rebuild
-from gateway.release_links import release_link
-from gateway.sanitize import sanitize
+from gateway.custody.audit import AuditQuery
+from gateway.custody.stores import SqlStores
+from gateway.pipeline.rebuild import rebuild
+from gateway.pipeline.release_links import release_link
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
-from gateway.store import SqlStores
 from tests.api_helpers import Api, build_api
 from tests.store_helpers import hold_message
 

@@ -8,11 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api import create_app
-from gateway.audit import AuditQuery
+from gateway.custody.audit import AuditQuery
+from gateway.custody.stores import SqlStores
+from gateway.custody.tokens import Role
 from gateway.metrics import MAX_LABEL_VALUES, Metrics
+from gateway.queue.worker import count_report
 from gateway.settings import Settings
-from gateway.store import SqlStores
-from gateway.tokens import Role
 from tests.api_helpers import RecordingSpool
 from tests.store_helpers import FakeClock, hold_message
 
@@ -97,7 +98,7 @@ def test_report_counts_parts_and_quarantine(stores: SqlStores, settings: Setting
     """The worker hands each report over: parts by type and action, one quarantined message."""
     metrics = Metrics()
     result = hold_message(stores, settings, "Q1")
-    metrics.observe_report(result.report)
+    count_report(metrics, result.report)
     metrics.observe_delivery(received_at=100.0, now=107.5)
     metrics.observe_delivery(received_at=0.0, now=107.5)  # unknown arrival: not observed
     text = metrics.render().decode()

@@ -16,9 +16,9 @@ from email.message import EmailMessage
 import pytest
 import pyzipper
 
-from gateway.quarantine import Replacement, WrongPassword, replace_parts
+from gateway.custody.quarantine import Replacement, WrongPassword, replace_parts
+from gateway.custody.stores import SqlStores
 from gateway.settings import Settings
-from gateway.store import SqlStores
 from tests.api_helpers import Api, build_api
 from tests.store_helpers import envelope_for, hold_message
 

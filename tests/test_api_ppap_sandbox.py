@@ -17,8 +17,8 @@ import pyzipper
 from msoffcrypto.format.ooxml import OOXMLFile
 
 from converters.errors import LimitExceeded, Unsupported
-from gateway.ppap import sandboxed_decrypter
-from gateway.quarantine import Decrypter, WrongPassword
+from gateway.custody.ppap import sandboxed_decrypter
+from gateway.custody.quarantine import Decrypter, WrongPassword
 from gateway.settings import Settings
 
 PASSWORD = "Kz7-m2Qp"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import email
 
+from gateway.custody.stores import SqlStores
 from gateway.settings import Settings
-from gateway.store import SqlStores
 from tests.api_helpers import Api, build_api
 from tests.store_helpers import envelope_for, hold_message, mail_with_attachment
 

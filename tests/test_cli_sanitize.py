@@ -78,3 +78,31 @@ def test_check_config_rejects_invalid(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text("no_such_setting = 1\n")
     assert mugaika("--config", str(cfg), "check-config").returncode == 2
+
+
+#: What only `serve` and the admin commands need: the database layer, the API, and the
+#: converters' parsers (which belong in the sandbox anyway).
+HEAVY = ("sqlalchemy", "alembic", "fastapi", "uvicorn", "extract_msg", "oletools", "libarchive",
+         "pypdfium2", "gateway.custody", "gateway.api", "gateway.queue", "gateway.relay")
+
+
+def _imported(*args: str, stdin: bytes | None = None) -> set[str]:
+    """The top-level modules a `mugaika` command imported (`python -X importtime`)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "gateway", *args],
+                            cwd=ROOT, input=stdin, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stderr.decode().splitlines()
+    return {line.rsplit("|", 1)[1].strip() for line in lines if line.startswith("import time:")}
+
+
+def test_quick_commands_import_only_what_they_need() -> None:
+    """--help, check-config and sanitize of a text mail start without the heavy layers."""
+    small = plain_message("本文だけのメール")
+    for args, stdin in ((("--help",), None), (("check-config",), None),
+                        (("sanitize", "-"), small), (("token", "--help"), None)):
+        heavy = {m for m in _imported(*args, stdin=stdin)
+                 if m.split(".")[0] in HEAVY or m.startswith(HEAVY)}
+        if args[0] == "token":  # the admin commands do need the database layer
+            assert "sqlalchemy" in heavy and "fastapi" not in heavy
+        else:
+            assert heavy == set(), f"mugaika {' '.join(args)} imported {sorted(heavy)}"

@@ -10,10 +10,11 @@ from email.message import EmailMessage
 import pypdfium2 as pdfium
 import pytest
 
-from gateway.attachments import AttachmentContext, policy_from_settings
-from gateway.rebuild import rebuild
-from gateway.report import ActionKind, Verdict
-from gateway.sanitize import Sanitized, sanitize
+from gateway.pipeline.attachments import AttachmentContext, policy_from_settings
+from gateway.pipeline.message import Sanitized
+from gateway.pipeline.rebuild import rebuild
+from gateway.pipeline.report import ActionKind, Verdict
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 from tests.convert_helpers import (
     encrypted_pdf,

@@ -1,4 +1,4 @@
-"""The gateway's delivery client (`SMTPForwarder` on `gateway.smtpclient`) against real
+"""The gateway's delivery client (`SMTPForwarder` on `gateway.relay.smtpclient`) against real
 servers on 127.0.0.1: per-recipient answers, pipelining, refused transactions, a pooled
 connection the server closed, STARTTLS policy, dot transparency, garbage and silence."""
 
@@ -12,11 +12,11 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from gateway import loadsink
-from gateway.egress import DeliveryResult, SMTPForwarder
-from gateway.loadsink import SinkState, start_sink
+from gateway.loadtest import sink as load_sink
+from gateway.loadtest.sink import SinkState, start_sink
+from gateway.relay.egress import DeliveryResult, SMTPForwarder
+from gateway.relay.smtpd import DATA_END, unstuff
 from gateway.settings import Settings
-from gateway.smtpd import DATA_END, unstuff
 from tests.conftest import Sink
 from tests.test_relay_tls import self_signed
 
@@ -292,7 +292,7 @@ def test_unsendable_addresses_are_refused_for_good_without_smtputf8() -> None:
 # -- connections -----------------------------------------------------------------------------
 
 def _to_sink(state: SinkState, go: Callable[[SMTPForwarder], Awaitable[T]]) -> T:
-    """`go` with a forwarder to the project's own sink (`gateway/loadsink.py`)."""
+    """`go` with a forwarder to the project's own sink (`gateway/loadtest/sink.py`)."""
     return _with_server(lambda: start_sink("127.0.0.1", 0, state), go)
 
 
@@ -308,7 +308,7 @@ def test_message_larger_than_a_write_piece_arrives_whole() -> None:
 def test_connection_the_server_timed_out_while_idle_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
     """The project's sink says 421 and hangs up on an idle connection: the next delivery
     must notice before it writes, not fail the message."""
-    monkeypatch.setattr(loadsink, "IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(load_sink, "IDLE_TIMEOUT", 0.2)
     state = SinkState()
 
     async def go(forwarder: SMTPForwarder) -> list[DeliveryResult]:

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ingress import has_line_longer
-from gateway.smtpd import crlf
+from gateway.pipeline.mimewrite import crlf
+from gateway.relay.ingress import has_line_longer
 from tests.conftest import Gateway, Sink
 
 HEAD = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<staff@example.lg.jp>\r\nDATA\r\n"

@@ -6,7 +6,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.smtpd import LOCAL_PART_LIMIT, parse_path
+from gateway.relay.smtpd import LOCAL_PART_LIMIT, parse_path
 
 _CHARS = "aZ09.-_+%!#$&'*/=?^`{|}~\"@<>[]() :\\"
 _PATHS = st.builds(
@@ -18,7 +18,7 @@ _PATHS = st.builds(
 
 
 def _aiosmtpd(arg: str) -> tuple[str | None, str]:
-    """What aiosmtpd's server (which mugaika used before `gateway.smtpd`) made of `arg`,
+    """What aiosmtpd's server (which mugaika used before `gateway.relay.smtpd`) made of `arg`,
     with the RFC 5321 local-part limit that mugaika enforces; aiosmtpd reported the null
     path as "<>", mugaika as ""."""
     theirs = SMTP.__new__(SMTP)
@@ -51,7 +51,7 @@ def test_unusual_paths_still_parsed() -> None:
 
 
 def test_connection_caps_hold_over_a_group_and_a_dead_member_is_forgotten() -> None:
-    from gateway.ingress import ConnectionLimiter, forget, limit_table
+    from gateway.relay.ingress import ConnectionLimiter, forget, limit_table
 
     table = limit_table(2)
     first = ConnectionLimiter(2, 3, table, row=0)

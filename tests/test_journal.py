@@ -1,4 +1,4 @@
-"""The journal's promises (gateway/journal.py): a fresh message is on disk when
+"""The journal's promises (gateway/queue/journal.py): a fresh message is on disk when
 `put_fresh` returns, many share one fdatasync, and after a crash every message that did
 not leave comes back as a spool file, once, with its bytes; a torn tail loses nothing
 that was acknowledged."""
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import journal as journal_module
-from gateway.envelope import Envelope
-from gateway.spool import RetryState, Spool, SpoolError
+from gateway.queue import journal as journal_module
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import RetryState, Spool, SpoolError
 
 ENV = Envelope(mail_from="a@example.com", rcpt_tos=("b@example.lg.jp",), received_at=1.0)
 

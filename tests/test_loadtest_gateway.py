@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.loadclient import ClientOptions
-from gateway.loadmix import load_templates
-from gateway.loadsink import SinkFaults
-from gateway.loadtest import LoadConfig, run_loadtest
+from gateway.loadtest.client import ClientOptions
+from gateway.loadtest.mix import load_templates
+from gateway.loadtest.run import LoadConfig, run_loadtest
+from gateway.loadtest.sink import SinkFaults
 from tests.conftest import free_port
 from tests.loadtest_helpers import light_corpus
 

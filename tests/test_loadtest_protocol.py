@@ -10,13 +10,14 @@ from typing import cast
 import aiosmtplib
 import pytest
 
-from gateway import loadsink
-from gateway.loadcheck import Sent
-from gateway.loadclient import Client, ClientOptions
-from gateway.loadmix import Template, plan
-from gateway.loadsink import SinkFaults, SinkState, start_sink
-from gateway.smtpclient import Reply, stuff, take_replies
-from gateway.smtpd import DATA_END, crlf, unstuff
+from gateway.loadtest import sink as load_sink
+from gateway.loadtest.check import Sent
+from gateway.loadtest.client import Client, ClientOptions
+from gateway.loadtest.mix import Template, plan
+from gateway.loadtest.sink import SinkFaults, SinkState, start_sink
+from gateway.pipeline.mimewrite import crlf
+from gateway.relay.smtpclient import Reply, stuff, take_replies
+from gateway.relay.smtpd import DATA_END, unstuff
 from tests.conftest import free_port
 
 #: Lines that DATA must stuff (and the sink unstuff): a leading dot, two dots, a lone dot.
@@ -155,7 +156,7 @@ def test_sink_faults_refuse_and_the_session_goes_on():
 
 
 def test_sink_refuses_an_oversized_message_after_reading_it(monkeypatch):
-    monkeypatch.setattr(loadsink, "SIZE_LIMIT", 1000)
+    monkeypatch.setattr(load_sink, "SIZE_LIMIT", 1000)
 
     async def talk(port: int, state: SinkState) -> None:
         reader, writer = await _greeted(port)
@@ -175,7 +176,7 @@ def test_sink_refuses_an_oversized_message_after_reading_it(monkeypatch):
 
 
 def test_sink_classifies_a_large_message_in_a_thread_and_answers_in_order(monkeypatch):
-    monkeypatch.setattr(loadsink, "INLINE_CLASSIFY_BYTES", 10)
+    monkeypatch.setattr(load_sink, "INLINE_CLASSIFY_BYTES", 10)
     message = b"Message-ID: <lt.0123abcd.5@loadtest.mugaika.invalid>\r\n\r\n" + b"z" * 5000 + b"\r\n"
 
     async def talk(port: int, state: SinkState) -> None:
@@ -192,7 +193,7 @@ def test_sink_classifies_a_large_message_in_a_thread_and_answers_in_order(monkey
 
 
 def test_sink_closes_an_idle_connection(monkeypatch):
-    monkeypatch.setattr(loadsink, "IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(load_sink, "IDLE_TIMEOUT", 0.2)
 
     async def talk(port: int, state: SinkState) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway.loadclient import ClientOptions
-from gateway.loadmix import load_templates
-from gateway.loadsink import SinkFaults
-from gateway.loadtest import LoadConfig, main, run_loadtest
+from gateway.loadtest.client import ClientOptions
+from gateway.loadtest.mix import load_templates
+from gateway.loadtest.run import LoadConfig, main, run_loadtest
+from gateway.loadtest.sink import SinkFaults
 from tests.loadtest_helpers import Relay, free_port, light_corpus, start_relay
 
 

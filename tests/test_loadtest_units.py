@@ -9,11 +9,11 @@ from email.message import EmailMessage
 
 import pytest
 
-from gateway.corpus.texts import plain_5kb
-from gateway.loadcheck import Sent, account
-from gateway.loadmix import TOKEN_RE, Template, plan, stamp
-from gateway.loadsink import Arrival, classify
-from gateway.loadstats import RssSampler, percentile, tree_rss_bytes
+from gateway.loadtest.check import Sent, account
+from gateway.loadtest.corpus.texts import plain_5kb
+from gateway.loadtest.mix import TOKEN_RE, Template, plan, stamp
+from gateway.loadtest.sink import Arrival, classify
+from gateway.loadtest.stats import RssSampler, percentile, tree_rss_bytes
 
 EXPECT = {"smtp": 250, "verdicts": ["sanitized"],
           "attachments": [{"filename": "a.pdf", "action": "converted"},
@@ -121,7 +121,8 @@ def test_empty_selection_is_refused():
 def test_register_adds_both_subcommands_to_a_cli():
     import argparse
 
-    from gateway import loadtest, samples
+    from gateway.loadtest import run as loadtest
+    from gateway.loadtest import samples
 
     parser = argparse.ArgumentParser(prog="mugaika")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,7 +151,7 @@ def test_reason_codes_in_actions_header_must_match_the_manifest():
 
 
 def test_cli_refuses_a_missing_or_empty_selection(tmp_path, capsys):
-    from gateway.loadtest import main
+    from gateway.loadtest.run import main
 
     assert main(["--samples", str(tmp_path / "nope"), "--quiet"]) == 2
     assert "not a directory" in capsys.readouterr().err

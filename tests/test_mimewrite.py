@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from converters.jis import decode_cp50220
-from gateway import mimewrite
-from gateway.headers import decode_words
-from gateway.rebuild import assert_safe_headers
+from gateway.pipeline import mimewrite
+from gateway.pipeline.headers import decode_words
+from gateway.pipeline.rebuild import assert_safe_headers
 from tests.bodies_helpers import b_word, base_headers, deliver, message
 
 _TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=300)
@@ -118,7 +118,7 @@ _MAILBOXES = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(_MAILBOXES)
 def test_simple_mailbox_fast_path_reads_as_the_stdlib_does(value: str) -> None:
-    from gateway.rebuild import _PARSE_POLICY, _SIMPLE_MAILBOX, _display_name, _mailboxes
+    from gateway.pipeline.rebuild import _PARSE_POLICY, _SIMPLE_MAILBOX, _display_name, _mailboxes
 
     if _SIMPLE_MAILBOX.fullmatch(value) is None:
         return

@@ -13,10 +13,10 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from gateway.attachments import AttachmentContext
-from gateway.rebuild import rebuild
-from gateway.report import ActionKind
-from gateway.sanitize import sanitize
+from gateway.pipeline.attachments import AttachmentContext
+from gateway.pipeline.rebuild import rebuild
+from gateway.pipeline.report import ActionKind
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 from tests.archive_helpers import RawEntry, build_zip
 from tests.office_helpers import docm_with_vba, japanese_docx

@@ -92,7 +92,7 @@ def test_rtf_object_dde_and_link_are_found() -> None:
 
 def test_a_zip_that_is_really_an_office_document_is_recognised() -> None:
     """libmagic needs [Content_Types].xml first; a reordered docx must still be a document."""
-    from converters.office import refine_zip_type
+    from converters.registry import refine_zip_type
 
     src = zipfile.ZipFile(io.BytesIO(japanese_docx()))
     reordered = io.BytesIO()
@@ -108,7 +108,7 @@ def test_a_zip_that_is_really_an_office_document_is_recognised() -> None:
 
 
 def test_declared_mime_lists_are_lower_case_like_the_registry_lookup() -> None:
-    from converters import archive, office, outlook
+    from converters.registry import ARCHIVE_TYPES, OFFICE_TYPES, OUTLOOK_TYPES
 
-    for types in (office.MIME_TYPES, archive.MIME_TYPES, outlook.MIME_TYPES):
+    for types in (OFFICE_TYPES, ARCHIVE_TYPES, OUTLOOK_TYPES):
         assert all(t == t.lower() for t in types)

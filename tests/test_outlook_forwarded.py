@@ -6,9 +6,10 @@ import email
 import email.policy
 from email.message import EmailMessage
 
-from gateway.forwarded import sanitize_forwarded
-from gateway.parse import Leaf
-from gateway.report import ActionKind
+from gateway.pipeline.forwarded import sanitize_forwarded
+from gateway.pipeline.parse import Leaf
+from gateway.pipeline.report import ActionKind
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 
 EXE = b"MZ\x90\x00\x03\x00\x00\x00" + b"\x00" * 56 + b"This program cannot be run in DOS mode"
@@ -32,7 +33,7 @@ def _leaf(payload: bytes) -> Leaf:
 
 def test_forwarded_mail_with_an_executable_arrives_as_a_clean_eml() -> None:
     settings = Settings(language="ja")
-    outcome = sanitize_forwarded(_leaf(_forwarded_with_exe()), "Q1", settings)
+    outcome = sanitize_forwarded(_leaf(_forwarded_with_exe()), "Q1", settings, sanitize)
     (eml,) = outcome.outputs
     assert eml.filename == "転送メール.eml" and eml.content_type == "message/rfc822"
     assert b"MZ\x90" not in eml.data and b"TVqQ" not in eml.data  # raw or base64 of "MZ\x90"
@@ -48,7 +49,7 @@ def test_forwarded_mail_with_an_executable_arrives_as_a_clean_eml() -> None:
 
 def test_the_report_and_quarantine_cover_the_inner_parts() -> None:
     forwarded = _forwarded_with_exe()
-    outcome = sanitize_forwarded(_leaf(forwarded), "Q1", Settings())
+    outcome = sanitize_forwarded(_leaf(forwarded), "Q1", Settings(), sanitize)
     own, *nested = outcome.actions
     assert own.part == "2" and own.action is ActionKind.CONVERTED
     assert own.outputs == ("転送メール.eml",)
@@ -61,7 +62,7 @@ def test_the_report_and_quarantine_cover_the_inner_parts() -> None:
 
 def test_inline_policy_gives_text_with_headers_notice_and_body() -> None:
     settings = Settings(forward_output="inline", language="en")
-    outcome = sanitize_forwarded(_leaf(_forwarded_with_exe()), "Q1", settings)
+    outcome = sanitize_forwarded(_leaf(_forwarded_with_exe()), "Q1", settings, sanitize)
     text = outcome.outputs[0].data.decode()
     assert outcome.outputs[0].filename == "転送メール.txt"
     assert "Subject: 請求書の送付" in text
@@ -73,7 +74,7 @@ def test_inline_policy_gives_text_with_headers_notice_and_body() -> None:
 
 def test_nesting_beyond_the_depth_budget_is_held_not_recursed() -> None:
     forwarded = _forwarded_with_exe()
-    outcome = sanitize_forwarded(_leaf(forwarded), "Q1", Settings(forward_max_depth=0))
+    outcome = sanitize_forwarded(_leaf(forwarded), "Q1", Settings(forward_max_depth=0), sanitize)
     (action,) = outcome.actions
     assert action.action is ActionKind.REMOVED and action.code == "limit_exceeded"
     assert outcome.outputs == () and outcome.held[0].data == forwarded
@@ -81,7 +82,7 @@ def test_nesting_beyond_the_depth_budget_is_held_not_recursed() -> None:
 
 def test_the_inner_pipeline_is_injectable_and_gets_a_smaller_depth_budget() -> None:
     """The attachment stage passes a pipeline bound to its warm converter context."""
-    from gateway.sanitize import Sanitized, sanitize
+    from gateway.pipeline.message import Sanitized
 
     calls: list[int] = []
 

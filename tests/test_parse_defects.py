@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.parse import parse
+from gateway.pipeline.parse import parse
 from tests.bodies_helpers import (
     b_word,
     base_headers,

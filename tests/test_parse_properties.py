@@ -14,8 +14,8 @@ import quopri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.rebuild import OUTPUT_HEADERS, rebuild
-from gateway.sanitize import sanitize
+from gateway.pipeline.rebuild import OUTPUT_HEADERS, rebuild
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 
 SETTINGS = Settings()

@@ -6,9 +6,9 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
-from gateway.envelope import Envelope
+from gateway.custody.stores import open_stores
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
-from gateway.store import open_stores
 
 ENV = Envelope("tanaka@example.com", ("clerk@example.lg.jp",), received_at=1_700_000_000.0,
                kind="release")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from converters.base import Rendering
-from gateway.rebuild import assert_safe_headers, rebuild
-from gateway.sanitize import sanitize
+from gateway.pipeline.rebuild import assert_safe_headers, rebuild
+from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
 from tests.bodies_helpers import b_word, base_headers, deliver, delivered_message, message
 
@@ -112,7 +112,7 @@ def test_operator_template_overrides_single_entries(tmp_path: Path) -> None:
 
 
 def test_broken_operator_template_is_reported(tmp_path: Path) -> None:
-    from gateway.notice import load_templates
+    from gateway.pipeline.notice import load_templates
 
     (tmp_path / "notice.ja.toml").write_text("head = \n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"notice\.ja\.toml"):

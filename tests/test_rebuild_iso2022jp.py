@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.headers import decode_words
+from gateway.pipeline.headers import decode_words
 from tests.bodies_helpers import b_word, base_headers, deliver, message
 
 

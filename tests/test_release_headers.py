@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 
-from gateway.worker import _with_headers
+from gateway.queue.worker import _with_headers
 
 
 def test_long_japanese_approver_is_folded_with_crlf_and_reads_back() -> None:

@@ -16,9 +16,9 @@ import olefile
 import pytest
 from PIL import Image
 
-from gateway.corpus.catalogue import catalogue
-from gateway.parse import Leaf, parse
-from gateway.samples import MANIFEST, load_manifest, main, write_corpus
+from gateway.loadtest.corpus.catalogue import catalogue
+from gateway.loadtest.samples import MANIFEST, load_manifest, main, write_corpus
+from gateway.pipeline.parse import Leaf, parse
 from gateway.settings import Settings
 
 
@@ -229,7 +229,7 @@ def test_office_documents_open_in_their_libraries(corpus):
 
 
 def test_vba_project_is_a_valid_compound_file(corpus):
-    from gateway.corpus.vba import vba_project_bin
+    from gateway.loadtest.corpus.vba import vba_project_bin
 
     ole = olefile.OleFileIO(io.BytesIO(vba_project_bin()))
     assert ole.exists("VBA/dir") and ole.exists("PROJECT")

@@ -1,4 +1,4 @@
-"""The inbound SMTP session (`gateway.smtpd`) over a real socket on 127.0.0.1.
+"""The inbound SMTP session (`gateway.relay.smtpd`) over a real socket on 127.0.0.1.
 
 The hooks here are small stand-ins that record what they were given: the relay policy and
 the spool behind the real hooks are tested through the whole gateway (test_relay_smtp.py,
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.smtpd import ServerLimits, Session, SMTPSession, Transaction
+from gateway.relay.smtpd import ServerLimits, Session, SMTPSession, Transaction
 
 LIMITS = ServerLimits(hostname="gw.test", max_message_bytes=10_000, max_line_bytes=2_000,
                       timeout=30.0, max_commands=20)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.envelope import Envelope
-from gateway.spool import RetryState, Spool
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import RetryState, Spool
 
 ENV = Envelope(mail_from="a@example.com", rcpt_tos=("b@example.lg.jp",), received_at=1.0)
 
@@ -57,7 +57,7 @@ def test_directory_fsyncs_are_shared_and_each_covers_its_callers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """16 threads each need a durable rename: they share fsyncs, and each returns only
     after an fsync that started after it asked (so it covered its rename)."""
-    from gateway import spool as spool_module
+    from gateway.queue import spool as spool_module
 
     runs: list[tuple[float, float]] = []
 
@@ -88,7 +88,7 @@ def test_directory_fsyncs_are_shared_and_each_covers_its_callers(
 
 def test_a_failed_directory_fsync_counts_for_nobody(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway import spool as spool_module
+    from gateway.queue import spool as spool_module
 
     attempts: list[int] = []
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.envelope import Envelope
-from gateway.spool import RetryState, Spool, SpoolError, derived_id
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import RetryState, Spool, SpoolError, derived_id
 
 ENV = Envelope(mail_from="a@example.com", rcpt_tos=("b@example.lg.jp",), received_at=1.0)
 OUT_ENV = Envelope(mail_from="a@example.com", rcpt_tos=("b@example.lg.jp",), kind="outbound")

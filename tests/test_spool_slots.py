@@ -6,12 +6,12 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
-from gateway.envelope import Envelope
-from gateway.notice import load_templates
+from gateway.custody.stores import open_stores
+from gateway.pipeline.notice import load_templates
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import Spool
+from gateway.queue.worker import MAX_CRASHES, sanitize_claimed
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.store import open_stores
-from gateway.worker import MAX_CRASHES, sanitize_claimed
 
 ENV = Envelope(mail_from="a@example.com", rcpt_tos=("b@example.lg.jp",), received_at=1.0)
 RAW = (b"From: a@example.com\r\nTo: b@example.lg.jp\r\nSubject: crash\r\n"

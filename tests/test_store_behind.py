@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from gateway.envelope import Envelope
-from gateway.report import Report, Verdict
+from gateway.custody.stores import SqlStores, open_stores
+from gateway.pipeline.report import Report, Verdict
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
-from gateway.store import SqlStores, open_stores
 from gateway.store.common import write
 
 

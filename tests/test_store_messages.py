@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from gateway.custody.stores import SqlStores
 from gateway.settings import Settings
-from gateway.store import SqlStores
 from gateway.store.messages import MessageQuery
 from tests.store_helpers import FakeClock, envelope_for, hold_message
 

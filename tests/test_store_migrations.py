@@ -5,16 +5,16 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from gateway.custody.stores import open_stores
+from gateway.custody.tokens import Role
 from gateway.settings import Settings
-from gateway.store import open_stores
 from gateway.store.schema import metadata
-from gateway.tokens import Role
 
 pytest_plugins = ("tests.store_helpers",)
 
 
 def test_migrated_schema_matches_models(settings: Settings) -> None:
-    """No drift between gateway/store/schema.py and gateway/migrations/."""
+    """No drift between gateway/store/schema.py and gateway/store/migrations/."""
     stores = open_stores(settings)
     try:
         with stores.engine.connect() as conn:

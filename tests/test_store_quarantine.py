@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.exc import DBAPIError
 
-from gateway.audit import Actor, AuditQuery
+from gateway.custody.audit import Actor, AuditQuery
+from gateway.custody.stores import SqlStores
+from gateway.custody.tokens import Permission, Role, TokenError
 from gateway.settings import Settings
-from gateway.store import SqlStores
 from gateway.store.records import QuarantineQuery
 from gateway.store.schema import blobs
-from gateway.tokens import Permission, Role, TokenError
 from tests.store_helpers import EXE_BYTES, FakeClock, hold_message, mail_with_attachment
 
 pytest_plugins = ("tests.store_helpers",)

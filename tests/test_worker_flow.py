@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway import worker as worker_module
-from gateway.egress import forwarder_from_settings
+from gateway.custody.stores import open_stores
 from gateway.metrics import Metrics
+from gateway.queue import worker as worker_module
+from gateway.queue.spool import Spool
+from gateway.queue.worker import FRESH_QUEUE_LIMIT, Worker
+from gateway.relay.egress import forwarder_from_settings
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.store import open_stores
-from gateway.worker import FRESH_QUEUE_LIMIT, Worker
 
 
 def _worker(tmp_path: Path) -> Worker:

@@ -20,9 +20,9 @@ from fastapi.responses import JSONResponse
 
 from gateway.api import audit, health, links, messages, quarantine
 from gateway.api.context import ApiContext, ApiError, ApiSpool, Check
-from gateway.audit import Actor
-from gateway.metrics import Metrics
-from gateway.quarantine import (
+from gateway.api.readiness import converters_check, downstream_check
+from gateway.custody.audit import Actor
+from gateway.custody.quarantine import (
     BadPassword,
     Conflict,
     Decrypter,
@@ -33,9 +33,9 @@ from gateway.quarantine import (
     QuarantineError,
     QuarantineService,
 )
-from gateway.readiness import converters_check, downstream_check
+from gateway.custody.stores import SqlStores
+from gateway.metrics import Metrics
 from gateway.settings import Settings
-from gateway.store import SqlStores
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from gateway.api.auth import Require
 from gateway.api.common import Paging, paging, problems
 from gateway.api.context import ApiContext, get_context
 from gateway.api.models import AuditOut, AuditPage, SearchText
-from gateway.audit import Actor, AuditQuery
-from gateway.tokens import Permission
+from gateway.custody.audit import Actor, AuditQuery
+from gateway.custody.tokens import Permission
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], responses=problems())
 

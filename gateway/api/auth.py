@@ -13,8 +13,8 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.context import ApiContext, ApiError, get_context
-from gateway.audit import Actor
-from gateway.tokens import Permission
+from gateway.custody.audit import Actor
+from gateway.custody.tokens import Permission
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `mugaika token create`.")
 

@@ -8,18 +8,18 @@ from typing import Protocol
 
 from fastapi import Request
 
-from gateway.envelope import Envelope
+from gateway.custody.quarantine import QuarantineService, SpoolWriter
+from gateway.custody.stores import SqlStores
 from gateway.metrics import Metrics
-from gateway.quarantine import QuarantineService, SpoolWriter
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
-from gateway.store import SqlStores
 
 #: A readiness check: True when the dependency it names is usable.
 Check = Callable[[], bool]
 
 
 class SpoolStore(Protocol):
-    """What the API uses of `gateway.spool.Spool`: writing, readiness, the spool gauges."""
+    """What the API uses of `gateway.queue.spool.Spool`: writing, readiness, the spool gauges."""
 
     def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str: ...
 

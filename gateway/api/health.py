@@ -10,8 +10,8 @@ from gateway.api.auth import Require
 from gateway.api.common import problems
 from gateway.api.context import ApiContext, Check, get_context
 from gateway.api.models import Health, Readiness
-from gateway.audit import Actor
-from gateway.tokens import Permission
+from gateway.custody.audit import Actor
+from gateway.custody.tokens import Permission
 
 router = APIRouter(tags=["health"])
 Ctx = Annotated[ApiContext, Depends(get_context)]

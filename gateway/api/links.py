@@ -1,4 +1,4 @@
-"""/release/{id}: the recipient's link from the notice (see gateway/release_links.py).
+"""/release/{id}: the recipient's link from the notice (see gateway/pipeline/release_links.py).
 
 Authenticated by the link's signature instead of a token. GET shows a confirmation page
 and changes nothing; POST files a release request that an approver must approve, even
@@ -15,9 +15,9 @@ from fastapi.responses import HTMLResponse
 
 from gateway.api.context import ApiContext, ApiError, get_context
 from gateway.api.models import EntryId
-from gateway.audit import Actor
-from gateway.quarantine import Conflict, NotFound
-from gateway.release_links import LINK_ACTOR, LINK_ROLE, link_is_valid
+from gateway.custody.audit import Actor
+from gateway.custody.quarantine import Conflict, NotFound
+from gateway.pipeline.release_links import LINK_ACTOR, LINK_ROLE, link_is_valid
 
 router = APIRouter(prefix="/release", tags=["recipient"])
 Ctx = Annotated[ApiContext, Depends(get_context)]

@@ -10,11 +10,11 @@ from gateway.api.auth import Require
 from gateway.api.common import Paging, paging, problems
 from gateway.api.context import ApiContext, ApiError, get_context
 from gateway.api.models import EntryId, MessageDetail, MessageOut, MessagePage, SearchText, UtcTime
-from gateway.audit import Actor
-from gateway.report import Verdict
+from gateway.custody.audit import Actor
+from gateway.custody.tokens import Permission
+from gateway.pipeline.report import Verdict
+from gateway.queue.outlets import DeliveryStatus
 from gateway.store.messages import MessageQuery
-from gateway.stores import DeliveryStatus
-from gateway.tokens import Permission
 
 router = APIRouter(prefix="/api/messages", tags=["messages"], responses=problems())
 Reader = Annotated[Actor, Depends(Require(Permission.READ))]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from gateway.audit import AuditEvent
+from gateway.custody.audit import AuditEvent
 from gateway.store.messages import MessageRecord
 from gateway.store.records import QuarantineEntry, QuarantinePart, ReleaseRequest
 

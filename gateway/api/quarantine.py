@@ -20,10 +20,10 @@ from gateway.api.models import (
     SearchText,
     UtcTime,
 )
-from gateway.audit import Actor
-from gateway.quarantine import ReleaseOutcome
+from gateway.custody.audit import Actor
+from gateway.custody.quarantine import ReleaseOutcome
+from gateway.custody.tokens import Permission
 from gateway.store.records import QuarantineQuery
-from gateway.tokens import Permission
 
 router = APIRouter(prefix="/api/quarantine", tags=["quarantine"], responses=problems())
 Ctx = Annotated[ApiContext, Depends(get_context)]

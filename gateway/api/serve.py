@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway.api.context import SpoolStore
-from gateway.envelope import Envelope
+from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
 
 #: Longest wait for in-flight API requests when the gateway stops.

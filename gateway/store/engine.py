@@ -15,7 +15,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Arbitrary constant shared by every node: "mugaika" in ASCII, as a bigint.
 _MIGRATION_LOCK_KEY = 0x6D756761696B61
 _SQLITE_BUSY_MS = 10_000

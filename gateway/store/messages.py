@@ -10,8 +10,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.envelope import Envelope
-from gateway.report import Report
+from gateway.pipeline.report import Report
+from gateway.queue.envelope import Envelope
+from gateway.queue.outlets import DeliveryStatus
 from gateway.store.behind import Row, WriteBehind
 from gateway.store.common import (
     Clock,
@@ -24,7 +25,6 @@ from gateway.store.common import (
     write,
 )
 from gateway.store.schema import messages
-from gateway.stores import DeliveryStatus
 
 #: Header values longer than this are cut before storage (RFC 5322 lines are 998).
 MAX_SUBJECT = 998
@@ -65,7 +65,7 @@ class MessageQuery:
 
 
 class SqlMessageLog:
-    """`gateway.stores.MessageLog` on SQLAlchemy, plus the search the API needs.
+    """`gateway.custody.stores.MessageLog` on SQLAlchemy, plus the search the API needs.
 
     `write_behind=True` (the gateway's own process) queues the rows for one writer thread
     (`gateway.store.behind`); otherwise each call writes before it returns (CLI, API

@@ -1,6 +1,6 @@
 """The quarantine: whole originals and held parts, release requests, retention purge.
 
-Policy (who may release, four eyes, password limits) lives in `gateway.quarantine`; this
+Policy (who may release, four eyes, password limits) lives in `gateway.custody.quarantine`; this
 module only keeps state consistent: each change is one transaction, and state transitions
 are conditional updates so that two approvers clicking at once release a message once.
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
-from gateway.attachments import HeldOriginal
-from gateway.envelope import Envelope
-from gateway.headers import decode_field, read_header_block
-from gateway.report import Report, Verdict
+from gateway.pipeline.attachments import HeldOriginal
+from gateway.pipeline.headers import decode_field, read_header_block
+from gateway.pipeline.report import Report, Verdict
+from gateway.queue.envelope import Envelope
 from gateway.store.blobs import delete_orphans, get_blob, put_blob
 from gateway.store.common import (
     Clock,
@@ -55,7 +55,7 @@ class _Held:
 
 
 class SqlQuarantine:
-    """`gateway.stores.QuarantineStore` on SQLAlchemy, plus what the operator service needs."""
+    """`gateway.custody.stores.QuarantineStore` on SQLAlchemy, plus what the operator service needs."""
 
     def __init__(self, engine: Engine, retention_days: int, clock: Clock = utcnow) -> None:
         self._engine = engine

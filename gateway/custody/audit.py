@@ -1,0 +1,82 @@
+"""The append-only audit log: who did what, when, from where.
+
+Every state-changing call and every download of an original is written here by
+`gateway.custody.quarantine` (API and CLI alike). Rows are never updated or deleted: the code has
+no way to, and database triggers refuse it (see migration 0001).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+
+from gateway.store.common import Clock, Page, dumps, paged, utcnow, write
+from gateway.store.schema import audit_log
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a token's name and role, and the client address ("cli" for the CLI)."""
+
+    name: str
+    role: str
+    remote: str = ""
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    id: int
+    at: datetime
+    actor: str
+    role: str
+    action: str
+    target: str
+    remote: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    actor: str | None = None
+    action: str | None = None
+    target: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+class AuditLog:
+    def __init__(self, engine: Engine, clock: Clock = utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def record(self, actor: Actor, action: str, target: str = "", **detail: Any) -> None:
+        with write(self._engine) as conn:
+            conn.execute(insert(audit_log).values(
+                at=self._clock(), actor=actor.name[:128], role=actor.role[:16],
+                action=action[:64], target=target[:128], remote=actor.remote[:64],
+                detail=dumps(detail),
+            ))
+
+    def search(self, q: AuditQuery) -> Page[AuditEvent]:
+        query = select(audit_log)
+        if q.actor:
+            query = query.where(audit_log.c.actor == q.actor)
+        if q.action:
+            query = query.where(audit_log.c.action == q.action)
+        if q.target:
+            query = query.where(audit_log.c.target == q.target)
+        with self._engine.connect() as conn:
+            total, rows = paged(conn, query, (audit_log.c.id.desc(),), q.limit, q.offset)
+        return Page(tuple(_event(r._mapping) for r in rows), total, q.limit, q.offset)
+
+
+def _event(row: Any) -> AuditEvent:
+    return AuditEvent(
+        id=row["id"], at=row["at"], actor=row["actor"], role=row["role"],
+        action=row["action"], target=row["target"], remote=row["remote"],
+        detail=json.loads(row["detail"]),
+    )

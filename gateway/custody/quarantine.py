@@ -1,0 +1,319 @@
+"""Operator actions on the quarantine: review, download, delete, release, PPAP release.
+
+The policy lives here, the same for the HTTP API and the CLI:
+- every change and every download of an original is written to the audit log;
+- a release is requested, then carried out only when someone other than the requester
+  approves (four eyes), unless `release_requires_approval` is off;
+- a released original goes back into the spool unchanged (`kind="release"`), to the
+  envelope recipients it was sent to and no one else, with a header naming the approver;
+- PPAP: with the password of an encrypted attachment, the part is decrypted by the
+  injected `Decrypter` (in the sandbox) and the message, with the decrypted part in
+  place, re-enters the spool as an ordinary inbound message: it is sanitized like any
+  other, so no approval is needed. Wrong passwords are counted per entry and limited.
+"""
+
+from __future__ import annotations
+
+import email
+import email.encoders
+import email.policy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from hashlib import sha256
+from typing import Protocol
+
+from sqlalchemy import Connection
+
+from converters.errors import ConversionError
+from gateway.custody.audit import Actor
+from gateway.custody.stores import SqlStores
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import new_queue_id
+from gateway.settings import Settings
+from gateway.store.common import Page
+from gateway.store.quarantine import HELD, RELEASED
+from gateway.store.records import QuarantineEntry, QuarantineQuery
+
+RELEASED_BY_HEADER = "X-Mugaika-Released-By"
+REQUESTED_BY_HEADER = "X-Mugaika-Release-Requested-By"
+PASSWORD_RELEASE_HEADER = "X-Mugaika-Password-Release-By"  # noqa: S105 - a header name
+
+
+class SpoolWriter(Protocol):
+    """What release needs: `gateway.queue.spool.Spool.put`, and a way to wake the worker once
+    the release is committed (`gateway.api.serve.NotifyingSpool`)."""
+
+    def put(self, raw: bytes, envelope: Envelope, queue_id: str | None = None) -> str: ...
+
+    def wake(self, queue_id: str) -> None: ...
+
+
+class WrongPassword(Exception):
+    """Raised by a `Decrypter` when the password does not open the part."""
+
+
+#: (encrypted part bytes, its file name, password) -> the decrypted bytes, same kind of file
+#: (a ZIP without encryption, an Office document without a password). Must run the work
+#: in the sandbox; raises WrongPassword, or a ConversionError for anything else.
+Decrypter = Callable[[bytes, str | None, str], bytes]
+
+
+class QuarantineError(Exception):
+    """A refused operator action, with a stable code and a message safe to show."""
+
+    code = "quarantine_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(QuarantineError):
+    code = "not_found"
+
+
+class Conflict(QuarantineError):
+    code = "conflict"
+
+
+class FourEyes(QuarantineError):
+    code = "four_eyes"
+
+
+class BadPassword(QuarantineError):
+    code = "wrong_password"
+
+
+class PasswordLimit(QuarantineError):
+    code = "password_attempts_exhausted"
+
+
+class PpapUnavailable(QuarantineError):
+    code = "password_release_unavailable"
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    entry_id: str
+    status: str  # "pending" (waits for an approver) or "released"
+    request_id: int | None = None
+    queue_id: str | None = None
+
+
+class QuarantineService:
+    def __init__(
+        self,
+        stores: SqlStores,
+        spool: SpoolWriter,
+        settings: Settings,
+        decrypt: Decrypter | None = None,
+    ) -> None:
+        self._stores = stores
+        self._q = stores.quarantine
+        self._spool = spool
+        self._settings = settings
+        self._decrypt = decrypt
+
+    # --- reading ----------------------------------------------------------------------
+    def search(self, query: QuarantineQuery) -> Page[QuarantineEntry]:
+        return self._q.search(query)
+
+    def show(self, entry_id: str) -> QuarantineEntry:
+        entry = self._q.get(entry_id)
+        if entry is None:
+            raise NotFound("no such quarantine entry")
+        return entry
+
+    def original(self, entry_id: str, actor: Actor) -> bytes:
+        """The original message as received; every download is audited."""
+        data = self._q.original(entry_id)
+        if data is None:
+            raise NotFound("no such quarantine entry")
+        self._stores.audit.record(actor, "quarantine.download", entry_id, size=len(data))
+        return data
+
+    # --- changes ----------------------------------------------------------------------
+    def delete(self, entry_id: str, actor: Actor) -> None:
+        if not self._q.delete(entry_id):
+            raise NotFound("no such quarantine entry")
+        self._stores.audit.record(actor, "quarantine.delete", entry_id)
+
+    def purge(self, actor: Actor) -> list[str]:
+        """Remove expired entries (the scheduled task and `mugaika quarantine purge`)."""
+        gone = self._q.purge()
+        if gone:
+            self._stores.audit.record(actor, "quarantine.purge", "", count=len(gone))
+        return gone
+
+    def request_release(
+        self, entry_id: str, actor: Actor, reason: str = "", force_approval: bool = False
+    ) -> ReleaseOutcome:
+        """File a release request; carried out at once only when approval is switched off
+        and the caller is staff (`force_approval` keeps a recipient's link request pending)."""
+        entry = self.show(entry_id)
+        if entry.status != HELD:
+            raise Conflict(f"entry is {entry.status}, not held")
+        request_id = self._q.add_request(entry_id, actor.name, actor.remote, reason)
+        if request_id is None:
+            raise Conflict("entry is no longer held")
+        self._stores.audit.record(actor, "quarantine.release_request", entry_id,
+                                  request_id=request_id, reason=reason)
+        if not (self._settings.release_requires_approval or force_approval):
+            return self._carry_out(entry, request_id, actor, requester=actor.name)
+        return ReleaseOutcome(entry_id, "pending", request_id)
+
+    def approve(self, entry_id: str, actor: Actor) -> ReleaseOutcome:
+        """Carry out the pending request; the approver must not be the requester."""
+        entry = self.show(entry_id)
+        pending = [r for r in entry.requests if r.status == "pending"]
+        if not pending:
+            raise Conflict("no pending release request")
+        request = pending[-1]
+        if request.requested_by == actor.name:
+            self._stores.audit.record(actor, "quarantine.approve_refused", entry_id,
+                                      reason="approver is the requester")
+            raise FourEyes("a release must be approved by someone other than its requester")
+        return self._carry_out(entry, request.id, actor, requester=request.requested_by)
+
+    def _carry_out(
+        self, entry: QuarantineEntry, request_id: int, approver: Actor, requester: str
+    ) -> ReleaseOutcome:
+        original = self._q.original(entry.id)
+        if original is None:
+            raise NotFound("no such quarantine entry")
+        envelope = Envelope(
+            mail_from=entry.mail_from, rcpt_tos=entry.recipients, received_at=time.time(),
+            kind="release",
+            add_headers=((RELEASED_BY_HEADER, approver.name), (REQUESTED_BY_HEADER, requester)),
+            extra={"quarantine_id": entry.id},
+        )
+        queue_id = self._q.complete_release(
+            entry.id, request_id, approver.name, self._spooler(original, envelope)
+        )
+        if queue_id is None:
+            raise Conflict("the release request was decided meanwhile")
+        self._spool.wake(queue_id)  # only now: the worker must see the committed log row
+        self._stores.audit.record(approver, "quarantine.release", entry.id,
+                                  request_id=request_id, requested_by=requester,
+                                  queue_id=queue_id, recipients=list(entry.recipients))
+        return ReleaseOutcome(entry.id, "released", request_id, queue_id)
+
+    def release_with_password(
+        self, entry_id: str, actor: Actor, password: str, part: str | None = None
+    ) -> ReleaseOutcome:
+        """PPAP: decrypt the held encrypted part(s) and send the message to be sanitized."""
+        if self._decrypt is None:
+            raise PpapUnavailable("password release is not available on this gateway")
+        entry = self.show(entry_id)
+        if entry.status == RELEASED:
+            raise Conflict("entry was released already")
+        limit = self._settings.ppap_max_password_attempts
+        if entry.password_failures >= limit:
+            self._stores.audit.record(actor, "quarantine.password_refused", entry_id)
+            raise PasswordLimit("too many wrong passwords for this entry")
+        targets = [p for p in entry.parts if p.releasable and (part is None or p.part == part)]
+        if not targets:
+            raise Conflict("no password-protected part to release")
+        decrypted = {p.part: Replacement(p.sha256, self._decrypt_part(entry, p.part, p.filename,
+                                                                      password, actor))
+                     for p in targets}
+        original = self._q.original(entry_id)
+        assert original is not None  # the entry exists and originals live as long as entries
+        envelope = Envelope(
+            mail_from=entry.mail_from, rcpt_tos=entry.recipients, received_at=time.time(),
+            kind="inbound", add_headers=((PASSWORD_RELEASE_HEADER, actor.name),),
+            extra={"ppap_release_of": entry_id},
+        )
+        try:
+            message = replace_parts(original, decrypted)
+        except ValueError:
+            raise Conflict("the encrypted part could not be located in the original") from None
+        queue_id = self._q.release_now(entry_id, actor.name, self._spooler(message, envelope))
+        if queue_id is None:
+            raise Conflict("entry was released meanwhile")
+        self._spool.wake(queue_id)
+        self._stores.audit.record(actor, "quarantine.release_password", entry_id,
+                                  parts=sorted(decrypted), queue_id=queue_id)
+        return ReleaseOutcome(entry_id, "released", None, queue_id)
+
+    def _spooler(self, raw: bytes, envelope: Envelope) -> Callable[[Connection], str]:
+        """The store's `deliver` step: log the new message in the release transaction and
+        spool it under that id, so its delivery status always finds the row."""
+
+        def deliver(conn: Connection) -> str:
+            queue_id = new_queue_id()
+            self._stores.messages.record_received(queue_id, envelope, len(raw), conn=conn)
+            return self._spool.put(raw, envelope, queue_id)
+
+        return deliver
+
+    def _decrypt_part(
+        self, entry: QuarantineEntry, part: str, filename: str | None, password: str,
+        actor: Actor,
+    ) -> bytes:
+        assert self._decrypt is not None
+        data = self._q.part_data(entry.id, part)
+        if data is None:
+            raise NotFound("the held part is gone")
+        try:
+            return self._decrypt(data, filename, password)
+        except WrongPassword:
+            failures = self._q.count_password_failure(entry.id)
+            self._stores.audit.record(actor, "quarantine.password_wrong", entry.id,
+                                      part=part, failures=failures)
+            left = max(0, self._settings.ppap_max_password_attempts - failures)
+            raise BadPassword(f"wrong password ({left} attempts left)") from None
+        except ConversionError as exc:
+            raise Conflict(f"the part could not be decrypted: {exc.code}") from None
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """The new bytes for one leaf, and the sha256 of the bytes it must be replacing."""
+
+    expected_sha256: str
+    data: bytes
+
+
+def replace_parts(untrusted_raw: bytes, replacements: dict[str, Replacement]) -> bytes:
+    """The message with the leaves numbered as `gateway.pipeline.parse` numbers them replaced.
+
+    Everything else (headers, other parts) stays as received: the result goes through the
+    normal sanitizing pipeline afterwards. The stdlib parser used here may split a
+    malformed message differently from `gateway.pipeline.parse`, so a leaf is replaced only when
+    its decoded content is exactly the held part (same sha256); otherwise ValueError.
+    """
+    msg = email.message_from_bytes(untrusted_raw, policy=email.policy.compat32)
+    done: set[str] = set()
+    for node, path in _leaves(msg):
+        wanted = replacements.get(path)
+        if wanted is None:
+            continue
+        current = node.get_payload(decode=True)
+        if not isinstance(current, bytes) or sha256(current).hexdigest() != wanted.expected_sha256:
+            raise ValueError(f"part {path} is not the held part")
+        del node["Content-Transfer-Encoding"]
+        node.set_payload(wanted.data)
+        email.encoders.encode_base64(node)
+        done.add(path)
+    if done != set(replacements):
+        raise ValueError("a held part was not found in the original")
+    # The spool keeps CRLF line ends (ingress normalises them); so must this message.
+    return msg.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
+
+
+def _leaves(msg: Message) -> list[tuple[Message, str]]:
+    out: list[tuple[Message, str]] = []
+    stack: list[tuple[Message, str, int]] = [(msg, "1", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if node.is_multipart():
+            children = node.get_payload()
+            assert isinstance(children, list)
+            for i, child in enumerate(children, 1):
+                stack.append((child, f"{path}.{i}" if depth else str(i), depth + 1))
+        else:
+            out.append((node, path))
+    return out

@@ -1,0 +1,306 @@
+"""Each attachment to harmless renderings, or removed with its original held.
+
+The registry decides by content (never by name or declared type) whether a file is
+blocked, unsupported or converted; conversion runs in the sandbox pool. Whatever goes
+wrong, the attachment is removed and its original held: fail closed. Members of
+containers (archives, forwarded mail) are handled like top-level attachments one level
+deeper, with part names like "2/dir/file.docx", up to `archive_max_depth`.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from converters.archive_pack import pack_renderings
+from converters.base import Conversion, Converter, Rendering
+from converters.errors import ConversionError, LimitExceeded, SandboxFailure
+from converters.limits import ConversionPolicy, Limits
+from converters.names import clean_name, stem
+from converters.office_pool import OfficeConfig, OfficePool
+from converters.registry import Classification, Registry
+from converters.sandbox import SandboxConfig, SandboxPool, decide_sandboxing
+from gateway.pipeline.parse import Leaf
+from gateway.pipeline.report import Action, ActionKind
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from converters.office import OfficeConverter
+
+#: Declared type given to container members: they carry no type of their own.
+MEMBER_DECLARED_TYPE = "application/octet-stream"
+#: Mail inside mail is sanitized by the whole pipeline again (gateway.pipeline.forwarded).
+FORWARDED_TYPE = "message/rfc822"
+
+
+@dataclass(frozen=True)
+class HeldOriginal:
+    """An original part kept in quarantine, under a generated id, never the sender's name."""
+
+    part: str
+    filename: str | None
+    content_type: str
+    data: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class AttachmentOutcome:
+    actions: tuple[Action, ...]
+    outputs: tuple[Rendering, ...] = ()
+    held: tuple[HeldOriginal, ...] = ()
+
+
+#: Forwarded mail (a message/rfc822 leaf), the queue id and the message's settings → its
+#: outcome. Handed down by `gateway.pipeline.sanitize`, which owns the recursion.
+NestedMail = Callable[[Leaf, str, Settings], AttachmentOutcome]
+
+
+def policy_from_settings(settings: Settings) -> ConversionPolicy:
+    """The operator's settings as the one frozen value the converters read."""
+    limits = Limits(
+        wall_seconds=settings.converter_timeout_seconds,
+        cpu_seconds=max(1, math.ceil(settings.converter_timeout_seconds)),
+        memory_bytes=settings.converter_memory_bytes,
+        max_pages=settings.pdf_max_pages,
+        archive_max_depth=settings.archive_max_depth,
+        archive_max_members=settings.archive_max_members,
+        archive_max_total_bytes=settings.archive_max_total_bytes,
+        archive_max_ratio=settings.archive_max_ratio,
+    )
+    return ConversionPolicy(limits=limits, dpi=settings.pdf_dpi, pdf_output=settings.pdf_output,
+                            extract_text=settings.pdf_extract_text)
+
+
+@dataclass(frozen=True)
+class AttachmentContext:
+    """Built once at start-up from Settings and shared by every message: policy + pools."""
+
+    policy: ConversionPolicy
+    registry: Registry
+    pool: SandboxPool
+    settings: Settings | None = None
+    #: Converters that run in the gateway process because they sandbox themselves and
+    #: keep state across documents (Office: a warm LibreOffice pool), by registry name.
+    local: Mapping[str, Converter] = field(default_factory=dict)
+    office: OfficePool | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, registry: Registry | None = None
+                      ) -> AttachmentContext:
+        """Check bubblewrap (raise `SandboxUnavailable` unless unsandboxed is allowed).
+
+        Workers and LibreOffice instances start on first use; `pool.warm()` starts the
+        converter workers at once."""
+        registry = registry or Registry()
+        sandboxed = decide_sandboxing(settings.allow_unsandboxed)
+        size = settings.converter_workers or settings.workers
+        config = SandboxConfig(registry.targets(), sandboxed=sandboxed,
+                               hidden=hidden_paths(settings))
+        pool = SandboxPool(config, size)
+        policy = policy_from_settings(settings)
+        office = OfficePool(OfficeConfig(
+            pool_size=settings.office_pool_size, max_documents=settings.office_max_documents,
+            timeout_seconds=settings.office_timeout_seconds, sandboxed=sandboxed))
+        local = {"office": _office_converter(office, pool, policy)}
+        return cls(policy, registry, pool, settings, local, office)
+
+    def close(self) -> None:
+        self.pool.close()
+        if self.office is not None:
+            self.office.close()
+
+    def __enter__(self) -> AttachmentContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _office_converter(office: OfficePool, pool: SandboxPool, policy: ConversionPolicy
+                      ) -> OfficeConverter:
+    """LibreOffice in its own pool; the macro scan and the PDF rendering in the sandbox."""
+    # Imported here: the Office modules pull in oletools and pdfium, which a message
+    # without attachments (and `mugaika sanitize` of one) never needs.
+    from converters.office import OfficeConverter
+    from converters.office_scan import scan_result_from
+
+    return OfficeConverter(
+        office,
+        scanner=lambda data: scan_result_from(pool.convert("office", data, "document", policy)),
+        renderer=lambda pdf, name, pol: pool.convert("pdf", pdf, name, pol),
+    )
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One file to handle: a top-level attachment or a container member."""
+
+    part: str
+    untrusted_name: str | None
+    declared: str
+    untrusted: bytes
+    #: Where a member sat inside its container(s), e.g. "見積/2025": goes into output names.
+    folder: str = ""
+
+
+@dataclass
+class _Budget:
+    """Members still allowed under one top-level attachment (nested bombs stop here)."""
+
+    members: int
+    names: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """What every level of one attachment's tree shares."""
+
+    ctx: AttachmentContext
+    queue_id: str
+    settings: Settings | None
+    budget: _Budget
+    nested: NestedMail | None
+
+
+def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext, queue_id: str = "",
+                        settings: Settings | None = None,
+                        used_names: set[str] | None = None,
+                        nested: NestedMail | None = None) -> AttachmentOutcome:
+    """Convert `leaf` in the sandbox, or remove it; hold its original either way.
+
+    `settings` are the current message's (forwarded mail lowers its depth budget); they
+    default to the context's. `used_names`, shared by all attachments of one message,
+    keeps output names unique across them (`報告 (2).pdf`).
+    """
+    budget = _Budget(ctx.policy.limits.archive_max_members,
+                     used_names if used_names is not None else set())
+    walk = _Walk(ctx, queue_id, settings or ctx.settings, budget, nested)
+    top = _Part(leaf.part, leaf.filename, leaf.content_type, leaf.payload)
+    return _handle(top, walk, 0)
+
+
+def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
+    ctx, budget = walk.ctx, walk.budget
+    found = ctx.registry.classify(item.untrusted, item.untrusted_name, item.declared)
+    nested = found.detected_type == FORWARDED_TYPE and walk.nested is not None
+    if nested and walk.settings is not None and (
+            found.refusal is None or found.refusal.code == "unsupported_type"):
+        return _forwarded(item, walk)
+    if found.refusal is not None or found.converter is None:
+        return _removed(item, found, found.refusal or SandboxFailure("no converter"))
+    local = ctx.local.get(found.converter)
+    try:
+        if local is not None:
+            conversion = local.convert(item.untrusted, found.clean_name, ctx.policy)
+        else:
+            conversion = ctx.pool.convert(found.converter, item.untrusted, found.clean_name,
+                                          ctx.policy)
+    except ConversionError as err:
+        return _removed(item, found, err)
+    except Exception:  # a bug must not deliver the file: map it to a closed failure
+        return _removed(item, found, SandboxFailure("internal error"))
+    outputs = tuple(_unique(_in_folder(r, item.folder), budget.names)
+                    for r in conversion.outputs)
+    action = Action(
+        part=item.part, filename=found.clean_name, declared_type=item.declared,
+        detected_type=found.detected_type, action=ActionKind.CONVERTED,
+        reason=f"converted by {found.converter}", outputs=tuple(r.filename for r in outputs),
+        quarantined=True, findings=conversion.findings,
+        notes=found.notes + conversion.notes, pages=conversion.pages,
+    )
+    held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
+                        "converted")
+    outcome = AttachmentOutcome((action,), outputs, (held,))
+    merged = _merge(outcome, _members(item, conversion, walk, depth))
+    zipped = walk.settings is not None and walk.settings.archive_output == "zip"
+    if depth == 0 and found.converter == "archive" and zipped:
+        # One plain ZIP of the renderings (originals never go in), named after the archive.
+        packed = pack_renderings(found.clean_name, merged.outputs)
+        merged = AttachmentOutcome(merged.actions, (packed,) if merged.outputs else (),
+                                   merged.held)
+    return merged
+
+
+def _forwarded(item: _Part, walk: _Walk) -> AttachmentOutcome:
+    """Mail inside mail: the whole pipeline again, through the function handed down."""
+    assert walk.settings is not None and walk.nested is not None
+    leaf = Leaf(item.part, FORWARDED_TYPE, item.untrusted_name, "attachment", None,
+                item.untrusted)
+    outcome = walk.nested(leaf, walk.queue_id, walk.settings)
+    outputs = tuple(_unique(r, walk.budget.names) for r in outcome.outputs)
+    return AttachmentOutcome(outcome.actions, outputs, outcome.held)
+
+
+def _members(parent: _Part, conversion: Conversion, walk: _Walk, depth: int
+             ) -> list[AttachmentOutcome]:
+    ctx, budget = walk.ctx, walk.budget
+    outcomes = []
+    # A nested container's name belongs in its members' folder; the top-level one is
+    # already named in the notice line of the attachment itself.
+    base = parent.folder
+    if depth > 0 and parent.untrusted_name:
+        base = posixpath.join(base, stem(parent.untrusted_name))
+    for member in conversion.members:
+        path = member.path.strip("/")
+        name = posixpath.basename(path) or None
+        folder = posixpath.join(base, posixpath.dirname(path)).strip("/")
+        item = _Part(f"{parent.part}/{path}", name, MEMBER_DECLARED_TYPE, member.data, folder)
+        budget.members -= 1
+        if depth + 1 > ctx.policy.limits.archive_max_depth or budget.members < 0:
+            found = Classification("application/octet-stream", clean_name(name))
+            why = "nesting" if depth + 1 > ctx.policy.limits.archive_max_depth else "members"
+            outcomes.append(_removed(item, found, LimitExceeded(f"container {why} cap")))
+            continue
+        outcomes.append(_handle(item, walk, depth + 1))
+    return outcomes
+
+
+def _removed(item: _Part, found: Classification, err: ConversionError) -> AttachmentOutcome:
+    action = Action(
+        part=item.part, filename=found.clean_name if item.untrusted_name else None,
+        declared_type=item.declared, detected_type=found.detected_type,
+        action=ActionKind.REMOVED, reason=err.message, code=err.code,
+        quarantined=True, releasable=err.holdable, notes=found.notes,
+    )
+    held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
+                        err.code)
+    return AttachmentOutcome((action,), held=(held,))
+
+
+def _in_folder(rendering: Rendering, folder: str) -> Rendering:
+    """A member's rendering carries its archive folder: 見積/見積書.docx → 見積_見積書.pdf."""
+    if not folder:
+        return rendering
+    name = clean_name(f"{folder.replace('/', '_')}_{rendering.filename}")
+    return Rendering(name, rendering.content_type, rendering.data)
+
+
+def _unique(rendering: Rendering, used: set[str]) -> Rendering:
+    """Two members called report.pdf must not become two attachments with one name."""
+    name, n = rendering.filename, 1
+    while name in used:
+        n += 1
+        base, dot, ext = rendering.filename.rpartition(".")
+        name = f"{base} ({n}).{ext}" if dot else f"{rendering.filename} ({n})"
+    used.add(name)
+    return Rendering(name, rendering.content_type, rendering.data)
+
+
+def _merge(first: AttachmentOutcome, rest: list[AttachmentOutcome]) -> AttachmentOutcome:
+    outcomes = [first, *rest]
+    return AttachmentOutcome(
+        actions=tuple(a for o in outcomes for a in o.actions),
+        outputs=tuple(r for o in outcomes for r in o.outputs),
+        held=tuple(h for o in outcomes for h in o.held),
+    )
+
+
+def hidden_paths(settings: Settings) -> tuple[str, ...]:
+    """What a sandbox must not read even where our code is bound in: the data directory
+    (every other message, the database; by default `./var` inside the checkout) and the
+    configuration."""
+    return (str(settings.data_dir.resolve()), "/etc/mugaika")

@@ -1,0 +1,478 @@
+"""Workers: take spool entries and run the stages in order. No policy of their own.
+
+An inbound entry goes through sanitize → rebuild, and its output (kind "outbound") is
+delivered from memory while the original stays claimed in active/: a crash only means it
+is sanitized again. Only when the delivery must wait (a retry, a bounce) does the output
+become a spool entry of its own (`Spool.put_derived`, not fsynced; a retry never converts
+twice), its original then waiting in `hold/`. Mail from this process's own SMTP sessions
+comes with its bytes, kept in the process's journal (`enqueue(..., fresh)`): a small one
+that needs no converter is sanitized right on the event loop (`begin_here`), any other
+in one thread hop.
+Spool and database calls run in threads, never on the event loop, which must stay free
+for SMTP.
+Outbound, release and DSN entries are delivered; 4xx means retry with backoff, 5xx or
+expiry means a DSN to the sender. Every entry ends delivered, bounced or kept in `failed/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from email.header import Header
+from typing import NamedTuple, TypeVar
+
+import structlog
+
+from gateway.metrics import Metrics
+from gateway.pipeline.attachments import AttachmentContext, HeldOriginal
+from gateway.pipeline.dsn import build_dsn
+from gateway.pipeline.message import Opened, Sanitized, open_message
+from gateway.pipeline.notice import NoticeTemplates, load_templates
+from gateway.pipeline.parse import ParsedMessage
+from gateway.pipeline.rebuild import rebuild
+from gateway.pipeline.report import Report, Verdict
+from gateway.pipeline.sanitize import finish
+from gateway.queue.envelope import Envelope
+from gateway.queue.outlets import DeliveryResult, DeliveryStatus, Forwarder, Stores, retry_delay
+from gateway.queue.spool import Entry, RetryState, Spool, derived_id
+from gateway.settings import Settings
+
+log = structlog.get_logger("mugaika.worker")
+
+
+def count_report(metrics: Metrics, report: Report) -> None:
+    """After sanitizing: each part by detected type and action; "quarantined" when the
+    original went to the quarantine (the whole message or any part of it)."""
+    for action in report.actions:
+        metrics.attachment(action.detected_type, action.action.value)
+    if report.verdict is Verdict.QUARANTINED or any(a.quarantined for a in report.actions):
+        metrics.message("quarantined")
+
+SCAN_SECONDS = 1.0
+#: A message from ingress travels to its worker with its bytes, in the journal, only while
+#: the queue is shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`),
+#: so that accepted mail does not pile up in memory, nor in this process's journal (each
+#: message there counts a crash if the process dies: `MAX_CRASHES`). Several times the
+#: worker tasks, so that they never wait for mail while sessions wait for room.
+FRESH_QUEUE_LIMIT = 64
+#: How long ingress waits for room in the queue before it spools the message in
+#: incoming/ instead (Postfix's `in_flow_delay`, same default): when mail arrives faster
+#: than it leaves, the sending MTA waits a little for its `250` rather than the queue
+#: growing. Mail spooled in incoming/ costs more to take back (a file written, claimed,
+#: read and unlinked, in threads): without this wait, a backlog that outgrew the queue
+#: sent a third of the bench's mail that way and cut the delivered rate by a third
+#: (docs/performance.md).
+IN_FLOW_DELAY_SECONDS = 1.0
+#: A fresh message up to this size is sanitized on the event loop when it needs no
+#: converter: in a sanitize thread the same Python work held the GIL all the same, and
+#: the hop there and back (a future, a thread wake-up, GIL hand-overs, a wake-up of the
+#: loop) cost more than the work for a 5 KB mail (docs/performance.md). The cap bounds
+#: how long the loop's SMTP sessions wait: HTML→text of 64 KB is a few milliseconds.
+INLINE_MAX_BYTES = 64 * 1024
+#: A message held by a gateway process that died this often is not sanitized again but
+#: quarantined whole (`processing_error`): hostile input that crashes the parser (a C
+#: extension, the OOM killer) must not take the group down in a loop.
+MAX_CRASHES = 2
+#: Delivered messages are settled (log row, unlink) in batches gathered this long: one
+#: hand-over to the settle thread per batch instead of one a message. A crash in between
+#: only means a duplicate delivery after recovery, as before.
+SETTLE_LINGER_SECONDS = 0.02
+T = TypeVar("T")
+
+
+class Settle(NamedTuple):
+    """A delivery's outcome, to be logged and cleared from the spool (`Worker._settle`)."""
+
+    queue_id: str
+    origin: str
+    status: DeliveryStatus
+    attempts: int
+    detail: str
+    #: False: the output was delivered from memory; only its original is in the spool.
+    spooled: bool
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What the sanitize stage hands to delivery (and to the message log)."""
+
+    output: bytes
+    report: Report
+    subject: str | None
+    held: tuple[HeldOriginal, ...]
+
+
+def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
+                   templates: NoticeTemplates | None = None,
+                   opened: Opened | None = None) -> Processed:
+    """Sanitize and rebuild one message (from `opened`, when `begin_here` began it). Runs
+    in a worker thread; no I/O of its own but the converters'.
+
+    A bug anywhere in the pipeline must not lose the message or leak a traceback: the
+    message is then held whole and the recipient gets a notice instead.
+    """
+    try:
+        opened = opened or open_message(entry.data, entry.queue_id, settings)
+        return _rebuilt(entry, finish(opened, settings, attachments), settings, templates)
+    except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
+        return _pipeline_error(entry, settings, templates)
+
+
+def begin_here(entry: Entry, settings: Settings,
+               templates: NoticeTemplates) -> Processed | Opened:
+    """`sanitize_stage` as far as it goes without a converter: the whole stage for a
+    message with no attachment, else the message opened, for a sanitize thread to finish.
+    For the event loop (`INLINE_MAX_BYTES`)."""
+    try:
+        opened = open_message(entry.data, entry.queue_id, settings)
+        if opened.needs_sandbox:
+            return opened
+        return _rebuilt(entry, finish(opened, settings, None), settings, templates)
+    except Exception:  # the stage boundary, as in sanitize_stage
+        return _pipeline_error(entry, settings, templates)
+
+
+def _rebuilt(entry: Entry, result: Sanitized, settings: Settings,
+             templates: NoticeTemplates | None) -> Processed:
+    output = _own_trace(entry.data) + rebuild(result, settings, templates)
+    return Processed(output, result.report, result.parsed.header("Subject"), result.held)
+
+
+def _pipeline_error(entry: Entry, settings: Settings,
+                    templates: NoticeTemplates | None) -> Processed:
+    log.exception("pipeline_error", queue_id=entry.queue_id)
+    return failed_stage(entry, settings, templates)
+
+
+def failed_stage(entry: Entry, settings: Settings,
+                 templates: NoticeTemplates | None = None) -> Processed:
+    """The pipeline broke on this message: hold it whole, send the recipient a notice."""
+    report = Report(entry.queue_id, Verdict.QUARANTINED, reason="processing_error")
+    output = rebuild(Sanitized(ParsedMessage((), ()), report, ""), settings, templates)
+    return Processed(output, report, None, ())
+
+
+@dataclass(frozen=True)
+class HandedOn:
+    """A sanitized message: its output, in memory and ready for delivery (its original
+    still claimed in active/), and the report for the log."""
+
+    output: Entry
+    report: Report
+
+
+def output_entry(origin: Entry, output: bytes) -> Entry:
+    """The sanitized output of `origin` as an entry to deliver (not yet in the spool)."""
+    env = replace(origin.envelope, kind="outbound", extra={"origin": origin.queue_id})
+    return Entry(derived_id(origin.queue_id), env, output, RetryState())
+
+
+def spool_output(spool: Spool, output: Entry) -> Entry:
+    """Spool an output (claimed, unsynced) and move its original to hold/."""
+    origin = str(output.envelope.extra["origin"])
+    spooled = spool.put_derived(output.data, output.envelope, origin)
+    spool.to_hold(origin)
+    return spooled
+
+
+def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
+                     templates: NoticeTemplates, stores: Stores,
+                     begun: Processed | Opened | None = None) -> HandedOn:
+    """Sanitize a claimed entry (or go on from what `begin_here` did), log it, and hand
+    on its output in memory.
+
+    One thread hop for the stage: each hop cost the event loop a future, a thread
+    wake-up and a GIL hand-over, 12 % of its time under load.
+    """
+    if entry.state.crashes >= MAX_CRASHES:
+        log.error("crashed_gateway", queue_id=entry.queue_id, crashes=entry.state.crashes)
+        processed = failed_stage(entry, settings, templates)
+    elif isinstance(begun, Processed):
+        processed = begun
+    else:
+        processed = sanitize_stage(entry, settings, attachments, templates, begun)
+    record_stage(entry, processed, stores)
+    return HandedOn(output_entry(entry, processed.output), processed.report)
+
+
+def keeps_original(processed: Processed) -> bool:
+    """Whether the quarantine keeps (part of) the original: a database and file write."""
+    return bool(processed.held) or processed.report.verdict is Verdict.QUARANTINED
+
+
+def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
+    """Log the message and keep quarantined originals. The log rows are only queued
+    (`store.behind`); keeping an original is I/O, for a thread."""
+    stores.messages.record_received(entry.queue_id, entry.envelope, len(entry.data))
+    stores.messages.record_processed(entry.queue_id, processed.subject, processed.report)
+    if keeps_original(processed):
+        stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, processed.report,
+                               processed.held)
+
+
+class Worker:
+    """Consumes queue ids; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        stores: Stores,
+        forwarder: Forwarder,
+        executor: Executor,
+        attachments: AttachmentContext | None,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.attachments = attachments
+        self.spool = spool
+        self.stores = stores
+        self.forwarder = forwarder
+        self.executor = executor
+        #: Notice wording, read once: per message it cost a file read and a TOML parse.
+        self.templates = load_templates(settings)
+        self.queue: asyncio.Queue[tuple[str, Entry | None]] = asyncio.Queue()
+        self.metrics = metrics
+        #: Settling a delivered message (log row, unlink) is not awaited: one thread does
+        #: them in order, in batches, and the loop is not woken when each is done.
+        #: `close()` waits for them.
+        self._settler = ThreadPoolExecutor(1, thread_name_prefix="settle")
+        self._settles: list[Settle] = []
+        #: Set whenever the queue is shorter than FRESH_QUEUE_LIMIT (`room_for_fresh`).
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def room_for_fresh(self) -> bool:
+        """Whether ingress may journal the next message for this process and hand it
+        over with its bytes: at once while the queue is short, else once it has room
+        again, or False after IN_FLOW_DELAY_SECONDS."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + IN_FLOW_DELAY_SECONDS
+        while self.queue.qsize() >= FRESH_QUEUE_LIMIT:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), deadline - loop.time())
+            except TimeoutError:
+                return False
+        return True
+
+    def enqueue(self, queue_id: str, fresh: Entry | None = None) -> None:
+        """Queue an entry; `fresh` is one ingress just journaled, bytes included."""
+        self.queue.put_nowait((queue_id, fresh))
+
+    def close(self) -> None:
+        """Wait for the settles still queued (each one unlinks a delivered original)."""
+        self._hand_over_settles()
+        self._settler.shutdown(wait=True)
+
+    def _settle_later(self, settle: Settle) -> None:
+        if not self._settles:
+            asyncio.get_running_loop().call_later(SETTLE_LINGER_SECONDS,
+                                                  self._hand_over_settles)
+        self._settles.append(settle)
+
+    def _hand_over_settles(self) -> None:
+        if self._settles:
+            batch, self._settles = self._settles, []
+            self._settler.submit(self._settle_all, batch)
+
+    def _settle_all(self, batch: list[Settle]) -> None:
+        for settle in batch:
+            try:
+                self._settle(settle)
+            except Exception as error:  # its files stay for `recover()`: a duplicate, no loss
+                log.error("settle_failed", queue_id=settle.origin, error=repr(error))
+
+    async def _in_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: object) -> T:
+        """Spool and database calls: the loop's default thread pool, not the sanitize one.
+
+        A rename or unlink can wait for an ext4 journal commit that another thread's
+        fsync started (milliseconds): on the loop that stalled every SMTP session. SQLite
+        writers from these threads take turns in `gateway.store.common.write`.
+        """
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def run(self) -> None:
+        while True:
+            queue_id, fresh = await self.queue.get()
+            if self.queue.qsize() < FRESH_QUEUE_LIMIT:
+                self._room.set()
+            try:
+                await self.process(queue_id, fresh)
+            except Exception:  # a broken entry must not stop the worker, nor be lost
+                log.exception("worker_error", queue_id=queue_id)
+                self._park(queue_id)
+
+    def _park(self, queue_id: str) -> None:
+        """Put an entry that hit a bug back in deferred/, to be tried again later."""
+        state = self.spool.read_state(queue_id)
+        state = replace(state, attempts=state.attempts + 1, last_error="internal error",
+                        next_try=time.time() + retry_delay(state.attempts + 1, self.settings))
+        try:
+            self.spool.defer(queue_id, state)
+        except OSError:
+            log.exception("park_failed", queue_id=queue_id)
+
+    async def scheduler(self) -> None:
+        """Enqueue what waits in incoming/ (after `Spool.recover()`), and wake deferred
+        entries when due."""
+        for queue_id in self.spool.incoming_ids():
+            self.enqueue(queue_id)
+        while True:
+            await asyncio.sleep(SCAN_SECONDS)
+            for queue_id in await self._io(self._due):
+                self.enqueue(queue_id)
+
+    def _due(self) -> list[str]:
+        return list(self.spool.due_deferred(time.time()))
+
+    async def process(self, queue_id: str, fresh: Entry | None = None) -> None:
+        if fresh is not None:
+            await self._sanitize_fresh(fresh)
+            return
+        entry = await self._io(self.spool.claim, queue_id)
+        if entry is None:
+            return
+        if entry.envelope.kind == "inbound":
+            await self._sanitize(entry)
+        else:
+            await self._deliver(entry)
+
+    async def _sanitize_fresh(self, entry: Entry) -> None:
+        """A message ingress journaled and handed over: small and simple, it is sanitized
+        here on the loop (`INLINE_MAX_BYTES`), else in a sanitize thread."""
+        if len(entry.data) > INLINE_MAX_BYTES:
+            await self._sanitize(entry)
+            return
+        begun = begin_here(entry, self.settings, self.templates)
+        if isinstance(begun, Processed) and not keeps_original(begun):
+            handed = sanitize_claimed(entry, self.settings, self.attachments, self.templates,
+                                      self.stores, begun)  # only queues log rows
+            await self._handed_on(entry, handed)
+        else:
+            await self._sanitize(entry, begun)
+
+    async def _sanitize(self, entry: Entry, begun: Processed | Opened | None = None) -> None:
+        """Sanitize `entry` in a sanitize thread, then deliver its output."""
+        handed = await self._in_thread(sanitize_claimed, entry, self.settings,
+                                       self.attachments, self.templates, self.stores, begun)
+        await self._handed_on(entry, handed)
+
+    async def _handed_on(self, entry: Entry, handed: HandedOn) -> None:
+        count_report(self.metrics, handed.report)
+        log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
+                 verdict=handed.report.verdict.value, parts=len(handed.report.actions))
+        await self._deliver(handed.output, spooled=False)
+
+    def _settle(self, settle: Settle) -> None:
+        """Log the outcome; drop the output first, then its original (never an output
+        that nothing can remake). An output delivered from memory has only its original,
+        still claimed, to drop."""
+        self.stores.messages.record_delivery(settle.origin, settle.status, settle.attempts,
+                                             settle.detail)
+        if not settle.spooled:
+            assert settle.status == "delivered", "a failed delivery spools its output first"
+            self.spool.done(settle.origin)
+            return
+        failed = settle.status == "bounced"
+        if failed:
+            self.spool.fail(settle.queue_id)
+        else:
+            self.spool.done(settle.queue_id)
+        self.spool.release_hold(settle.origin, failed=failed)
+
+    async def _deliver(self, entry: Entry, spooled: bool = True) -> None:
+        env, state = entry.envelope, entry.state
+        origin = str(env.extra.get("origin", entry.queue_id))
+        rcpts = state.pending or list(env.rcpt_tos)
+        data = _with_headers(entry.data, env.add_headers)
+        now = time.time()
+        result = await self.forwarder.deliver(env.mail_from, rcpts, data)
+        state = replace(state, attempts=state.attempts + 1,
+                        first_attempt=state.first_attempt or now)
+        age = now - (env.received_at or state.first_attempt)
+        if age > self.settings.max_queue_lifetime_seconds and result.temporary:
+            result = _expire(result)
+        if not spooled and (result.permanent or result.temporary):
+            # It must wait, or a DSN will quote it: from now on the spool keeps it.
+            entry = await self._io(spool_output, self.spool, entry)
+            spooled = True
+        if result.permanent:
+            await self._bounce(entry, result)
+        if result.temporary:
+            await self._defer(entry, state, result)
+            return
+        status: DeliveryStatus = "bounced" if result.permanent else "delivered"
+        self._settle_later(Settle(entry.queue_id, origin, status, state.attempts,
+                                  _summary(result), spooled))
+        self.metrics.message(status)
+        if not result.permanent:
+            self.metrics.observe_delivery(env.received_at, time.time())
+        log.info(status, queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
+                 remote=result.remote)
+
+    async def _defer(self, entry: Entry, state: RetryState, result: DeliveryResult) -> None:
+        origin = str(entry.envelope.extra.get("origin", entry.queue_id))
+        delay = retry_delay(state.attempts, self.settings)
+        state = replace(state, next_try=time.time() + delay, pending=sorted(result.temporary),
+                        last_error=next(iter(result.temporary.values()))[:300])
+        await self._io(self.spool.defer, entry.queue_id, state)
+        await self._io(self.stores.messages.record_delivery, origin, "deferred",
+                       state.attempts, state.last_error)
+        self.metrics.message("deferred")
+        log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
+                 retry_in=round(delay), reply=state.last_error)
+
+    async def _bounce(self, entry: Entry, result: DeliveryResult) -> None:
+        """A DSN to the envelope sender; never for `<>` and never for our own DSNs."""
+        env = entry.envelope
+        if not env.mail_from or env.kind == "dsn":
+            log.warning("bounce_without_dsn", queue_id=entry.queue_id, reason="null sender")
+            return
+        headers = entry.data.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+        dsn = build_dsn(queue_id=str(env.extra.get("origin", entry.queue_id)),
+                        mail_from=env.mail_from, failures=result.permanent,
+                        original_headers=headers, arrival=env.received_at, remote=result.remote,
+                        settings=self.settings)
+        dsn_env = Envelope(mail_from="", rcpt_tos=(env.mail_from,), kind="dsn",
+                           received_at=time.time())
+        self.enqueue(await self._io(self.spool.put, dsn, dsn_env))
+
+
+def _own_trace(data: bytes) -> bytes:
+    """Our own `Received:` line, which ingress wrote first; the rebuilt message keeps it."""
+    if not data.startswith(b"Received: "):
+        return b""
+    end = 0
+    while True:
+        end = data.index(b"\r\n", end) + 2
+        if data[end:end + 1] not in (b" ", b"\t"):
+            return data[:end]
+
+
+def _with_headers(data: bytes, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """Prepend mugaika's own headers (e.g. who approved a release); values are ours, not input.
+
+    Folded with CRLF: `Header.encode()` folds a long value with a bare LF by default."""
+    fields = (f"{name}: " + Header(" ".join(value.split()), "utf-8").encode(linesep="\r\n")
+              for name, value in headers)
+    return "".join(field + "\r\n" for field in fields).encode() + data
+
+
+def _expire(result: DeliveryResult) -> DeliveryResult:
+    expired = {r: f"{reply} (4.4.7 message expired in queue)"
+               for r, reply in result.temporary.items()}
+    return replace(result, temporary={}, permanent={**result.permanent, **expired})
+
+
+def _summary(result: DeliveryResult) -> str:
+    parts = [f"delivered={len(result.delivered)}"]
+    if result.permanent:
+        parts.append("failed: " + "; ".join(f"{r}: {e}" for r, e in result.permanent.items()))
+    return " ".join(parts)[:500]

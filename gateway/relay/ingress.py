@@ -1,0 +1,254 @@
+"""Where mail enters: the SMTP hooks, the one place where SMTP meets the pipeline.
+
+`IngressHandler` enforces the relay policy at RCPT, and at DATA answers `250` only after
+the message is fsynced in the spool. The SMTP sessions that call it are
+`gateway.relay.smtpd.SMTPSession`s. Everything that can go wrong internally answers
+`451 4.3.0` with no detail, so the sending MTA keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import re
+import time
+import zlib
+from array import array
+from collections.abc import Awaitable, Callable, MutableSequence
+from concurrent.futures import Executor
+from email.utils import formatdate
+from functools import lru_cache
+
+import structlog
+
+from gateway.pipeline.mimewrite import crlf
+from gateway.queue.envelope import Envelope
+from gateway.queue.spool import Entry, RetryState, Spool, new_queue_id
+from gateway.relay.smtpd import ServerLimits, Session, SMTPSession, Transaction
+from gateway.settings import Settings
+
+log = structlog.get_logger("mugaika.ingress")
+
+REPLY_QUEUED = "250 2.0.0 queued as {queue_id}"
+REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_LINE_TOO_LONG = "500 5.5.6 Message line too long"
+
+
+
+#: Messages under this size go to the worker with their bytes (`on_queued`), made durable
+#: in the journal (`gateway.queue.journal`); a larger one is spooled in incoming/ and read back
+#: when its turn comes, so that ingress keeps no copy of it.
+HAND_OVER_MAX_BYTES = 1 << 20
+
+
+def relay_refusal(address: str, accepted_domains: list[str]) -> str | None:
+    """Why `address` may not be a recipient here, or None when it may.
+
+    Source routes (`%`, `!`), quoted local parts that hide an `@`, and address literals
+    are how open-relay probes slip past domain checks: all refused.
+    """
+    local, sep, domain = address.rpartition("@")
+    if not sep or not local or not domain:
+        return "no domain"
+    if any(c in local for c in "%!@") or any(c in domain for c in "%!@"):
+        return "source route or hidden @"
+    if domain.startswith("["):
+        return "address literal"
+    if domain.lower().rstrip(".") not in accepted_domains:
+        return "domain not accepted"
+    return None
+
+
+#: Client addresses are counted in this many buckets (a stable hash of the address).
+LIMIT_BUCKETS = 4096
+
+
+def limit_table(members: int) -> MutableSequence[int]:
+    """The counts of `ConnectionLimiter` for a group: shared memory, one row per member."""
+    table: MutableSequence[int] = multiprocessing.get_context("spawn").RawArray(
+        "i", members * (LIMIT_BUCKETS + 1))
+    return table
+
+
+class ConnectionLimiter:
+    """Counts open SMTP connections per client address (the 421 cap), over a whole group.
+
+    The counts are a table with a row per gateway process: a column per address bucket,
+    and one for the total. Each process writes its own row only and reads every row,
+    so no lock is needed (two processes admitting at the same instant may let one
+    connection past the cap) and the supervisor forgets a dead member's connections by
+    zeroing its row (`forget`). Addresses sharing a bucket share a cap: with 4,096
+    buckets and the few sending MTAs a gateway sees, rarely.
+    """
+
+    def __init__(self, per_client: int, total: int, table: MutableSequence[int] | None = None,
+                 row: int = 0) -> None:
+        self.per_client = per_client
+        self.total = total
+        self.table = table if table is not None else array("i", bytes(4 * (LIMIT_BUCKETS + 1)))
+        self.width = LIMIT_BUCKETS + 1
+        self.rows = range(0, len(self.table), self.width)
+        self.mine = row * self.width
+
+    def _sum(self, column: int) -> int:
+        return sum(self.table[start + column] for start in self.rows)
+
+    def acquire(self, addr: str) -> bool:
+        bucket = zlib.crc32(addr.encode()) % LIMIT_BUCKETS
+        if self._sum(bucket) >= self.per_client or self._sum(LIMIT_BUCKETS) >= self.total:
+            return False
+        self.table[self.mine + bucket] += 1
+        self.table[self.mine + LIMIT_BUCKETS] += 1
+        return True
+
+    def release(self, addr: str) -> None:
+        bucket = zlib.crc32(addr.encode()) % LIMIT_BUCKETS
+        self.table[self.mine + bucket] -= 1
+        self.table[self.mine + LIMIT_BUCKETS] -= 1
+
+
+def forget(table: MutableSequence[int], row: int) -> None:
+    """A member died: its connections died with it."""
+    width = LIMIT_BUCKETS + 1
+    table[row * width:(row + 1) * width] = [0] * width
+
+
+class IngressHandler:
+    """The SMTP hooks: RCPT policy, then DATA → spool → `250 queued as ID`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        executor: Executor | None = None,
+        on_queued: Callable[[str, Entry | None], None] | None = None,
+        on_rejected: Callable[[], None] | None = None,
+        room_for_fresh: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.executor = executor
+        #: Gets each spooled message's queue id and, when `room_for_fresh()` said so and
+        #: it is under HAND_OVER_MAX_BYTES, its entry with the bytes, kept in the
+        #: journal: no spool file to claim nor read.
+        self.on_queued = on_queued or (lambda _queue_id, _entry: None)
+        self.room_for_fresh = room_for_fresh or _no_room
+        self.on_rejected = on_rejected or (lambda: None)
+
+    def handle_RCPT(self, session: Session, txn: Transaction, address: str) -> str:
+        if len(txn.rcpt_tos) >= self.settings.max_recipients:
+            return REPLY_TOO_MANY_RCPTS
+        reason = relay_refusal(address, self.settings.accepted_domains)
+        if reason is not None:
+            self.on_rejected()
+            log.info("rcpt_refused", client=session.peer, reason=reason)
+            return REPLY_RELAY_DENIED
+        txn.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, session: Session, txn: Transaction) -> str:
+        env = Envelope(
+            mail_from=txn.mail_from or "",
+            rcpt_tos=tuple(txn.rcpt_tos),
+            client_addr=session.peer,
+            helo=session.helo,
+            received_at=time.time(),
+        )
+        queue_id = new_queue_id()
+        try:
+            if len(txn.content) < HAND_OVER_MAX_BYTES and await self.room_for_fresh():
+                entry: Entry | None = await self._hand_over(queue_id, txn.content, env)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._store, queue_id, txn.content, env)
+                entry = None
+        except LineTooLong:
+            return REPLY_LINE_TOO_LONG
+        log.info("queued", queue_id=queue_id, client=env.client_addr,
+                 size=len(txn.content), rcpts=len(env.rcpt_tos))
+        self.on_queued(queue_id, entry)
+        return REPLY_QUEUED.format(queue_id=queue_id)
+
+    async def _hand_over(self, queue_id: str, untrusted: bytes, env: Envelope) -> Entry:
+        """Journal a small message for a worker of this process, which takes it with its
+        bytes: on the loop, in the journal's group commit (`Spool.put_fresh`)."""
+        received, body = self._prepared(queue_id, untrusted, env)
+        await self.spool.put_fresh(body, env, queue_id, prefix=received)
+        return Entry(queue_id, env, received + body, RetryState())
+
+    def _store(self, queue_id: str, untrusted: bytes, env: Envelope) -> None:
+        """Spool the message in incoming/, in a writer thread. Our Received line and the
+        message are written as two buffers, not joined: a 20 MB mail is not copied."""
+        received, body = self._prepared(queue_id, untrusted, env)
+        self.spool.put(body, env, queue_id, prefix=received)
+
+    def _prepared(self, queue_id: str, untrusted: bytes, env: Envelope) -> tuple[bytes, bytes]:
+        """Our Received line, and the message with CRLF line ends; raise `LineTooLong`."""
+        if has_line_longer(untrusted, self.settings.max_line_bytes):
+            raise LineTooLong
+        return self._received(env, queue_id), crlf(untrusted)
+
+    def _received(self, env: Envelope, queue_id: str) -> bytes:
+        helo = re.sub(r"[^A-Za-z0-9.\-\[\]:]", "?", env.helo)[:255]
+        for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
+        line = (f"Received: from {helo} ([{env.client_addr}])\r\n\tby {self.settings.hostname}"
+                f" (mugaika) with ESMTP id {queue_id}{for_clause};\r\n\t"
+                f"{_date(int(env.received_at))}\r\n")
+        return line.encode("ascii", "replace")
+
+
+async def _no_room() -> bool:
+    """Without a worker in this process to hand mail to (tools, tests): incoming/."""
+    return False
+
+
+@lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """RFC 5322 date of `second`: formatted once a second, not once a message (it was 3 %
+    of a gateway process)."""
+    return formatdate(second)
+
+
+class LineTooLong(Exception):
+    """A DATA line (with its CRLF) is longer than `max_line_bytes`."""
+
+
+def has_line_longer(data: bytes, limit: int) -> bool:
+    """Whether a line of `data` is longer than `limit` bytes with its CRLF (lines end at
+    LF, as they will once bare ones are made CRLF; a CR before the LF is the CRLF's).
+
+    Such a line covers a whole aligned block of limit // 2 bytes, so only a block with
+    no LF in it needs a closer look: a few finds per block at C speed, and no list of
+    the message's lines (a split of a 20 MB mail held 30 MB more for a while)."""
+    step = max(1, limit // 2)
+    for start in range(0, len(data), step):
+        if data.find(b"\n", start, start + step) >= 0:
+            continue
+        line_start = data.rfind(b"\n", 0, start) + 1
+        line_end = data.find(b"\n", start)
+        line_end = len(data) if line_end < 0 else line_end
+        if data.endswith(b"\r", line_start, line_end):
+            line_end -= 1
+        if line_end - line_start + 2 > limit:
+            return True
+    return False
+
+
+def server_factory(settings: Settings, handler: IngressHandler,
+                   limits: MutableSequence[int] | None = None,
+                   row: int = 0) -> Callable[[], SMTPSession]:
+    """The protocol factory for `loop.create_server`: one SMTPSession per connection.
+
+    `limits`, `row`: a group's shared connection counts and this member's row in them.
+    """
+    limiter = ConnectionLimiter(settings.max_connections_per_client, settings.max_connections,
+                                limits, row)
+    server = ServerLimits(
+        hostname=settings.hostname,
+        max_message_bytes=settings.max_message_bytes,
+        max_line_bytes=settings.max_line_bytes,
+        timeout=settings.smtp_timeout,
+        max_commands=settings.max_commands_per_session,
+    )
+    return lambda: SMTPSession(handler, server, limiter)
