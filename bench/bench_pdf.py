@@ -3,8 +3,10 @@
 Figures (ratios matter, absolute numbers move with machine load):
 - raw_render_pages_per_s: pypdfium2 rendering at 150 DPI to a PIL image, one process;
 - raw/pipeline CPU ms per page: the work itself, which other load on the host barely moves;
-- pipeline_pages_per_s: PdfConverter (render + classify + encode + image-only PDF + text),
-  in-process, using every core; sandboxed_pages_per_s: the same through the bwrap pool;
+- pipeline_pages_per_s: PdfConverter (render to pixels + text) in-process, using every
+  core, then the delivered files written from the pixels (`converters.package`: classify
+  + encode + image-only PDF); sandboxed_pages_per_s: the same with the rendering in the
+  bwrap pool, each page's pixels crossing back raw and encoded as they arrive;
 - peak_rss_mb_50_pages: peak resident memory of the converter and its renderers for a
   50-page PDF (measured in a child process via getrusage);
 - worker_start_ms vs pooled_small_ms: what a small attachment would pay without the pool;
@@ -111,10 +113,23 @@ def raw_render(data: bytes) -> None:
 
 
 def pipeline(data: bytes) -> None:
+    """Render in this process and write the delivered files from the pixels, as the
+    gateway's trusted code does (`converters.package`)."""
     from converters.limits import ConversionPolicy
+    from converters.package import Packager
     from converters.pdf import PdfConverter
 
-    PdfConverter().convert(data, "a.pdf", ConversionPolicy(dpi=DPI))
+    policy = ConversionPolicy(dpi=DPI)
+    with Packager("a", policy) as packager:
+        packager.finish(PdfConverter().convert(data, "a.pdf", policy))
+
+
+def sandboxed(pool: Any, data: bytes, policy: Any) -> None:
+    """Render in the sandbox; each page encoded by the gateway as its pixels arrive."""
+    from converters.package import Packager
+
+    with Packager("a", policy) as packager:
+        packager.finish(pool.convert("pdf", data, "a.pdf", policy, packager.add))
 
 
 def interleaved(data: bytes, rounds: int) -> dict[str, Any]:
@@ -129,7 +144,7 @@ def interleaved(data: bytes, rounds: int) -> dict[str, Any]:
     with SandboxPool(SandboxConfig(Registry().targets()), 1) as pool:
         pool.warm()
         runs = {"raw": lambda: raw_render(data), "pipeline": lambda: pipeline(data),
-                "sandboxed": lambda: pool.convert("pdf", data, "a.pdf", policy)}
+                "sandboxed": lambda: sandboxed(pool, data, policy)}
         for _ in range(rounds):
             for name, fn in runs.items():
                 times[name].append(_best_of(1, fn))
@@ -192,7 +207,8 @@ import resource, sys
 from converters.limits import ConversionPolicy
 from converters.pdf import PdfConverter
 data = open(sys.argv[1], "rb").read()
-PdfConverter().convert(data, "a.pdf", ConversionPolicy())
+for _ in PdfConverter().convert(data, "a.pdf", ConversionPolicy()).images:
+    pass  # pages stream out as they are rendered; the gateway's memory is not measured here
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(own, kids)

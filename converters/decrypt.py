@@ -116,6 +116,9 @@ def _apply_limits(limits: DecryptLimits) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # Everything happens in memory and on the pipes: no file may grow, so a hijacked
+    # decrypter cannot fill the sandbox's /tmp, whose pages are RAM RLIMIT_AS does not count.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
 
 
 def run(stdin: IO[bytes], stdout: IO[bytes]) -> int:

@@ -4,22 +4,41 @@ A frame is a 4-byte big-endian length and a UTF-8 JSON header, followed by the b
 blobs the header announces (`"blobs": [n1, n2, ...]`), each sent raw after the header.
 Never pickle: the worker is untrusted once it has touched an attachment, so the parent
 only ever parses JSON and counts bytes it has bounded in advance.
+
+A conversion's answer is one frame per page or picture (`{"pixels": {...}}` and its raw
+pixels, so that the gateway can encode each as it arrives instead of holding them all),
+then one frame with the rest: text, members, findings, notes, or the error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import IO, Any, Protocol
 
 from converters.base import Conversion, Member, Rendering
 from converters.errors import ConversionError, SandboxFailure, from_code
 from converters.limits import ConversionPolicy, Limits
+from converters.pixels import Pixels, checked, describe, max_bytes
 
 _LEN = struct.Struct(">I")
 #: A header is a few hundred bytes of names and notes; anything larger is a broken worker.
 MAX_HEADER_BYTES = 4 * 1024 * 1024
+
+
+#: Raw pages are megabytes: a 1 MiB pipe (Linux's unprivileged maximum) instead of 64 KiB
+#: passes one in a few writes rather than a hundred context switches.
+PIPE_BYTES = 1 << 20
+
+
+def widen_pipe(fd: int) -> None:
+    """Give the pipe at `fd` PIPE_BYTES of buffer where the kernel allows it."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class Readable(Protocol):
@@ -30,17 +49,19 @@ class FramingError(Exception):
     """The peer sent something that is not a well-formed frame (or closed the pipe)."""
 
 
+class FrameTooLarge(FramingError):
+    """A well-formed frame beyond the reader's bounds."""
+
+
 def write_frame(out: IO[bytes], header: dict[str, Any], blobs: tuple[bytes, ...] = ()) -> None:
     """Write one frame and flush it."""
-    header = {**header, "blobs": [len(b) for b in blobs]}
-    raw = json.dumps(header, ensure_ascii=False).encode("utf-8")
-    out.write(_LEN.pack(len(raw)) + raw)
+    out.write(encode_header(header, [len(b) for b in blobs]))
     for blob in blobs:
         out.write(blob)
     out.flush()
 
 
-def _read_exact(inp: Readable, n: int) -> bytes:
+def read_exact(inp: Readable, n: int) -> bytes:
     chunks: list[bytes] = []
     remaining = n
     while remaining:
@@ -54,16 +75,22 @@ def _read_exact(inp: Readable, n: int) -> bytes:
 
 def read_frame(inp: Readable, max_blob_bytes: int) -> tuple[dict[str, Any], list[bytes]]:
     """Read one frame; refuse headers or blobs larger than the caller's bounds."""
+    header, sizes = read_header(inp, max_blob_bytes)
+    return header, [read_exact(inp, n) for n in sizes]
+
+
+def read_header(inp: Readable, max_blob_bytes: int) -> tuple[dict[str, Any], list[int]]:
+    """A frame's header and the sizes of the blobs that follow it (not read yet)."""
     first = inp.read(_LEN.size)
     if not first:
         raise EOFError
     if len(first) < _LEN.size:
-        first += _read_exact(inp, _LEN.size - len(first))
+        first += read_exact(inp, _LEN.size - len(first))
     (untrusted_len,) = _LEN.unpack(first)
     if untrusted_len > MAX_HEADER_BYTES:
-        raise FramingError("header too large")
+        raise FrameTooLarge("header too large")
     try:
-        header = json.loads(_read_exact(inp, untrusted_len))
+        header = json.loads(read_exact(inp, untrusted_len))
     except ValueError as exc:
         raise FramingError("header is not JSON") from exc
     if not isinstance(header, dict):
@@ -74,8 +101,14 @@ def read_frame(inp: Readable, max_blob_bytes: int) -> tuple[dict[str, Any], list
     ):
         raise FramingError("bad blob sizes")
     if sum(untrusted_sizes) > max_blob_bytes:
-        raise FramingError("blobs exceed the output cap")
-    return header, [_read_exact(inp, n) for n in untrusted_sizes]
+        raise FrameTooLarge("blobs exceed the output cap")
+    return header, untrusted_sizes
+
+
+def encode_header(header: dict[str, Any], sizes: list[int]) -> bytes:
+    """The bytes of a frame up to its blobs (`write_frame` without them)."""
+    raw = json.dumps({**header, "blobs": sizes}, ensure_ascii=False).encode("utf-8")
+    return _LEN.pack(len(raw)) + raw
 
 
 # --- values <-> frames -----------------------------------------------------------------
@@ -90,7 +123,42 @@ def policy_from_json(data: dict[str, Any]) -> ConversionPolicy:
     return ConversionPolicy(limits=limits, **fields)
 
 
-def conversion_to_frame(conv: Conversion) -> tuple[dict[str, Any], tuple[bytes, ...]]:
+Frame = tuple[dict[str, Any], tuple[bytes, ...]]
+
+
+def pixels_frame(pixels: Pixels) -> Frame:
+    """One image of an answer (the rest follows in `conversion_to_frame`)."""
+    return {"pixels": describe(pixels)}, (pixels.data, pixels.text.encode("utf-8"))
+
+
+def frame_bound(limits: Limits) -> int:
+    """The most blob bytes one frame of an answer may announce: a page, or the rest."""
+    return max(max_bytes(limits), limits.max_output_bytes)
+
+
+def read_conversion(inp: Readable, policy: ConversionPolicy,
+                    on_image: Callable[[Pixels], None] | None = None) -> Conversion:
+    """Read one answer; each image is checked (`converters.pixels.checked`) and handed to
+    `on_image` as it arrives, or kept in the `Conversion` without one."""
+    images: list[Pixels] = []
+    for _ in range(policy.limits.max_pages + 1):
+        header, blobs = read_frame(inp, frame_bound(policy.limits))
+        if "pixels" not in header:
+            return conversion_from_frame(header, blobs, tuple(images))
+        if len(blobs) != 2 or not isinstance(header["pixels"], dict):
+            raise FramingError("malformed pixels")
+        try:
+            pixels = checked(header["pixels"], blobs[0], blobs[1], policy.limits)
+        except SandboxFailure as exc:  # forged: the worker is not to be trusted again
+            raise FramingError(exc.detail) from exc
+        if on_image is None:
+            images.append(pixels)
+        else:
+            on_image(pixels)
+    raise FramingError("more images than the page cap")
+
+
+def conversion_to_frame(conv: Conversion) -> Frame:
     header: dict[str, Any] = {
         "ok": True,
         "outputs": [{"filename": r.filename, "content_type": r.content_type} for r in conv.outputs],
@@ -108,7 +176,8 @@ def error_to_frame(err: ConversionError) -> dict[str, Any]:
     return {"ok": False, "code": err.code, "detail": err.detail[:500]}
 
 
-def conversion_from_frame(header: dict[str, Any], blobs: list[bytes]) -> Conversion:
+def conversion_from_frame(header: dict[str, Any], blobs: list[bytes],
+                          images: tuple[Pixels, ...] = ()) -> Conversion:
     """Rebuild the worker's answer, or raise the error it reported (by code only)."""
     if not header.get("ok"):
         raise from_code(str(header.get("code", "")), str(header.get("detail", ""))[:500])
@@ -127,6 +196,7 @@ def conversion_from_frame(header: dict[str, Any], blobs: list[bytes]) -> Convers
         )
         return Conversion(
             outputs=renderings,
+            images=images,
             members=found,
             findings=tuple(str(f) for f in header["findings"]),
             notes=tuple(str(n) for n in header["notes"]),

@@ -16,11 +16,10 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from converters.base import Conversion, Rendering
-from converters.encode import Encoded, encode
+from converters.base import Conversion
 from converters.errors import Bomb, ConversionError, Corrupt
 from converters.limits import ConversionPolicy
-from converters.names import stem
+from converters.pixels import Pixels, from_image
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 _PHOTO_FORMATS = {"JPEG"}
@@ -65,21 +64,16 @@ def _decode(untrusted: bytes, policy: ConversionPolicy) -> tuple[list[Image.Imag
         return frames, str(img.format), total
 
 
-def _encode(frame: Image.Image, fmt: str) -> Encoded:
-    if fmt in _PHOTO_FORMATS and frame.mode not in {"RGBA", "LA"}:
-        return encode(frame, "jpeg")
-    return encode(frame)
-
-
 class ImageConverter:
-    """JPEG/PNG/GIF/BMP/TIFF/WebP to a fresh PNG or JPEG per frame."""
+    """JPEG/PNG/GIF/BMP/TIFF/WebP to the pixels of each frame (the gateway encodes a
+    fresh PNG or JPEG from them)."""
 
     name = "image"
 
     def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
         try:
             frames, fmt, total = _decode(untrusted, policy)
-            encoded = [_encode(frame, fmt) for frame in frames]
+            pictures = [_pixels(frame, fmt) for frame in frames]
         except ConversionError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -87,13 +81,12 @@ class ImageConverter:
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
                 IndexError, TypeError, ZeroDivisionError) as exc:
             raise Corrupt(type(exc).__name__) from exc
-        base = stem(filename)
-        outputs = []
-        for i, enc in enumerate(encoded):
-            ext = "png" if enc.kind == "png" else "jpg"
-            name = f"{base}.{ext}" if len(encoded) == 1 else f"{base}_p{i + 1:03d}.{ext}"
-            outputs.append(Rendering(name, f"image/{enc.kind}", enc.data))
         notes = []
-        if total > len(encoded):
-            notes.append(f"{fmt} with {total} frames: {len(encoded)} delivered")
-        return Conversion(outputs=tuple(outputs), notes=tuple(notes), pages=len(encoded))
+        if total > len(pictures):
+            notes.append(f"{fmt} with {total} frames: {len(pictures)} delivered")
+        return Conversion(images=tuple(pictures), notes=tuple(notes), pages=len(pictures))
+
+
+def _pixels(frame: Image.Image, fmt: str) -> Pixels:
+    """A frame's pixels; a JPEG source is a photograph and is delivered as JPEG again."""
+    return from_image(frame, picture=True, photo=fmt in _PHOTO_FORMATS)

@@ -61,7 +61,9 @@ class OfficeConverter:
         if len(untrusted) > policy.limits.file_bytes:
             raise errors.LimitExceeded("office file too large")
         found = self.scanner(untrusted)
-        pdf, reply = self.pool.convert(untrusted, safe_suffix(filename), policy.limits.max_pages)
+        # The PDF is bounded like any converter's output: LibreOffice may be the attacker's.
+        pdf, reply = self.pool.convert(untrusted, safe_suffix(filename), policy.limits.max_pages,
+                                       policy.limits.max_output_bytes)
         if not reply.get("ok"):
             if reply.get("error") == "encrypted":
                 raise errors.Encrypted("office")
@@ -76,6 +78,7 @@ class OfficeConverter:
             notes.insert(0, "sheets: " + ", ".join(sheets))
         return Conversion(
             outputs=rendered.outputs,
+            images=rendered.images,
             findings=found.findings,
             notes=tuple(notes),
             pages=rendered.pages,

@@ -1,14 +1,18 @@
 """LibreOffice behind a pipe: run by Debian's /usr/bin/python3 inside bubblewrap.
 
 python3-uno binds to Debian's interpreter, not the project's venv, so this file is a
-standalone script (stdlib + uno only, never `converters`). `converters.office` starts it
-inside the same bwrap as soffice and speaks JSON lines over stdin/stdout:
+standalone script (stdlib + uno only, never `converters`). `converters.office_pool` starts
+it inside the same bwrap as soffice and speaks frames over stdin/stdout: a 4-byte
+big-endian length, a JSON header of that length, then `size` raw bytes.
 
-    request : {"src": "/job/in.docx", "dst": "/job/out.pdf", "max_pages": 50}
-    response: {"ok": true, "kind": "calc", "sheets": ["予算", "実績"], "hidden_sheets": []}
-              {"ok": false, "error": "corrupt" | "encrypted"}
+    request : {"suffix": ".docx", "max_pages": 50, "size": N} + the document
+    response: {"ok": true, "kind": "calc", "sheets": ["予算", "実績"], "hidden_sheets": [],
+               "size": M} + the PDF
+              {"ok": false, "error": "corrupt" | "encrypted", "size": 0}
 
-The first line it writes is {"ready": true, "pid": N} once soffice answers. Documents are
+The first frame it writes is {"ready": true, "pid": N} once soffice answers. Files exist
+only in a fresh scratch directory per document inside the sandbox's private /tmp, removed
+after the document: the gateway shares no directory with the sandbox. Documents are
 loaded Hidden (the only way xlsx loads reliably, see MEASURED.md), read-only, with macro
 execution NEVER and link updates NO_UPDATE; the profile also disables macros outright.
 """
@@ -18,9 +22,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import struct
 import subprocess
 import sys
+import tempfile
 import time
+from typing import BinaryIO
 
 import uno
 from com.sun.star.beans import PropertyValue
@@ -30,6 +39,7 @@ from com.sun.star.beans import PropertyValue
 PROFILE_DIR = os.environ.get("MUGAIKA_OFFICE_PROFILE", "/tmp/lo-profile")  # noqa: S108
 PIPE_NAME = os.environ.get("MUGAIKA_OFFICE_PIPE", "mugaika_office")
 CONNECT_SECONDS = 30.0
+FRAME_PREFIX = struct.Struct(">I")
 
 # MacroSecurityLevel 3 = "very high" (only trusted locations, of which there are none);
 # DisableMacrosExecution removes the macro engine entirely. Link update mode 2 = never.
@@ -137,11 +147,10 @@ def _check_alive(proc: subprocess.Popen[bytes], exc: Exception) -> None:
         raise OfficeGone from exc
 
 
-def convert(proc: subprocess.Popen[bytes], desktop: object,
-            req: dict[str, object]) -> dict[str, object]:
-    src = uno.systemPathToFileUrl(str(req["src"]))
-    dst = uno.systemPathToFileUrl(str(req["dst"]))
-    max_pages = int(req.get("max_pages", 50))  # type: ignore[call-overload]
+def convert(proc: subprocess.Popen[bytes], desktop: object, src_path: str, dst_path: str,
+            max_pages: int) -> dict[str, object]:
+    src = uno.systemPathToFileUrl(src_path)
+    dst = uno.systemPathToFileUrl(dst_path)
     load = _props(Hidden=True, ReadOnly=True, MacroExecutionMode=NEVER_EXECUTE,
                   UpdateDocMode=NO_UPDATE, Silent=True)
     try:
@@ -169,6 +178,47 @@ def convert(proc: subprocess.Popen[bytes], desktop: object,
             doc.close(True)
 
 
+def convert_document(proc: subprocess.Popen[bytes], desktop: object,
+                     request: dict[str, object], document: bytes) -> tuple[dict[str, object], bytes]:
+    """The reply and the PDF for one document, converted in a scratch directory of its own."""
+    # The gateway sends a suffix from its allow-list; anything else is dropped, not joined.
+    suffix = str(request.get("suffix", ""))
+    suffix = suffix if re.fullmatch(r"\.[a-z]{1,5}", suffix) else ""
+    scratch = tempfile.mkdtemp(prefix="doc-")  # $TMPDIR: the sandbox's private tmpfs
+    try:
+        src, dst = os.path.join(scratch, "in" + suffix), os.path.join(scratch, "out.pdf")
+        with open(src, "wb") as f:
+            f.write(document)
+        max_pages = int(request.get("max_pages", 50))  # type: ignore[call-overload]
+        reply = convert(proc, desktop, src, dst, max_pages)
+        if not reply["ok"]:
+            return reply, b""
+        if not os.path.isfile(dst):
+            return {"ok": False, "error": "corrupt"}, b""
+        with open(dst, "rb") as f:
+            return reply, f.read()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def read_request(stdin: BinaryIO) -> tuple[dict[str, object], bytes] | None:
+    """The next request and its document, or None when the gateway closed the pipe."""
+    prefix = stdin.read(FRAME_PREFIX.size)
+    if len(prefix) < FRAME_PREFIX.size:
+        return None
+    header = json.loads(stdin.read(FRAME_PREFIX.unpack(prefix)[0]))
+    size = int(header["size"])
+    document = stdin.read(size)
+    return (header, document) if len(document) == size else None
+
+
+def write_frame(stdout: BinaryIO, header: dict[str, object], body: bytes = b"") -> None:
+    encoded = json.dumps({**header, "size": len(body)}, ensure_ascii=False).encode()
+    stdout.write(FRAME_PREFIX.pack(len(encoded)) + encoded)
+    stdout.write(body)
+    stdout.flush()
+
+
 def main() -> int:
     proc = _start_soffice()
     try:
@@ -176,19 +226,15 @@ def main() -> int:
     except Exception:
         proc.kill()
         return 2
-    out = sys.stdout
-    out.write(json.dumps({"ready": True, "pid": proc.pid}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    write_frame(stdout, {"ready": True, "pid": proc.pid})
+    while (request := read_request(stdin)) is not None:
         try:
-            reply = convert(proc, desktop, json.loads(line))
+            reply, pdf = convert_document(proc, desktop, *request)
         except OfficeGone:
             proc.kill()
             return 3
-        out.write(json.dumps(reply, ensure_ascii=False) + "\n")
-        out.flush()
+        write_frame(stdout, reply, pdf)
     with contextlib.suppress(Exception):  # shutting down anyway
         desktop.terminate()  # type: ignore[attr-defined]
     proc.kill()

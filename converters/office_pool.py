@@ -2,9 +2,15 @@
 
 A cold `soffice --convert-to pdf` costs 1.2-1.8 s per document (MEASURED.md); a listener
 that is already up converts the same document in 0.1-0.6 s. Each `OfficeInstance` is one
-bwrap sandbox (no network, no capabilities, private /tmp holding its own profile) running
-`office_bridge.py` under Debian's python3 with soffice beside it. Documents travel through a
-per-instance job directory, the only writable host path bind-mounted inside.
+bwrap sandbox (no network, no capabilities, a seccomp filter, a private /tmp holding its
+own profile) running `office_bridge.py` under Debian's python3 with soffice beside it.
+
+We assume a document can take LibreOffice over, so the sandbox shares no directory with
+the gateway: the document goes in over the bridge's stdin and the PDF comes back over its
+stdout, each as a length-prefixed frame, and the gateway never opens a path the sandbox
+could have written (a shared job directory let a hijacked soffice plant symlinks that the
+gateway then wrote through and read from). Everything the bridge says is bounded and
+checked; an instance that breaks the protocol is killed like one that crashed.
 
 The pool is an object the caller owns (no module-level state): build one at start-up,
 pass it to `OfficeConverter`, `close()` it at shutdown.
@@ -14,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
@@ -28,11 +36,21 @@ from pathlib import Path
 from typing import Any
 
 from converters import errors
-from converters.sandbox import BWRAP_ARGS, system_view
+from converters.limits import Limits
+from converters.sandbox import BWRAP_ARGS, bounded_tmpfs, system_view
+from converters.seccomp import filter_fd
+
+log = logging.getLogger("mugaika.office")
 
 BRIDGE = Path(__file__).with_name("office_bridge.py")
+BRIDGE_INSIDE = "/opt/mugaika/office_bridge.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-uno is built for Debian's interpreter only
-JOB_DIR_INSIDE = "/tmp/job"  # noqa: S108 - inside the sandbox's private tmpfs
+#: A frame is this length prefix, a JSON header of that length, then `size` raw bytes.
+FRAME_PREFIX = struct.Struct(">I")
+#: A reply header holds a few names (sheets); anything longer is not the bridge speaking.
+MAX_HEADER_BYTES = 1024 * 1024
+#: How much of the PDF the gateway accepts when the caller gives no bound of its own.
+DEFAULT_MAX_PDF_BYTES = Limits().max_output_bytes
 
 
 @dataclass(frozen=True)
@@ -50,14 +68,20 @@ class OfficeConfig:
     #: document fails closed) instead of the host. soffice maps ~1.2 GB before any document;
     #: 2 GiB was enough for every test document, 3 GiB leaves room for large spreadsheets.
     memory_bytes: int = 3 * 1024 * 1024 * 1024
+    #: Size of the sandbox's /tmp (profile, one document, its PDF, LibreOffice's temporary
+    #: files). tmpfs pages are RAM that RLIMIT_AS does not count: unsized, a hijacked
+    #: soffice could fill half the host's memory with files.
+    tmp_bytes: int = 1024 * 1024 * 1024
     extra_bwrap_args: tuple[str, ...] = field(default=())
+    #: The bridge script run inside (the containment tests give a hijacked one).
+    bridge: Path = BRIDGE
     #: False only when the operator allowed unsandboxed conversion (no bubblewrap here):
-    #: then each instance still gets its own profile, pipe name and job directory.
+    #: then each instance still gets its own profile, pipe name and private directory.
     sandboxed: bool = True
 
 
 class InstanceDied(Exception):
-    """The instance crashed, hung or closed its pipe; the pool restarts it."""
+    """The instance crashed, hung, closed its pipe or broke the protocol; the pool restarts it."""
 
 
 def rlimit_args(config: OfficeConfig) -> list[str]:
@@ -66,25 +90,85 @@ def rlimit_args(config: OfficeConfig) -> list[str]:
             "--core=0", "--"]
 
 
-BRIDGE_INSIDE = "/opt/mugaika/office_bridge.py"
-
-
-def sandbox_args(job_dir: Path, config: OfficeConfig) -> list[str]:
-    """The sandbox: a minimal read-only file system, private /tmp, no network, no caps."""
+def sandbox_command(config: OfficeConfig, inner: list[str], seccomp_fd: int | None) -> list[str]:
+    """`inner` in the sandbox: a minimal read-only file system whose only writable places
+    are its own tmpfs mounts, no network, no capabilities, the seccomp filter; unsandboxed,
+    `inner` under the rlimits alone."""
+    if not config.sandboxed:
+        return [*rlimit_args(config), *inner]
+    seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
     return [
         *rlimit_args(config),
-        "bwrap", *BWRAP_ARGS, *system_view(), "--ro-bind", str(BRIDGE), BRIDGE_INSIDE,
-        "--bind", str(job_dir), JOB_DIR_INSIDE,
+        "bwrap", *BWRAP_ARGS, *system_view(), "--ro-bind", str(config.bridge), BRIDGE_INSIDE,
+        *bounded_tmpfs(config.tmp_bytes),
         "--remount-ro", "/",  # the root tmpfs bwrap built: nothing may be created there
         "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",  # noqa: S108 - private
         "--unsetenv", "DISPLAY", "--setenv", "SAL_USE_VCLPLUGIN", "svp",
-        *config.extra_bwrap_args,
+        *seccomp, *config.extra_bwrap_args, "--", *inner,
     ]
 
 
-def bwrap_command(job_dir: Path, config: OfficeConfig) -> list[str]:
-    """The bridge (and the soffice it starts) inside the sandbox."""
-    return [*sandbox_args(job_dir, config), SYSTEM_PYTHON, "-I", BRIDGE_INSIDE]
+def launch(config: OfficeConfig, inner: list[str], home: Path | None = None
+           ) -> subprocess.Popen[bytes]:
+    """Start `inner` as every instance is started: its own process group, stdin and stdout
+    pipes, stderr to /dev/null and no other descriptor (the seccomp program's is read and
+    closed by bwrap). `home` stands in for the sandbox's tmpfs when unsandboxed."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if home is not None:
+        env |= {"HOME": str(home), "TMPDIR": str(home),
+                "MUGAIKA_OFFICE_PROFILE": str(home / "p"),
+                "MUGAIKA_OFFICE_PIPE": f"mugaika_office_{home.name}"}
+    seccomp_fd = filter_fd() if config.sandboxed else None
+    if config.sandboxed and seccomp_fd is None:
+        log.warning("libseccomp unavailable: LibreOffice sandbox runs without its filter")
+    try:
+        return subprocess.Popen(
+            sandbox_command(config, inner, seccomp_fd), env=env, close_fds=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: one killpg ends it all
+            pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
+        )
+    finally:
+        if seccomp_fd is not None:
+            os.close(seccomp_fd)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Kill everything `launch` started and reap it.
+
+    Killing bwrap's process group kills bwrap; `--die-with-parent` then kills the PID
+    namespace's init, which takes every process inside with it, however it detached. The
+    group is killed even when the bridge has already exited: unsandboxed, soffice could
+    otherwise outlive it.
+    """
+    with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _wait_for(fd: int, deadline: float, *, write: bool = False) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise InstanceDied("timeout")
+    watched = ([], [fd]) if write else ([fd], [])
+    ready = select.select(*watched, [], remaining)
+    if not any(ready):
+        raise InstanceDied("timeout")
+
+
+def _reply_shape_ok(reply: dict[str, Any]) -> bool:
+    """The fields the converter reads, with the types the bridge sends, or absent."""
+    names = (reply.get(key, []) for key in ("sheets", "hidden_sheets"))
+    return (isinstance(reply.get("ok"), bool)
+            and all(isinstance(reply.get(key, ""), str) for key in ("kind", "error"))
+            and all(isinstance(n, list) and all(isinstance(s, str) for s in n) for n in names))
 
 
 class OfficeInstance:
@@ -93,28 +177,18 @@ class OfficeInstance:
     def __init__(self, config: OfficeConfig) -> None:
         self.config = config
         self.documents = 0
-        self.job_dir = Path(tempfile.mkdtemp(prefix="mugaika-office-"))
-        self._buffer = b""
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        if config.sandboxed:
-            command = bwrap_command(self.job_dir, config)
-            self.job_inside = JOB_DIR_INSIDE
-        else:
-            command = [*rlimit_args(config), SYSTEM_PYTHON, "-I", str(BRIDGE)]
-            self.job_inside = str(self.job_dir)
-            env |= {"HOME": str(self.job_dir), "MUGAIKA_OFFICE_PROFILE": str(self.job_dir / "p"),
-                    "MUGAIKA_OFFICE_PIPE": f"mugaika_office_{self.job_dir.name}"}
-        self.proc = subprocess.Popen(
-            command, env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: one killpg ends it all
-        )
+        self.home = None if config.sandboxed else Path(tempfile.mkdtemp(prefix="mugaika-office-"))
+        bridge = BRIDGE_INSIDE if config.sandboxed else str(config.bridge)
+        self.proc = launch(config, [SYSTEM_PYTHON, "-I", bridge], self.home)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._stdin, self._stdout = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(self._stdin, False)  # a bridge that stops reading cannot block us
         try:
-            ready = self._read_reply(time.monotonic() + config.start_timeout_seconds)
+            ready = self._read_header(time.monotonic() + config.start_timeout_seconds)
         except InstanceDied:
             self.close()
             raise
-        if not ready.get("ready"):
+        if ready.get("ready") is not True:
             self.close()
             raise InstanceDied("bridge did not report ready")
 
@@ -122,78 +196,71 @@ class OfficeInstance:
     def pid(self) -> int:
         return self.proc.pid
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def reusable(self) -> bool:
+        """Running and silent: a bridge that speaks unasked would answer the next document
+        with something prepared before it saw it, so it is not given one."""
+        if self.proc.poll() is not None:
+            return False
+        readable, _, _ = select.select([self._stdout], [], [], 0)
+        return not readable
 
-    def convert(
-        self, untrusted: bytes, suffix: str, max_pages: int
-    ) -> tuple[bytes, dict[str, Any]]:
-        """Convert one document; raise InstanceDied on crash or timeout (caller restarts)."""
+    def convert(self, untrusted: bytes, suffix: str, max_pages: int, max_pdf_bytes: int
+                ) -> tuple[bytes, dict[str, Any]]:
+        """Convert one document: InstanceDied on a crash, timeout or broken protocol (the
+        caller restarts), LimitExceeded when the PDF is larger than `max_pdf_bytes`."""
         self.documents += 1
-        src = self.job_dir / f"in-{self.documents}{suffix}"
-        dst = self.job_dir / f"out-{self.documents}.pdf"
-        src.write_bytes(untrusted)
-        try:
-            request = {"src": f"{self.job_inside}/{src.name}",
-                       "dst": f"{self.job_inside}/{dst.name}", "max_pages": max_pages}
-            self._send(request)
-            reply = self._read_reply(time.monotonic() + self.config.timeout_seconds)
-            pdf = dst.read_bytes() if reply.get("ok") and dst.is_file() else b""
-            return pdf, reply
-        finally:
-            src.unlink(missing_ok=True)
-            dst.unlink(missing_ok=True)
+        deadline = time.monotonic() + self.config.timeout_seconds
+        request = {"suffix": suffix, "max_pages": max_pages, "size": len(untrusted)}
+        self._send(request, untrusted, deadline)
+        reply = self._read_header(deadline)
+        size = reply.get("size", 0)
+        if type(size) is not int or size < 0 or not _reply_shape_ok(reply):
+            raise InstanceDied("bridge broke the protocol")
+        if size > max_pdf_bytes:
+            raise errors.LimitExceeded(f"the PDF is larger than {max_pdf_bytes} bytes")
+        return self._read_exactly(size, deadline), reply
 
-    def _send(self, request: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise InstanceDied("bridge pipe closed") from exc
-
-    def _read_reply(self, deadline: float) -> dict[str, Any]:
-        """One JSON line from the bridge, or InstanceDied at EOF or after the deadline."""
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise InstanceDied("timeout")
-            readable, _, _ = select.select([fd], [], [], remaining)
-            if not readable:
+    def _send(self, header: dict[str, Any], body: bytes, deadline: float) -> None:
+        encoded = json.dumps(header).encode()
+        pending = memoryview(FRAME_PREFIX.pack(len(encoded)) + encoded + body)
+        while pending:
+            _wait_for(self._stdin, deadline, write=True)
+            try:
+                pending = pending[os.write(self._stdin, pending[:1 << 20]):]
+            except BlockingIOError:
                 continue
-            chunk = os.read(fd, 65536)
+            except OSError as exc:
+                raise InstanceDied("bridge pipe closed") from exc
+
+    def _read_header(self, deadline: float) -> dict[str, Any]:
+        """A frame's JSON header, bounded, or InstanceDied at EOF, timeout or nonsense."""
+        (length,) = FRAME_PREFIX.unpack(self._read_exactly(FRAME_PREFIX.size, deadline))
+        if length > MAX_HEADER_BYTES:
+            raise InstanceDied("bridge broke the protocol")
+        try:
+            header = json.loads(self._read_exactly(length, deadline))
+        except ValueError as exc:
+            raise InstanceDied("bridge broke the protocol") from exc
+        if not isinstance(header, dict):
+            raise InstanceDied("bridge broke the protocol")
+        return header
+
+    def _read_exactly(self, size: int, deadline: float) -> bytes:
+        """`size` bytes and not one more: what follows stays in the pipe (see `reusable`)."""
+        data = bytearray()
+        while len(data) < size:
+            _wait_for(self._stdout, deadline)
+            chunk = os.read(self._stdout, min(size - len(data), 1 << 20))
             if not chunk:
                 raise InstanceDied("bridge exited")
-            self._buffer += chunk
-            if len(self._buffer) > 1024 * 1024:
-                raise InstanceDied("bridge reply too long")
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        try:
-            reply = json.loads(line)
-        except ValueError as exc:
-            raise InstanceDied("bridge reply unreadable") from exc
-        if not isinstance(reply, dict):
-            raise InstanceDied("bridge reply unreadable")
-        return reply
+            data += chunk
+        return bytes(data)
 
     def close(self) -> None:
-        """Kill the whole sandbox (pid namespace: its init dies, everything inside dies).
-
-        The group is killed even when the bridge has already exited: unsandboxed, soffice
-        could otherwise outlive it.
-        """
-        with contextlib.suppress(ProcessLookupError):  # nothing left in the group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                stream.close()
-        shutil.rmtree(self.job_dir, ignore_errors=True)
+        """Kill the whole sandbox and forget its profile: the next instance starts clean."""
+        stop(self.proc)
+        if self.home is not None:
+            shutil.rmtree(self.home, ignore_errors=True)
 
 
 class OfficePool:
@@ -214,24 +281,31 @@ class OfficePool:
         self.restarts = 0
 
     def convert(
-        self, untrusted: bytes, suffix: str, max_pages: int
+        self, untrusted: bytes, suffix: str, max_pages: int,
+        max_pdf_bytes: int = DEFAULT_MAX_PDF_BYTES,
     ) -> tuple[bytes, dict[str, Any]]:
-        """PDF bytes and the bridge's reply; raise Timeout/SandboxFailure after one retry."""
+        """PDF bytes and the bridge's reply; raise Timeout/SandboxFailure after one retry,
+        LimitExceeded at once for a PDF over `max_pdf_bytes` (a retry would make it again)."""
         last: InstanceDied | None = None
         for _attempt in range(2):
             instance = self._acquire()
             try:
-                result = instance.convert(untrusted, suffix, max_pages)
+                result = instance.convert(untrusted, suffix, max_pages, max_pdf_bytes)
             except InstanceDied as exc:
                 last = exc
                 self._discard(instance)
                 self._idle.put(None)
                 continue
+            except BaseException:
+                # Whatever it still has to say is unread: it cannot serve another document.
+                self._discard(instance)
+                self._idle.put(None)
+                raise
             self._release(instance)
             return result
         if last is not None and str(last) == "timeout":
             raise errors.Timeout("office conversion timed out twice")
-        raise errors.SandboxFailure("office converter crashed twice")
+        raise errors.SandboxFailure(f"office converter failed twice ({last})")
 
     def warm_up(self) -> None:
         """Start every instance now rather than on the first document."""
@@ -250,7 +324,7 @@ class OfficePool:
             instance = self._idle.get(timeout=self.config.timeout_seconds * 4)
         except queue.Empty as exc:
             raise errors.Timeout("no office converter became free") from exc
-        if instance is not None and instance.alive():
+        if instance is not None and instance.reusable():
             return instance
         if instance is not None:
             self._discard(instance)
@@ -267,7 +341,7 @@ class OfficePool:
         return fresh
 
     def _release(self, instance: OfficeInstance) -> None:
-        if instance.documents >= self.config.max_documents or not instance.alive():
+        if instance.documents >= self.config.max_documents or not instance.reusable():
             self._discard(instance)
             self._idle.put(None)
         else:

@@ -2,42 +2,39 @@
 
 pypdfium2 renders (the pdfium in its wheels has no JavaScript or XFA engine, so nothing
 in the file runs). Pages are rendered at the policy DPI by as many processes as there
-are idle CPUs (this one and forked renderers), each encoding its own pages
-(`converters.encode`): encoding costs as much as rendering, and it parallelises cleanly.
+are idle CPUs (this one and forked renderers) and leave as raw pixels (grey pages as one
+byte a pixel): the gateway encodes them (`converters.package`), never this process.
 Text comes from pdfium too: about 800 pages/s against pdfminer.six's 24 on the same
 Japanese PDF with the same text (bench/bench_pdf.py).
 
 Caps: `max_pages` pages are rendered, the rest are named in a note; a page whose pixels
 at the policy DPI would exceed `max_page_pixels` is rendered at a lower DPI (and noted).
 Active content (JavaScript, OpenAction, Launch, ...) is reported, never carried over:
-only pixels leave.
+only pixels and text leave.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import math
 import os
 import signal
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
 from converters import pdfscan
-from converters.base import Conversion, Rendering
-from converters.encode import Encoded, Kind, encode, is_grey, look, to_grey4, to_jpeg
+from converters.base import Conversion
+from converters.encode import is_grey, to_grey4, to_jpeg
 from converters.errors import Corrupt, Encrypted, LimitExceeded, SandboxFailure
-from converters.framing import read_frame, write_frame
+from converters.framing import FramingError, read_frame, widen_pipe, write_frame
 from converters.limits import ConversionPolicy
-from converters.names import stem
 from converters.pdfwrite import Page, write_pdf
+from converters.pixels import Pixels, describe, max_bytes
 
 #: Renderer processes per PDF; two cores measured 1.9-2.0x one (docs/MEASURED.md).
 MAX_RENDER_PROCESSES = 4
@@ -48,16 +45,6 @@ MIN_PAGES_PER_PROCESS = 2
 PREVIEW_PIXELS = 60_000
 #: How deep into nested form XObjects to look for images.
 IMAGE_SEARCH_DEPTH = 3
-
-
-@dataclass(frozen=True)
-class RenderedPage:
-    index: int
-    image: Encoded
-    width_pt: float
-    height_pt: float
-    text: str
-    reduced: bool
 
 
 def open_document(untrusted: bytes) -> pdfium.PdfDocument:
@@ -79,39 +66,49 @@ def page_scale(width_pt: float, height_pt: float, dpi: int, max_pixels: int) -> 
     return scale * math.sqrt(max_pixels / pixels) * 0.999, True
 
 
-def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
-                prefer: Kind | None) -> RenderedPage:
+def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy) -> Pixels:
+    """One page's pixels (reduced to the pixel cap) and, by policy, its text and links."""
     page = doc[index]
     width_pt, height_pt = page.get_size()
     if width_pt <= 0 or height_pt <= 0:
         raise Corrupt("page without size")
-    scale, reduced = page_scale(width_pt, height_pt, policy.dpi, policy.limits.max_page_pixels)
-    encoded = _render_encoded(page, scale, width_pt * height_pt, prefer)
+    scale, _ = page_scale(width_pt, height_pt, policy.dpi, policy.limits.max_page_pixels)
+    mode, width, height, data = _render(page, scale, width_pt * height_pt,
+                                        grey_ok=policy.pdf_output == "pdf")
     text = ""
     if policy.extract_text:
         text = page.get_textpage().get_text_bounded().replace("\r\n", "\n").replace("\r", "\n")
         links = pdfscan.link_targets(doc, page)
         if links:
             text = text.rstrip() + "\n\n[links]\n" + "\n".join(links)
-    return RenderedPage(index, encoded, width_pt, height_pt, text, reduced)
+    return Pixels(mode, width, height, data, width_pt, height_pt, text=text)
 
 
-def _render_encoded(page: pdfium.PdfPage, scale: float, area_pt: float, prefer: Kind | None
-                    ) -> Encoded:
-    """Grey pages are rendered grey (pdfium draws them 3-5x faster than colour) and, for
-    the image-only PDF, stored as 4-bit grey; everything else goes through `encode`.
+def _render(page: pdfium.PdfPage, scale: float, area_pt: float, grey_ok: bool
+            ) -> tuple[str, int, int, bytes]:
+    """Mode, size and pixels of the page.
 
+    Grey pages are rendered grey (pdfium draws them 3-5x faster than colour, and they
+    cross as one byte a pixel) when they may end in the image-only PDF as 4-bit grey.
     Pages with images skip the preview: it would decode every image twice (16 ms for a
-    photo page, measured), and `encode` classifies the full rendering anyway.
-
-    Colour is rendered as RGBX, which PIL takes without a copy: 3-byte RGB costs a
-    conversion to PIL's 4-byte layout (measured 45 -> 28 ms on a photo page)."""
-    if prefer is None and not _has_images(page):
+    photo page, measured), and the encoder classifies the full rendering anyway.
+    Colour crosses as 3-byte RGB straight from pdfium's bitmap, never through PIL here."""
+    if grey_ok and not _has_images(page):
         preview_scale = math.sqrt(PREVIEW_PIXELS / area_pt)
         if is_grey(_render_colour(page, preview_scale)):
-            grey = page.render(scale=scale, may_draw_forms=True, grayscale=True).to_pil()
-            return to_grey4(grey) if look(grey).flat else to_jpeg(grey)
-    return encode(_render_colour(page, scale), prefer)
+            grey = page.render(scale=scale, may_draw_forms=True, grayscale=True)
+            return "L", grey.width, grey.height, _rows(grey, 1)
+    colour = page.render(scale=scale, may_draw_forms=True, rev_byteorder=True)
+    return "RGB", colour.width, colour.height, _rows(colour, 3)
+
+
+def _rows(bitmap: pdfium.PdfBitmap, channels: int) -> bytes:
+    """The bitmap's pixels without the padding pdfium may put at the end of each row."""
+    raw = memoryview(bitmap.buffer).cast("B")
+    row = bitmap.width * channels
+    if bitmap.stride == row:
+        return raw[:row * bitmap.height].tobytes()
+    return b"".join(raw[y * bitmap.stride:y * bitmap.stride + row] for y in range(bitmap.height))
 
 
 def _render_colour(page: pdfium.PdfPage, scale: float) -> Image.Image:
@@ -141,48 +138,45 @@ def _contains_image(parent: Any, count: Callable[[Any], int], get: Callable[[Any
 
 
 def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPolicy,
-                  prefer: Kind | None, write_fd: int) -> None:
+                  write_fd: int) -> None:
     """In a forked renderer: render our pages and stream them back as frames."""
     code = 0
     try:
         with os.fdopen(write_fd, "wb") as out:
             for index in indexes:
-                p = render_page(doc, index, policy, prefer)
-                header = {"index": p.index, "kind": p.image.kind, "w": p.image.width,
-                          "h": p.image.height, "grey": p.image.grey,
-                          "at": p.image.placement, "wpt": p.width_pt, "hpt": p.height_pt,
-                          "reduced": p.reduced}
-                write_frame(out, header, (p.image.data, p.text.encode("utf-8")))
+                pixels = render_page(doc, index, policy)
+                write_frame(out, {"index": index, **describe(pixels)},
+                            (pixels.data, pixels.text.encode("utf-8")))
     except BaseException:  # a renderer reports failure by its exit status
         code = 1
     os._exit(code)
 
 
-def _collect(read_fd: int, policy: ConversionPolicy) -> list[RenderedPage]:
-    pages: list[RenderedPage] = []
-    with os.fdopen(read_fd, "rb") as inp:
-        while True:
-            try:
-                h, (data, text) = read_frame(inp, policy.limits.max_output_bytes)
-            except EOFError:
-                return pages
-            image = Encoded(h["kind"], data, h["w"], h["h"], h["grey"], tuple(h["at"]))
-            pages.append(RenderedPage(h["index"], image, h["wpt"], h["hpt"],
-                                      text.decode("utf-8"), h["reduced"]))
+def _received(stream: IO[bytes], index: int, policy: ConversionPolicy) -> Pixels:
+    """Page `index` from the renderer that has it, or `SandboxFailure`."""
+    try:
+        h, (data, text) = read_frame(stream, max_bytes(policy.limits) + (64 << 20))
+    except (EOFError, FramingError, ValueError) as exc:
+        raise SandboxFailure("a PDF renderer failed") from exc
+    if h.get("index") != index:
+        raise SandboxFailure("a PDF renderer failed")
+    return Pixels(h["mode"], h["width"], h["height"], data, h["width_pt"], h["height_pt"],
+                  text=text.decode("utf-8"))
 
 
 def _start_renderers(doc: pdfium.PdfDocument, count: int, procs: int,
-                     policy: ConversionPolicy, prefer: Kind | None) -> list[tuple[int, int]]:
+                     policy: ConversionPolicy) -> list[tuple[int, int]]:
     """Fork renderers for shares 1..procs-1 (share 0 is ours); (pid, read fd) for each."""
     children: list[tuple[int, int]] = []
     for k in range(1, procs):
         read_fd, write_fd = os.pipe()
+        widen_pipe(read_fd)
         pid = os.fork()
         if pid == 0:
             os.close(read_fd)
             for _, other_fd in children:
                 os.close(other_fd)
-            _render_share(doc, range(k, count, procs), policy, prefer, write_fd)
+            _render_share(doc, range(k, count, procs), policy, write_fd)
         os.close(write_fd)
         children.append((pid, read_fd))
     return children
@@ -216,29 +210,35 @@ def free_cpus() -> int:
     return max(1, cpus - (runnable - 1))
 
 
-def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy,
-               prefer: Kind | None) -> list[RenderedPage]:
-    """Render pages 0..count-1, in page order, on every idle CPU.
+def render_all(doc: pdfium.PdfDocument, count: int, policy: ConversionPolicy
+               ) -> Iterator[Pixels]:
+    """Pages 0..count-1, in page order, as they are rendered on every idle CPU: the
+    caller sends each on while the renderers draw the next ones.
 
     This process renders one share itself: it is warm (this document's fonts, its heap),
     while a forked renderer pays 10-15 ms of page faults and font set-up before its first
-    page. Threads drain the renderers' pipes meanwhile, so none blocks on a full pipe."""
-    procs = max(1, min(count // MIN_PAGES_PER_PROCESS, free_cpus(), MAX_RENDER_PROCESSES))
+    page. A renderer is at most a page or so ahead (its pipe holds one), so none runs
+    away with memory."""
+    # One CPU is left to the gateway, which encodes the pages as they arrive.
+    procs = max(1, min(count // MIN_PAGES_PER_PROCESS, free_cpus() - 1, MAX_RENDER_PROCESSES))
     if procs == 1:
-        return [render_page(doc, i, policy, prefer) for i in range(count)]
-    children = _start_renderers(doc, count, procs, policy, prefer)  # before any thread
-    with ThreadPoolExecutor(len(children)) as readers:
-        shares = [readers.submit(_collect, read_fd, policy) for _, read_fd in children]
-        try:
-            pages = [render_page(doc, i, policy, prefer) for i in range(0, count, procs)]
-            for share in shares:
-                pages.extend(share.result())
-        except BaseException:
-            _reap(children, kill=True)
-            raise
-    if not _reap(children, kill=False) or len(pages) != count:
+        yield from (render_page(doc, i, policy) for i in range(count))
+        return
+    children = _start_renderers(doc, count, procs, policy)
+    streams = [os.fdopen(read_fd, "rb") for _, read_fd in children]
+    done = False
+    try:
+        for i in range(count):
+            share = i % procs
+            yield (render_page(doc, i, policy) if share == 0
+                   else _received(streams[share - 1], i, policy))
+        done = True
+    finally:
+        for stream in streams:
+            stream.close()
+        clean = _reap(children, kill=not done)
+    if not clean:
         raise SandboxFailure("a PDF renderer failed")
-    return sorted(pages, key=lambda p: p.index)
 
 
 def _text_document() -> pdfium.PdfDocument:
@@ -256,7 +256,8 @@ def _text_document() -> pdfium.PdfDocument:
 
 
 class PdfConverter:
-    """PDF to an image-only PDF (or PNG/JPEG per page) and a UTF-8 text file."""
+    """PDF to the pixels of its pages (the gateway makes the image-only PDF, or PNG/JPEG
+    per page, from them) and its text as UTF-8."""
 
     name = "pdf"
 
@@ -272,7 +273,7 @@ class PdfConverter:
                             Page(to_grey4(Image.linear_gradient("L")), 72, 72)])
         for doc in (open_document(images), _text_document()):
             for index in range(len(doc)):
-                render_page(doc, index, policy, None)
+                render_page(doc, index, policy)
 
     def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
         findings = pdfscan.active_features(untrusted)
@@ -285,38 +286,23 @@ class PdfConverter:
         if policy.limits.max_pages <= 0:
             raise LimitExceeded("page cap is zero")
         doc.init_forms()
-        prefer: Kind | None = None if policy.pdf_output == "pdf" else policy.pdf_output
-        pages = render_all(doc, count, policy, prefer)
-        notes = _notes(pages, count, total)
-        outputs = _outputs(pages, stem(filename), policy)
-        return Conversion(outputs=outputs, findings=findings, notes=notes, pages=count,
+        return Conversion(images=render_all(doc, count, policy), findings=findings,
+                          notes=_notes(doc, count, total, policy), pages=count,
                           extra={"total_pages": str(total)})
 
 
-def _notes(pages: list[RenderedPage], count: int, total: int) -> tuple[str, ...]:
+def _notes(doc: pdfium.PdfDocument, count: int, total: int, policy: ConversionPolicy
+           ) -> tuple[str, ...]:
+    """Known before rendering: the page cap, and the pages too large for the pixel cap."""
     notes = []
     if total > count:
         notes.append(f"pages {count + 1}-{total} of {total} not rendered (page cap {count})")
-    reduced = [str(p.index + 1) for p in pages if p.reduced]
+    cap = policy.limits.max_page_pixels
+    reduced = []
+    for index in range(count):
+        width_pt, height_pt = doc[index].get_size()
+        if page_scale(width_pt, height_pt, policy.dpi, cap)[1]:
+            reduced.append(str(index + 1))
     if reduced:
         notes.append(f"pages rendered at reduced resolution (pixel cap): {', '.join(reduced)}")
     return tuple(notes)
-
-
-def _outputs(pages: list[RenderedPage], base: str, policy: ConversionPolicy
-             ) -> tuple[Rendering, ...]:
-    outputs: list[Rendering] = []
-    if policy.pdf_output == "pdf":
-        doc = write_pdf([Page(p.image, p.width_pt, p.height_pt) for p in pages])
-        outputs.append(Rendering(f"{base}.pdf", "application/pdf", doc))
-    else:
-        for p in pages:
-            ext = "png" if p.image.kind == "png" else "jpg"
-            outputs.append(Rendering(f"{base}_p{p.index + 1:03d}.{ext}",
-                                     f"image/{p.image.kind}", p.image.data))
-    if policy.extract_text:
-        text = io.StringIO()
-        for p in pages:
-            text.write(f"--- page {p.index + 1} ---\n{p.text.strip()}\n\n")
-        outputs.append(Rendering(f"{base}.txt", "text/plain", text.getvalue().encode("utf-8")))
-    return tuple(outputs)

@@ -1,9 +1,11 @@
 """Detected type → converter, in one place.
 
 Type detection reads the content (libmagic plus a few sniffers for what libmagic misses),
-never the declared type or the file name. Dispatch follows the stdlib's content manager:
-the exact type, then the main type (`text/*`), then refuse. Before that, a fixed list of
-kinds is always blocked, by content and by name.
+never the declared type or the file name. libmagic and the ZIP reader are parsers of the
+original bytes, so detection runs in the sandbox like a conversion (`TypeDetector`, the
+worker's `detect`); the gateway only checks the one MIME type that comes back. Dispatch
+follows the stdlib's content manager: the exact type, then the main type (`text/*`), then
+refuse. Before that, a fixed list of kinds is always blocked, by content and by name.
 
 Adding a converter is one line in `CONVERTERS`: its name (what the sandbox and the report
 call it), the `module:Class` the sandboxed worker imports, and the types it takes.
@@ -13,13 +15,14 @@ from __future__ import annotations
 
 import importlib
 import io
+import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import magic
-
-from converters.base import Converter
+from converters.base import Conversion, Converter
 from converters.errors import Blocked, ConversionError, DeceptiveName, Unsupported
+from converters.limits import ConversionPolicy
 from converters.names import blocked_extension, clean_name, extensions, name_trick
 
 #: Detected MIME types (libmagic on content, lower-cased as the registry lookup does) of
@@ -134,7 +137,10 @@ _ONENOTE_GUID = bytes.fromhex("E4525C7B8CD8A74DAEB15378D02996D3")
 
 
 def detect_type(untrusted: bytes) -> str:
-    """The MIME type of the content, with sniffers for blocked kinds libmagic misses."""
+    """The MIME type of the content, with sniffers for blocked kinds libmagic misses.
+    Parses the original: call it in the sandbox (`TypeDetector`), never in the gateway."""
+    import magic  # loads libmagic: only where detection runs
+
     head = untrusted[:DETECT_PREFIX]
     if head.startswith(b"MZ"):
         return "application/x-dosexec"  # any DOS/PE stub: libmagic calls short ones octet-stream
@@ -185,6 +191,33 @@ def refine_zip_type(untrusted: bytes) -> str | None:
     return None
 
 
+#: What a detected type must look like to be believed (RFC 6838 names, lower case).
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+_-]{0,62}")
+#: The type of content whose type could not be told: no converter takes it.
+UNKNOWN_TYPE = "application/octet-stream"
+
+
+def checked_type(untrusted: str) -> str:
+    """A detected type that came back from the sandbox, or UNKNOWN_TYPE if it is not one."""
+    return untrusted if _MIME_TYPE.fullmatch(untrusted) else UNKNOWN_TYPE
+
+
+class TypeDetector:
+    """Type detection as a sandboxed step: the type goes back in `extra`, nothing else."""
+
+    name = "detect"
+
+    def warm(self) -> None:
+        detect_type(b"%PDF-1.4\n")  # loads libmagic and its database once, before forking
+
+    def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
+        return Conversion(extra={"detected_type": detect_type(untrusted)})
+
+
+#: The worker name and target of `TypeDetector`, started with every sandbox.
+DETECTOR = ("detect", "converters.registry:TypeDetector")
+
+
 @dataclass(frozen=True)
 class Classification:
     """What the registry decided for one file, before any conversion."""
@@ -208,8 +241,9 @@ class Registry:
         self._targets = {r.name: r.target for r in registrations}
 
     def targets(self) -> dict[str, str]:
-        """name → `module:Class`, handed to sandboxed workers at start-up."""
-        return dict(self._targets)
+        """name → `module:Class`, handed to sandboxed workers at start-up (type detection
+        included)."""
+        return {**self._targets, DETECTOR[0]: DETECTOR[1]}
 
     def converter_for(self, detected_type: str) -> str | None:
         """Exact type, then main type, then None (refuse)."""
@@ -219,10 +253,12 @@ class Registry:
         return self._by_type.get(detected_type.partition("/")[0] + "/*")
 
     def classify(
-        self, untrusted: bytes, untrusted_name: str | None, declared_type: str
+        self, untrusted: bytes, untrusted_name: str | None, declared_type: str,
+        detect: Callable[[bytes], str] = detect_type,
     ) -> Classification:
-        """Detect, check the block lists and the name, and pick a converter."""
-        detected = detect_type(untrusted)
+        """Detect (with `detect`: the gateway passes the sandboxed detector), check the
+        block lists and the name, and pick a converter."""
+        detected = detect(untrusted)
         name = clean_name(untrusted_name)
         notes = _mismatch_notes(declared_type, untrusted_name, detected)
         refusal: ConversionError | None = None

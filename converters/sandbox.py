@@ -16,6 +16,7 @@ not bwrap plus an interpreter start-up (measured in docs/converters.md).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
@@ -24,27 +25,32 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from converters import cgroup
 from converters.base import Conversion
 from converters.errors import ConversionError, SandboxFailure, Timeout
 from converters.framing import (
     FramingError,
-    conversion_from_frame,
     policy_to_json,
+    read_conversion,
     read_frame,
     write_frame,
 )
 from converters.limits import ConversionPolicy
+from converters.pixels import Pixels
 from converters.seccomp import filter_fd
 
 log = logging.getLogger("mugaika.sandbox")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-#: Namespaces and capabilities of every sandbox: no network, no other process, no caps.
-BWRAP_ARGS = ("--unshare-all", "--new-session", "--die-with-parent", "--cap-drop", "ALL")
+#: Namespaces and capabilities of every sandbox: no network, no other process, no caps,
+#: and no further user namespace inside (`--disable-userns` needs `--unshare-user`).
+BWRAP_ARGS = ("--unshare-all", "--unshare-user", "--disable-userns", "--new-session",
+              "--die-with-parent", "--cap-drop", "ALL")
 #: The only host paths a sandbox sees (read-only): programs, libraries, fonts and the few
 #: configuration files python3 and LibreOffice read. Not the rest of /etc, not /var, /work,
 #: /home or the data directory: a converter (or a document that links "file:///…") must
@@ -77,6 +83,20 @@ def system_view() -> list[str]:
             "--tmpfs", "/tmp"]  # noqa: S108 - a fresh tmpfs, private to this sandbox
 
 
+#: POSIX shared memory inside a sandbox (the converters and LibreOffice use little or none).
+SHM_BYTES = 64 * 1024 * 1024
+
+
+def bounded_tmpfs(tmp_bytes: int) -> list[str]:
+    """The only writable places inside, each of bounded size: a sized /tmp over the one
+    `system_view` made, a small /dev/shm, and /dev itself (bwrap's unsized tmpfs)
+    read-only. tmpfs pages are RAM that RLIMIT_AS does not count: unsized, a hijacked
+    parser could fill half the host's memory with files."""
+    return ["--size", str(tmp_bytes), "--tmpfs", "/tmp",  # noqa: S108 - private
+            "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",  # noqa: S108 - private
+            "--remount-ro", "/dev"]
+
+
 def code_binds(project_root: Path = PROJECT_ROOT) -> list[str]:
     """Bind our code, the venv and the interpreter it was made from, read-only (a pyenv
     or a checkout under /tmp is outside `HOST_PATHS`). Real paths: bwrap cannot mount
@@ -87,6 +107,8 @@ def code_binds(project_root: Path = PROJECT_ROOT) -> list[str]:
     return [arg for path in paths for arg in ("--ro-bind", path, path)]
 
 
+#: Names each worker's cgroup apart from the others of this process.
+_SERIAL = itertools.count()
 #: Seconds a worker may take to import its converters and say it is ready.
 START_TIMEOUT = 30.0
 #: Seconds between SIGTERM and SIGKILL when a worker is stopped.
@@ -119,9 +141,19 @@ class SandboxConfig:
     #: Host paths the converters must not read although the system is bound read-only:
     #: the data directory (spool, quarantine, database of every other message) and config.
     hidden: tuple[str, ...] = field(default=())
+    #: A worker is replaced by a fresh sandbox after this many conversions, so that what
+    #: one document may have done to it (beyond what the sweep after each removes) ends.
+    max_documents: int = 200
+    #: Tasks (processes and threads) a sandbox may hold at once, in its own pids cgroup
+    #: where the host allows one (`converters.cgroup`): bwrap, the worker, a conversion
+    #: and its PDF renderers need about ten.
+    max_tasks: int = 64
+    #: Size of the sandbox's /tmp: a conversion's scratch files (the converters keep pages
+    #: in memory; archives and Outlook files may spill).
+    tmp_bytes: int = 512 * 1024 * 1024
 
     def command(self, seccomp_fd: int | None = None) -> list[str]:
-        inner = [self.python, "-m", "converters.worker"]
+        inner = [self.python, "-m", "converters.worker", *(["--sandboxed"] if self.sandboxed else [])]
         inner += [f"{name}={target}" for name, target in sorted(self.targets.items())]
         return self.wrap(inner, seccomp_fd)
 
@@ -132,9 +164,9 @@ class SandboxConfig:
             return inner
         seccomp = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
         masks = [arg for path in self.hidden if os.path.isdir(path) for arg in ("--tmpfs", path)]
-        return [self.bwrap, *BWRAP_ARGS, *system_view(), *code_binds(self.project_root),
-                *masks, "--remount-ro", "/", *seccomp, "--chdir", str(self.project_root),
-                "--", *inner]
+        return [self.bwrap, *BWRAP_ARGS, *system_view(), *bounded_tmpfs(self.tmp_bytes),
+                *code_binds(self.project_root), *masks, "--remount-ro", "/", *seccomp,
+                "--chdir", str(self.project_root), "--", *inner]
 
     def environment(self) -> dict[str, str]:
         path = os.pathsep.join((str(self.project_root), *self.extra_pythonpath))
@@ -189,6 +221,29 @@ class _DeadlineReader:
         return os.read(self._fd, min(n, 1 << 20))
 
 
+OnImage = Callable[[Pixels], None]
+
+
+class _Taker:
+    """Hands images to `on_image`; its first failure is raised once the whole answer has
+    been read, so the worker's stream stays in step for the next conversion."""
+
+    def __init__(self, on_image: OnImage | None) -> None:
+        self.on_image = on_image
+        self.failure: Exception | None = None
+
+    def take(self, pixels: Pixels) -> None:
+        if self.failure is None and self.on_image is not None:
+            try:
+                self.on_image(pixels)
+            except Exception as exc:  # raised after the answer, by raise_failure
+                self.failure = exc
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+
 class Worker:
     """One sandboxed fork server. Not thread-safe: the pool hands it to one caller at a time."""
 
@@ -197,9 +252,12 @@ class Worker:
         seccomp_fd = filter_fd() if config.sandboxed else None
         if config.sandboxed and seccomp_fd is None:
             log.warning("libseccomp unavailable: converter sandbox runs without its filter")
+        self.cgroup = (cgroup.make(f"worker-{os.getpid()}-{next(_SERIAL)}", config.max_tasks)
+                       if config.sandboxed else None)
         try:
             self.proc = subprocess.Popen(
-                config.command(seccomp_fd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                cgroup.wrap(self.cgroup, config.command(seccomp_fd)),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=config.stderr, env=config.environment(), cwd=config.project_root,
                 start_new_session=True,  # own process group: stop() reaches all it forked
                 pass_fds=(seccomp_fd,) if seccomp_fd is not None else (),
@@ -216,6 +274,7 @@ class Worker:
             self.stop()
             raise SandboxFailure("converter worker did not start")
         self.startup_seconds = time.monotonic() - started
+        self.documents = 0
 
     @property
     def _stdout(self) -> IO[bytes]:
@@ -225,16 +284,19 @@ class Worker:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def convert(self, name: str, untrusted: bytes, filename: str, policy: ConversionPolicy
-                ) -> Conversion:
-        """One conversion; any failure of the worker itself stops it (the caller replaces it)."""
+    def convert(self, name: str, untrusted: bytes, filename: str, policy: ConversionPolicy,
+                on_image: OnImage | None = None) -> Conversion:
+        """One conversion; any failure of the worker itself stops it (the caller replaces it).
+        Images go to `on_image` as they arrive, checked (`converters.pixels.checked`)."""
         assert self.proc.stdin is not None
         deadline = time.monotonic() + policy.limits.wall_seconds
         request = {"converter": name, "filename": filename, "policy": policy_to_json(policy)}
+        self.documents += 1
+        taker = _Taker(on_image)
         try:
             write_frame(self.proc.stdin, request, (untrusted,))
-            header, blobs = read_frame(_DeadlineReader(self._stdout, deadline),
-                                       policy.limits.max_output_bytes)
+            conversion = read_conversion(_DeadlineReader(self._stdout, deadline), policy,
+                                         taker.take if on_image is not None else None)
         except Timeout:
             self.stop()
             raise
@@ -243,8 +305,9 @@ class Worker:
             raise WorkerDied("converter worker ended") from exc
         except FramingError as exc:
             self.stop()
-            raise SandboxFailure("converter worker failed") from exc
-        return conversion_from_frame(header, blobs)
+            raise SandboxFailure(f"converter answer refused: {exc}") from exc
+        taker.raise_failure()
+        return conversion
 
     def stop(self) -> None:
         """Terminate then kill the worker's whole process group, and reap it."""
@@ -259,6 +322,7 @@ class Worker:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+        cgroup.remove(self.cgroup)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -267,7 +331,8 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 class SandboxPool:
-    """Up to `size` warm workers shared by threads; a broken worker is replaced on demand."""
+    """Up to `size` warm workers shared by threads; a broken worker is replaced on demand,
+    a worker that converted `config.max_documents` documents too."""
 
     def __init__(self, config: SandboxConfig, size: int) -> None:
         self.config = config
@@ -276,6 +341,8 @@ class SandboxPool:
         for _ in range(self.size):
             self._idle.put(None)  # a slot: started on first use
         self._closed = False
+        #: Workers started so far (a replacement after a death or `max_documents` counts).
+        self.started = 0
 
     def warm(self) -> None:
         """Start every worker now (at gateway start-up) instead of on first use."""
@@ -283,30 +350,44 @@ class SandboxPool:
         try:
             for i, slot in enumerate(slots):
                 if slot is None or not slot.alive():
-                    slots[i] = Worker(self.config)
+                    slots[i] = self._start()
         finally:
             for slot in slots:
                 self._idle.put(slot)
 
-    def convert(self, name: str, untrusted: bytes, filename: str, policy: ConversionPolicy
-                ) -> Conversion:
+    def convert(self, name: str, untrusted: bytes, filename: str, policy: ConversionPolicy,
+                on_image: OnImage | None = None) -> Conversion:
         """Convert in a warm worker; raise a `ConversionError` on any failure."""
         if self._closed:
             raise SandboxFailure("the converter pool is closed")
         try:
-            return self._convert_once(name, untrusted, filename, policy)
+            return self._convert_once(name, untrusted, filename, policy, on_image)
         except WorkerDied:
-            return self._convert_once(name, untrusted, filename, policy)
+            return self._convert_once(name, untrusted, filename, policy, on_image)
 
     def _convert_once(self, name: str, untrusted: bytes, filename: str,
-                      policy: ConversionPolicy) -> Conversion:
+                      policy: ConversionPolicy, on_image: OnImage | None) -> Conversion:
         worker = self._idle.get()
         try:
             if worker is None or not worker.alive():
-                worker = Worker(self.config)
-            return worker.convert(name, untrusted, filename, policy)
+                worker = self._start()
+            return worker.convert(name, untrusted, filename, policy, on_image)
         finally:
-            self._idle.put(worker if worker is not None and worker.alive() else None)
+            self._idle.put(self._kept(worker))
+
+    def _start(self) -> Worker:
+        worker = Worker(self.config)
+        self.started += 1
+        return worker
+
+    def _kept(self, worker: Worker | None) -> Worker | None:
+        """`worker` back in the pool, or an empty slot when it is dead or used up."""
+        if worker is None or not worker.alive():
+            return None
+        if worker.documents >= self.config.max_documents:
+            worker.stop()
+            return None
+        return worker
 
     def close(self) -> None:
         """Stop every worker (idle ones now; busy ones are stopped when they come back)."""

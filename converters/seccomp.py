@@ -4,7 +4,12 @@ Defence in depth behind bubblewrap's namespaces: even inside its empty network
 namespace a converter cannot open an Internet socket (socket() other than AF_UNIX fails
 with EAFNOSUPPORT), and the kernel interfaces that sandbox escapes usually go through
 (ptrace, new namespaces, mounts, keyrings, BPF, perf, userfaultfd, module loading) fail
-with EPERM. Everything else is allowed: a converter is ordinary Python and C code.
+with EPERM. New namespaces are refused however they are asked for: `unshare` and `setns`
+outright, `clone` when its flags carry any `CLONE_NEW*` bit, and `clone3`, whose flags
+sit in a struct a filter cannot read, with ENOSYS, so that glibc falls back to `clone`
+(bubblewrap's `--disable-userns` closes the user namespace a second way).
+Everything else is allowed: a converter is ordinary Python and C code (a deny list;
+docs/threat-model.md says why not an allow list).
 Syscalls of other architectures (32-bit int 0x80 on x86-64) kill the process, which is
 libseccomp's default for a filter built for the native architecture only.
 
@@ -22,6 +27,13 @@ import socket
 
 _ALLOW = 0x7FFF0000
 _CMP_NE = 1
+_CMP_MASKED_EQ = 7
+#: clone() flags that make a new namespace (CLONE_NEWTIME is only valid for clone3/unshare).
+CLONE_NEW_FLAGS = {
+    "CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
 #: Denied outright (EPERM): what escapes and kernel exploits need, never what renders.
 DENIED_SYSCALLS = (
     "ptrace", "process_vm_readv", "process_vm_writev", "unshare", "setns", "mount",
@@ -60,15 +72,22 @@ def _library() -> ctypes.CDLL | None:
 
 def _rules(lib: ctypes.CDLL, ctx: int) -> None:
     for name in DENIED_SYSCALLS:
-        number = lib.seccomp_syscall_resolve_name(name.encode())
-        if number < 0:
-            continue  # not on this architecture
-        if lib.seccomp_rule_add_array(ctx, _errno_action(errno.EPERM), number, 0, None):
-            raise OSError(f"seccomp rule for {name}")
+        _add(lib, ctx, name, errno.EPERM)
     not_unix = (_ArgCmp * 1)(_ArgCmp(0, _CMP_NE, socket.AF_UNIX, 0))
-    number = lib.seccomp_syscall_resolve_name(b"socket")
-    if lib.seccomp_rule_add_array(ctx, _errno_action(errno.EAFNOSUPPORT), number, 1, not_unix):
-        raise OSError("seccomp rule for socket")
+    _add(lib, ctx, "socket", errno.EAFNOSUPPORT, not_unix)
+    for flag in CLONE_NEW_FLAGS.values():  # one rule a bit: any of them set is refused
+        _add(lib, ctx, "clone", errno.EPERM, (_ArgCmp * 1)(_ArgCmp(0, _CMP_MASKED_EQ, flag, flag)))
+    _add(lib, ctx, "clone3", errno.ENOSYS)
+
+
+def _add(lib: ctypes.CDLL, ctx: int, name: str, code: int,
+         conditions: ctypes.Array[_ArgCmp] | None = None) -> None:
+    number = lib.seccomp_syscall_resolve_name(name.encode())
+    if number < 0:
+        return  # not on this architecture
+    count = len(conditions) if conditions is not None else 0
+    if lib.seccomp_rule_add_array(ctx, _errno_action(code), number, count, conditions):
+        raise OSError(f"seccomp rule for {name}")
 
 
 def filter_fd() -> int | None:

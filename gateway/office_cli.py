@@ -18,6 +18,7 @@ from converters import errors
 from converters.limits import ConversionPolicy
 from converters.office import OfficeConverter
 from converters.office_pool import OfficeConfig, OfficePool
+from converters.package import Packager
 from gateway.settings import Settings, load_settings
 
 PROBE_TEXT = "無害化テスト 令和7年度 住民票"
@@ -52,11 +53,13 @@ def check(settings: Settings) -> dict[str, Any]:
             report["startup_seconds"] = round(time.monotonic() - started, 2)
             started = time.monotonic()
             conv = OfficeConverter(pool).convert(probe_rtf(), "probe.rtf", ConversionPolicy())
+            with Packager("probe", ConversionPolicy()) as packager:
+                files = packager.finish(conv)
         except errors.ConversionError as exc:
             report.update(ok=False, error=exc.code)
             return report
     report["convert_seconds"] = round(time.monotonic() - started, 2)
-    text = b"".join(o.data for o in conv.outputs if o.content_type == "text/plain").decode()
+    text = b"".join(o.data for o in files if o.content_type == "text/plain").decode()
     # PDF text layers put spaces where scripts change ("令和 7 年度"): compare without them.
     report["japanese_text"] = "".join(PROBE_TEXT.split()) in "".join(text.split())
     report["ok"] = bool(conv.pages == 1 and report["japanese_text"] and report["japanese_fonts"])

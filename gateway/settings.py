@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     templates_dir: Path | None = None
     # Warm sandboxed converter processes; 0 = one per worker. Each idles at ~30 MB RSS.
     converter_workers: int = 0
+    converter_max_documents: int = Field(
+        default=200, ge=1, description="replace a converter worker after N conversions")
     # issue 5: Office, archives, mail in mail (docs/office-archives.md)
     office_pool_size: int = Field(default=1, description="warm LibreOffice instances, 340 MB each")
     office_max_documents: int = Field(default=200, description="recycle an instance after N docs")

@@ -7,6 +7,7 @@ happen inside the builders so the worker that imports this module stays light.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -15,24 +16,39 @@ import time
 import zlib
 from email.message import EmailMessage
 
-from converters.base import Conversion, Member, Rendering
+from converters.base import Conversion, Converter, Member, Rendering
 from converters.limits import ConversionPolicy
+from converters.names import clean_name, stem
+from converters.package import Packager
 from converters.registry import CONVERTERS, Registration, Registry
+from tests.containment_helpers import ATTACKS
 
 IPAEX_GOTHIC = "/usr/share/fonts/opentype/ipaexfont-gothic/ipaexg.ttf"
 #: Text the hostile converter recognises (libmagic calls it text/plain).
 HOSTILE_TYPE = "text/plain"
 
 
+def render(converter: Converter, untrusted: bytes, filename: str, policy: ConversionPolicy
+           ) -> Conversion:
+    """A conversion as the gateway delivers it: its images encoded into files by trusted
+    code (`converters.package`), next to its text."""
+    conv = converter.convert(untrusted, filename, policy)
+    with Packager(stem(clean_name(filename)), policy) as packager:
+        files = packager.finish(conv)
+    return dataclasses.replace(conv, outputs=files, images=())
+
+
 class Hostile:
     """Misbehaves as its input asks: `sleep`, `spin`, `alloc`, `crash`, `big N` (N bytes of
-    output), `connect PORT`, `read PATH`, `write PATH`, `nest` (a container holding itself); anything
-    else: a harmless `ok.txt`."""
+    output), `connect PORT`, `read PATH`, `write PATH`, `nest` (a container holding itself), the
+    escapes of `tests.containment_helpers.ATTACKS`; anything else: a harmless `ok.txt`."""
 
     name = "hostile"
 
     def convert(self, untrusted: bytes, filename: str, policy: ConversionPolicy) -> Conversion:
         verb, _, arg = untrusted.decode().strip().partition(" ")
+        if verb in ATTACKS:  # a hijacked converter trying to escape (containment tests)
+            return ATTACKS[verb](arg)
         if verb == "sleep":
             while True:
                 time.sleep(1)

@@ -11,26 +11,26 @@ from converters.errors import Bomb, Corrupt
 from converters.image import ImageConverter
 from converters.limits import ConversionPolicy
 from converters.text import TextConverter, inert_cell
-from tests.convert_helpers import animated_gif, photo_jpeg, pixel_flood_png
+from tests.convert_helpers import animated_gif, photo_jpeg, pixel_flood_png, render
 
 POLICY = ConversionPolicy()
 
 
 def test_pixel_flood_png_is_refused_before_decoding() -> None:
     with pytest.raises(Bomb):
-        ImageConverter().convert(pixel_flood_png(), "flood.png", POLICY)
+        render(ImageConverter(), pixel_flood_png(), "flood.png", POLICY)
 
 
 def test_truncated_jpeg_is_refused_as_corrupt() -> None:
     data = photo_jpeg()
     with pytest.raises(Corrupt):
-        ImageConverter().convert(data[: len(data) // 2], "cut.jpg", POLICY)
+        render(ImageConverter(), data[: len(data) // 2], "cut.jpg", POLICY)
 
 
 def test_photo_is_reencoded_as_jpeg_without_exif_or_comment() -> None:
     data = photo_jpeg()
     assert b"SecretCam" in data and b"secret comment" in data
-    conv = ImageConverter().convert(data, "写真.jpeg", POLICY)
+    conv = render(ImageConverter(), data, "写真.jpeg", POLICY)
     (out,) = conv.outputs
     assert out.filename == "写真.jpg" and out.content_type == "image/jpeg"
     assert b"SecretCam" not in out.data and b"secret comment" not in out.data
@@ -41,7 +41,7 @@ def test_photo_is_reencoded_as_jpeg_without_exif_or_comment() -> None:
 
 def test_trailing_data_after_the_image_is_not_delivered() -> None:
     data = photo_jpeg(exif=False) + b"PK\x03\x04 hidden zip payload"
-    (out,) = ImageConverter().convert(data, "a.jpg", POLICY).outputs
+    (out,) = render(ImageConverter(), data, "a.jpg", POLICY).outputs
     assert b"hidden zip payload" not in out.data
 
 
@@ -50,14 +50,14 @@ def test_flat_png_stays_lossless_png() -> None:
     img.paste((200, 0, 0), (50, 50, 150, 100))
     buf = io.BytesIO()
     img.save(buf, "PNG", pnginfo=None)
-    (out,) = ImageConverter().convert(buf.getvalue(), "chart.png", POLICY).outputs
+    (out,) = render(ImageConverter(), buf.getvalue(), "chart.png", POLICY).outputs
     assert out.content_type == "image/png"
     back = Image.open(io.BytesIO(out.data)).convert("RGB")
     assert back.getpixel((100, 75)) == (200, 0, 0) and back.getpixel((5, 5)) == (255, 255, 255)
 
 
 def test_animated_gif_delivers_the_first_frame_and_says_so() -> None:
-    conv = ImageConverter().convert(animated_gif(5), "anim.gif", POLICY)
+    conv = render(ImageConverter(), animated_gif(5), "anim.gif", POLICY)
     assert len(conv.outputs) == 1
     assert conv.notes == ("GIF with 5 frames: 1 delivered",)
     assert Image.open(io.BytesIO(conv.outputs[0].data)).convert("L").getpixel((0, 0)) == 0
@@ -67,7 +67,7 @@ def test_multipage_tiff_delivers_every_page() -> None:
     pages = [Image.new("L", (100, 100), v) for v in (0, 128, 255)]
     buf = io.BytesIO()
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
-    conv = ImageConverter().convert(buf.getvalue(), "fax.tif", POLICY)
+    conv = render(ImageConverter(), buf.getvalue(), "fax.tif", POLICY)
     assert [r.filename for r in conv.outputs] == ["fax_p001.png", "fax_p002.png", "fax_p003.png"]
 
 
@@ -75,7 +75,7 @@ def test_other_image_formats_are_not_opened() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (16, 16)).save(buf, "ICO")
     with pytest.raises(Corrupt):
-        ImageConverter().convert(buf.getvalue(), "a.png", POLICY)
+        render(ImageConverter(), buf.getvalue(), "a.png", POLICY)
 
 
 # --- text -------------------------------------------------------------------------------

@@ -14,13 +14,15 @@ from PIL import Image, ImageChops
 from converters import pdf as pdf_module
 from converters.errors import Corrupt, Encrypted, SandboxFailure
 from converters.limits import ConversionPolicy, Limits
-from converters.pdf import PdfConverter, RenderedPage
+from converters.pdf import PdfConverter
+from converters.pixels import Pixels
 from tests.convert_helpers import (
     corrupt_pdf,
     encrypted_pdf,
     huge_page_pdf,
     japanese_pdf,
     pdf_with_javascript,
+    render,
 )
 
 POLICY = ConversionPolicy()
@@ -42,7 +44,7 @@ def _ink(img: Image.Image) -> float:
 
 
 def test_japanese_pdf_becomes_image_only_pdf_with_readable_pages(japanese: bytes) -> None:
-    conv = PdfConverter().convert(japanese, "お知らせ.pdf", POLICY)
+    conv = render(PdfConverter(), japanese, "お知らせ.pdf", POLICY)
     assert [r.filename for r in conv.outputs] == ["お知らせ.pdf", "お知らせ.txt"]
     assert conv.pages == 3
     out = conv.outputs[0].data
@@ -58,7 +60,7 @@ def test_japanese_pdf_becomes_image_only_pdf_with_readable_pages(japanese: bytes
 
 def test_japanese_glyphs_are_drawn_not_tofu(japanese: bytes) -> None:
     """無, 害 and 化 drawn 1 inch wide from x=1in: three different shapes, not three boxes."""
-    out = PdfConverter().convert(japanese, "a.pdf", POLICY).outputs[0].data
+    out = render(PdfConverter(), japanese, "a.pdf", POLICY).outputs[0].data
     page = _page_image(out, 0, dpi=72)
     top = 842 - 700 - 62  # 72 pt glyphs above the baseline at y=700
     cells = [page.crop((72 + 72 * i, top, 72 + 72 * (i + 1), top + 72)) for i in range(3)]
@@ -70,7 +72,7 @@ def test_japanese_glyphs_are_drawn_not_tofu(japanese: bytes) -> None:
 
 
 def test_text_layer_is_delivered_as_utf8_with_japanese(japanese: bytes) -> None:
-    conv = PdfConverter().convert(japanese, "a.pdf", POLICY)
+    conv = render(PdfConverter(), japanese, "a.pdf", POLICY)
     text = conv.outputs[1].data.decode("utf-8")
     assert conv.outputs[1].content_type == "text/plain"
     assert "第2頁 市役所からのお知らせ 行5" in text
@@ -79,7 +81,7 @@ def test_text_layer_is_delivered_as_utf8_with_japanese(japanese: bytes) -> None:
 
 def test_page_cap_renders_the_first_pages_and_says_so() -> None:
     policy = ConversionPolicy(limits=Limits(max_pages=2))
-    conv = PdfConverter().convert(japanese_pdf(5), "a.pdf", policy)
+    conv = render(PdfConverter(), japanese_pdf(5), "a.pdf", policy)
     assert conv.pages == 2
     assert len(pdfium.PdfDocument(conv.outputs[0].data)) == 2
     assert conv.notes == ("pages 3-5 of 5 not rendered (page cap 2)",)
@@ -88,7 +90,7 @@ def test_page_cap_renders_the_first_pages_and_says_so() -> None:
 
 def test_per_page_png_output_policy(japanese: bytes) -> None:
     policy = ConversionPolicy(pdf_output="png", extract_text=False)
-    conv = PdfConverter().convert(japanese, "doc.pdf", policy)
+    conv = render(PdfConverter(), japanese, "doc.pdf", policy)
     assert [r.filename for r in conv.outputs] == ["doc_p001.png", "doc_p002.png", "doc_p003.png"]
     img = Image.open(io.BytesIO(conv.outputs[0].data))
     assert img.format == "PNG"
@@ -98,14 +100,14 @@ def test_per_page_png_output_policy(japanese: bytes) -> None:
 
 def test_per_page_jpeg_output_policy(japanese: bytes) -> None:
     policy = ConversionPolicy(pdf_output="jpeg", dpi=100)
-    conv = PdfConverter().convert(japanese, "doc.pdf", policy)
+    conv = render(PdfConverter(), japanese, "doc.pdf", policy)
     assert [r.content_type for r in conv.outputs] == ["image/jpeg"] * 3 + ["text/plain"]
     width, height = Image.open(io.BytesIO(conv.outputs[0].data)).size
     assert width == pytest.approx(827, abs=1) and height == pytest.approx(1169, abs=1)
 
 
 def test_javascript_and_openaction_are_reported_and_gone() -> None:
-    conv = PdfConverter().convert(pdf_with_javascript(), "a.pdf", POLICY)
+    conv = render(PdfConverter(), pdf_with_javascript(), "a.pdf", POLICY)
     assert {"pdf:JavaScript", "pdf:OpenAction", "pdf:AA"} <= set(conv.findings)
     out = conv.outputs[0].data
     assert b"JavaScript" not in out and b"/AA" not in out and b"app.alert" not in out
@@ -113,23 +115,23 @@ def test_javascript_and_openaction_are_reported_and_gone() -> None:
 
 def test_escaped_names_are_still_found() -> None:
     data = pdf_with_javascript().replace(b"/OpenAction", b"/Open#41ction")
-    assert "pdf:OpenAction" in PdfConverter().convert(data, "a.pdf", POLICY).findings
+    assert "pdf:OpenAction" in render(PdfConverter(), data, "a.pdf", POLICY).findings
 
 
 def test_encrypted_pdf_is_refused_as_encrypted() -> None:
     with pytest.raises(Encrypted) as info:
-        PdfConverter().convert(encrypted_pdf(), "a.pdf", POLICY)
+        render(PdfConverter(), encrypted_pdf(), "a.pdf", POLICY)
     assert info.value.holdable
 
 
 def test_corrupt_pdf_is_refused_as_corrupt() -> None:
     with pytest.raises(Corrupt):
-        PdfConverter().convert(corrupt_pdf(), "a.pdf", POLICY)
+        render(PdfConverter(), corrupt_pdf(), "a.pdf", POLICY)
 
 
 def test_giant_page_is_rendered_within_the_pixel_cap() -> None:
     policy = ConversionPolicy(limits=Limits(max_page_pixels=4_000_000), extract_text=False)
-    conv = PdfConverter().convert(huge_page_pdf(), "a.pdf", policy)
+    conv = render(PdfConverter(), huge_page_pdf(), "a.pdf", policy)
     found = re.search(rb"/Width (\d+) /Height (\d+)", conv.outputs[0].data)
     assert found is not None
     assert int(found[1]) * int(found[2]) <= 4_000_000
@@ -168,7 +170,7 @@ def _colour_pdf() -> bytes:
 def test_colour_and_photo_pages_keep_their_colours() -> None:
     """Palette (Indexed) and JPEG pages in the image-only PDF show what the original showed."""
     original = _colour_pdf()
-    out = PdfConverter().convert(original, "c.pdf", POLICY).outputs[0].data
+    out = render(PdfConverter(), original, "c.pdf", POLICY).outputs[0].data
     assert b"/Indexed" in out and b"/DCTDecode" in out
     for page in range(3):
         before = pdfium.PdfDocument(original)[page].render(scale=1).to_pil().convert("RGB")
@@ -183,10 +185,10 @@ def test_colour_and_photo_pages_keep_their_colours() -> None:
 
 
 def test_grey_photo_page_is_jpeg_and_text_page_is_palette_png() -> None:
-    out = PdfConverter().convert(_colour_pdf(), "c.pdf", ConversionPolicy(pdf_output="png"))
+    out = render(PdfConverter(), _colour_pdf(), "c.pdf", ConversionPolicy(pdf_output="png"))
     kinds = [Image.open(io.BytesIO(r.data)).mode for r in out.outputs[:3]]
     assert kinds == ["P", "RGB", "L"]  # flat colour → palette; photos keep every tone
-    text = PdfConverter().convert(japanese_pdf(1), "t.pdf", ConversionPolicy(pdf_output="png"))
+    text = render(PdfConverter(), japanese_pdf(1), "t.pdf", ConversionPolicy(pdf_output="png"))
     page = Image.open(io.BytesIO(text.outputs[0].data))
     assert page.mode == "P" and len(page.getcolors() or []) <= 16  # 16 grey levels
 
@@ -200,7 +202,7 @@ def test_link_targets_are_listed_in_the_text_file() -> None:
     pdf.linkURL("https://www.city.example.lg.jp/kurashi/", (72, 710, 200, 735))
     pdf.showPage()
     pdf.save()
-    conv = PdfConverter().convert(buf.getvalue(), "l.pdf", POLICY)
+    conv = render(PdfConverter(), buf.getvalue(), "l.pdf", POLICY)
     text = conv.outputs[1].data.decode()
     assert "Click here" in text
     assert "[links]\nhttps://www.city.example.lg.jp/kurashi/" in text
@@ -222,7 +224,7 @@ def test_text_page_keeps_every_mark_up_to_the_margins() -> None:
     pdf.showPage()
     pdf.save()
     original = buf.getvalue()
-    out = PdfConverter().convert(original, "t.pdf", POLICY).outputs[0].data
+    out = render(PdfConverter(), original, "t.pdf", POLICY).outputs[0].data
     for page in range(2):
         before, after = _page_image(original, page), _page_image(out, page)
         assert ImageChops.invert(after).getbbox() == ImageChops.invert(before).getbbox()
@@ -242,17 +244,16 @@ def test_a_page_failing_in_any_renderer_fails_the_pdf_and_leaves_no_process(
     a failure in either fails the conversion, and no renderer is left behind."""
     real = pdf_module.render_page
 
-    def failing(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy,
-                prefer: pdf_module.Kind | None) -> RenderedPage:
+    def failing(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy) -> Pixels:
         if index == bad_page:
             raise Corrupt("bad page")
-        return real(doc, index, policy, prefer)
+        return real(doc, index, policy)
 
     monkeypatch.setattr(pdf_module, "render_page", failing)
-    monkeypatch.setattr(pdf_module, "free_cpus", lambda: 2)
+    monkeypatch.setattr(pdf_module, "free_cpus", lambda: 3)  # one left for the encoder
     before = _children()
     with pytest.raises(error):
-        PdfConverter().convert(japanese_pdf(4), "a.pdf", POLICY)
+        render(PdfConverter(), japanese_pdf(4), "a.pdf", POLICY)
     assert _children() == before
 
 

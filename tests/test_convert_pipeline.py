@@ -118,7 +118,8 @@ def test_container_members_are_handled_like_attachments_up_to_the_depth_cap(
     s = sanitize(mail([("box.txt", "text/plain", b"nest")]), "Q4", SETTINGS, hostile_ctx)
     actions = {a.part: a for a in s.report.actions}
     assert actions["2/dir/inner.csv"].action is ActionKind.CONVERTED
-    assert actions["2/dir/inner.csv"].outputs == ("dir_ok.txt",)  # its folder in the name
+    # named by the gateway after the member, never by the converter, with its folder
+    assert actions["2/dir/inner.csv"].outputs == ("dir_inner.txt",)
     assert actions["2/dir/tool.exe"].code == "blocked_type"
     assert actions["2/deeper/again.txt"].action is ActionKind.CONVERTED  # depth 1
     assert actions["2/deeper/again.txt/deeper/again.txt"].action is ActionKind.CONVERTED
@@ -126,7 +127,7 @@ def test_container_members_are_handled_like_attachments_up_to_the_depth_cap(
     assert (capped.action, capped.code) == (ActionKind.REMOVED, "limit_exceeded")
     names = [r.filename for r in s.outputs]
     # Each rendering carries its folder (and nested container) in its name: no clashes.
-    assert names == ["dir_ok.txt", "deeper_again_dir_ok.txt"]
+    assert names == ["dir_inner.txt", "deeper_again_dir_inner.txt"]
     assert {h.part for h in s.held} >= {"2/dir/tool.exe", "2"}
 
 

@@ -20,6 +20,7 @@ from converters.base import Conversion
 from converters.limits import ConversionPolicy, Limits
 from converters.office import OfficeConverter
 from converters.office_pool import OfficeConfig, OfficePool
+from tests.convert_helpers import render
 from tests.office_helpers import docm_with_vba, japanese_docx
 
 pytestmark = pytest.mark.slow
@@ -59,8 +60,8 @@ def _xlsx_two_sheets(hidden: str = "") -> bytes:
 
 def test_japanese_docx_renders_real_glyphs_not_tofu(office: OfficeConverter) -> None:
     """Two texts of different kanji must render differently; missing fonts draw the same boxes."""
-    a = office.convert(japanese_docx("永永永永永 東京都庁"), "a.docx", PNG)
-    b = office.convert(japanese_docx("国国国国国 大阪府庁"), "b.docx", PNG)
+    a = render(office, japanese_docx("永永永永永 東京都庁"), "a.docx", PNG)
+    b = render(office, japanese_docx("国国国国国 大阪府庁"), "b.docx", PNG)
     assert a.pages == 1 and a.outputs[0].content_type == "image/png"
     text = next(o for o in a.outputs if o.filename.endswith(".txt")).data.decode()
     assert "永永永永永 東京都庁" in text
@@ -72,21 +73,21 @@ def test_japanese_docx_renders_real_glyphs_not_tofu(office: OfficeConverter) -> 
 
 
 def test_xlsx_renders_every_sheet_and_names_them(office: OfficeConverter) -> None:
-    conv = office.convert(_xlsx_two_sheets(), "予算.xlsx", ConversionPolicy())
+    conv = render(office, _xlsx_two_sheets(), "予算.xlsx", ConversionPolicy())
     assert conv.notes[0] == "sheets: 予算, 実績"
     assert conv.pages == 2
     assert conv.outputs[0].filename == "予算.pdf" and conv.outputs[0].data.startswith(b"%PDF")
 
 
 def test_hidden_sheets_are_named_in_the_notes(office: OfficeConverter) -> None:
-    conv = office.convert(_xlsx_two_sheets(hidden="裏"), "a.xlsx", ConversionPolicy())
+    conv = render(office, _xlsx_two_sheets(hidden="裏"), "a.xlsx", ConversionPolicy())
     assert conv.notes[:2] == ("sheets: 予算, 実績", "hidden sheets not rendered: 裏")
     assert conv.pages == 2
 
 
 def test_page_cap_is_stated_in_the_notes(office: OfficeConverter) -> None:
     one_page = ConversionPolicy(limits=Limits(max_pages=1))
-    conv = office.convert(_xlsx_two_sheets(), "a.xlsx", one_page)
+    conv = render(office, _xlsx_two_sheets(), "a.xlsx", one_page)
     assert conv.pages == 1
     assert "pages after 1 not rendered" in conv.notes
 
@@ -99,14 +100,14 @@ def test_pptx_renders_one_image_per_slide(office: OfficeConverter) -> None:
         slide.shapes.add_textbox(Inches(1), Inches(2), Inches(4), Inches(1)).text = title
     buf = io.BytesIO()
     deck.save(buf)
-    conv = office.convert(buf.getvalue(), "会議.pptx", PNG)
+    conv = render(office, buf.getvalue(), "会議.pptx", PNG)
     images = [o for o in conv.outputs if o.content_type == "image/png"]
     assert conv.pages == 3 and len(images) == 3
-    assert [o.filename for o in images] == ["会議-p001.png", "会議-p002.png", "会議-p003.png"]
+    assert [o.filename for o in images] == ["会議_p001.png", "会議_p002.png", "会議_p003.png"]
 
 
 def test_docm_with_vba_project_is_rendered_and_the_macro_recorded(office: OfficeConverter) -> None:
-    conv = office.convert(docm_with_vba(), "macro.docm", ConversionPolicy())
+    conv = render(office, docm_with_vba(), "macro.docm", ConversionPolicy())
     assert "office:vba-macro" in conv.findings
     assert conv.pages == 1
 
@@ -119,7 +120,7 @@ def test_rtf_with_embedded_object_is_rendered_and_the_object_recorded(
     rtf = ("{\\rtf1\\ansi\\deff0{\\fonttbl{\\f0 Arial;}}\\f0 Report with an object\\par "
            "{\\object\\objemb\\objw2000\\objh500{\\*\\objclass Package}"
            "{\\*\\objdata " + objdata + "}}\\par}").encode()
-    conv = office.convert(rtf, "report.rtf", ConversionPolicy())
+    conv = render(office, rtf, "report.rtf", ConversionPolicy())
     assert "office:ole-object" in conv.findings
     assert conv.pages == 1
     assert any(b"Report with an object" in o.data for o in conv.outputs)
@@ -132,7 +133,7 @@ def test_encrypted_xlsx_is_held_for_release(office: OfficeConverter, tmp_path: P
     with plain.open("rb") as f:
         OOXMLFile(f).encrypt("himitsu", encrypted)
     with pytest.raises(errors.Encrypted) as exc:
-        office.convert(encrypted.getvalue(), "secret.xlsx", ConversionPolicy())
+        render(office, encrypted.getvalue(), "secret.xlsx", ConversionPolicy())
     assert exc.value.holdable
 
 
@@ -140,8 +141,8 @@ def test_garbage_with_an_office_name_is_corrupt_and_the_pool_survives(
     office: OfficeConverter,
 ) -> None:
     with pytest.raises(errors.ConversionError):
-        office.convert(b"PK\x03\x04 not really a docx" * 10, "x.docx", ConversionPolicy())
-    assert office.convert(japanese_docx(), "ok.docx", ConversionPolicy()).pages == 1
+        render(office, b"PK\x03\x04 not really a docx" * 10, "x.docx", ConversionPolicy())
+    assert render(office, japanese_docx(), "ok.docx", ConversionPolicy()).pages == 1
 
 
 def _soffice_pids(root: int) -> list[int]:
@@ -182,7 +183,7 @@ def test_crashed_libreoffice_is_restarted_and_the_document_converted(
     for pid in _live_soffice(pool):
         os.kill(pid, signal.SIGKILL)
     before = pool.restarts
-    conv = office.convert(japanese_docx(), "after-crash.docx", ConversionPolicy())
+    conv = render(office, japanese_docx(), "after-crash.docx", ConversionPolicy())
     assert conv.pages == 1
     assert pool.restarts == before + 1
 
@@ -191,7 +192,7 @@ def test_hung_libreoffice_is_killed_after_the_timeout_and_the_document_converted
     with OfficePool(OfficeConfig(timeout_seconds=4)) as short:
         for pid in _live_soffice(short):
             os.kill(pid, signal.SIGSTOP)
-        conv = OfficeConverter(short).convert(japanese_docx(), "after-hang.docx",
+        conv = render(OfficeConverter(short), japanese_docx(), "after-hang.docx",
                                               ConversionPolicy())
         assert conv.pages == 1
         assert short.restarts == 1
@@ -202,7 +203,7 @@ def test_an_instance_that_cannot_start_fails_closed_quickly() -> None:
     config = OfficeConfig(memory_bytes=96 * 1024 * 1024, start_timeout_seconds=20)
     with OfficePool(config) as starved:
         with pytest.raises(errors.SandboxFailure):
-            OfficeConverter(starved).convert(japanese_docx(), "a.docx", ConversionPolicy())
+            render(OfficeConverter(starved), japanese_docx(), "a.docx", ConversionPolicy())
         assert starved.instances() == []
 
 
@@ -235,14 +236,14 @@ def test_docx_inside_a_cp932_zip_renders_under_its_japanese_name(office: OfficeC
                                   method=8)])
     (member,) = ArchiveConverter().convert(archive, "資料.zip", ConversionPolicy()).members
     assert member.path == "提出書類/見積書.docx"
-    conv = office.convert(member.data, member.path, ConversionPolicy())
+    conv = render(office, member.data, member.path, ConversionPolicy())
     assert conv.outputs[0].filename == "見積書.pdf" and conv.pages == 1
 
 
 def test_unsandboxed_pool_when_allowed_converts_and_leaves_no_process_behind() -> None:
     """For hosts without bubblewrap (operator's explicit choice): own profile, own pipe."""
     with OfficePool(OfficeConfig(sandboxed=False, timeout_seconds=20)) as plain:
-        conv = OfficeConverter(plain).convert(japanese_docx(), "a.docx", ConversionPolicy())
+        conv = render(OfficeConverter(plain), japanese_docx(), "a.docx", ConversionPolicy())
         assert conv.pages == 1
         (instance,) = plain.instances()
         pids = _soffice_pids(instance.pid)

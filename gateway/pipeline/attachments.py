@@ -21,7 +21,8 @@ from converters.errors import ConversionError, LimitExceeded, SandboxFailure
 from converters.limits import ConversionPolicy, Limits
 from converters.names import clean_name, stem
 from converters.office_pool import OfficeConfig, OfficePool
-from converters.registry import Classification, Registry
+from converters.package import Packager
+from converters.registry import DETECTOR, UNKNOWN_TYPE, Classification, Registry, checked_type
 from converters.sandbox import SandboxConfig, SandboxPool, decide_sandboxing
 from gateway.pipeline.parse import Leaf
 from gateway.pipeline.report import Action, ActionKind
@@ -99,7 +100,8 @@ class AttachmentContext:
         sandboxed = decide_sandboxing(settings.allow_unsandboxed)
         size = settings.converter_workers or settings.workers
         config = SandboxConfig(registry.targets(), sandboxed=sandboxed,
-                               hidden=hidden_paths(settings))
+                               hidden=hidden_paths(settings),
+                               max_documents=settings.converter_max_documents)
         pool = SandboxPool(config, size)
         policy = policy_from_settings(settings)
         office = OfficePool(OfficeConfig(
@@ -107,6 +109,12 @@ class AttachmentContext:
             timeout_seconds=settings.office_timeout_seconds, sandboxed=sandboxed))
         local = {"office": _office_converter(office, pool, policy)}
         return cls(policy, registry, pool, settings, local, office)
+
+    def detect(self, untrusted: bytes) -> str:
+        """The content's type, told in the sandbox (libmagic and the ZIP reader parse the
+        original); anything that is not a plain MIME type counts as unknown."""
+        conversion = self.pool.convert(DETECTOR[0], untrusted, "", self.policy)
+        return checked_type(conversion.extra.get("detected_type", ""))
 
     def close(self) -> None:
         self.pool.close()
@@ -185,26 +193,24 @@ def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext, queue_id: str = "",
 
 def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
     ctx, budget = walk.ctx, walk.budget
-    found = ctx.registry.classify(item.untrusted, item.untrusted_name, item.declared)
+    try:
+        found = ctx.registry.classify(item.untrusted, item.untrusted_name, item.declared,
+                                      ctx.detect)
+    except ConversionError as err:  # detection itself failed (timeout, crash): fail closed
+        return _removed(item, Classification(UNKNOWN_TYPE, clean_name(item.untrusted_name)), err)
     nested = found.detected_type == FORWARDED_TYPE and walk.nested is not None
     if nested and walk.settings is not None and (
             found.refusal is None or found.refusal.code == "unsupported_type"):
         return _forwarded(item, walk)
     if found.refusal is not None or found.converter is None:
         return _removed(item, found, found.refusal or SandboxFailure("no converter"))
-    local = ctx.local.get(found.converter)
     try:
-        if local is not None:
-            conversion = local.convert(item.untrusted, found.clean_name, ctx.policy)
-        else:
-            conversion = ctx.pool.convert(found.converter, item.untrusted, found.clean_name,
-                                          ctx.policy)
+        conversion, renderings = _convert(item, found, ctx)
     except ConversionError as err:
         return _removed(item, found, err)
     except Exception:  # a bug must not deliver the file: map it to a closed failure
         return _removed(item, found, SandboxFailure("internal error"))
-    outputs = tuple(_unique(_in_folder(r, item.folder), budget.names)
-                    for r in conversion.outputs)
+    outputs = tuple(_unique(_in_folder(r, item.folder), budget.names) for r in renderings)
     action = Action(
         part=item.part, filename=found.clean_name, declared_type=item.declared,
         detected_type=found.detected_type, action=ActionKind.CONVERTED,
@@ -223,6 +229,21 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
         merged = AttachmentOutcome(merged.actions, (packed,) if merged.outputs else (),
                                    merged.held)
     return merged
+
+
+def _convert(item: _Part, found: Classification, ctx: AttachmentContext
+             ) -> tuple[Conversion, tuple[Rendering, ...]]:
+    """Convert in the sandbox; the files delivered are written here, by trusted code, from
+    the pixels and text that came back (each page encoded as it arrives)."""
+    assert found.converter is not None
+    local = ctx.local.get(found.converter)
+    with Packager(stem(found.clean_name), ctx.policy) as packager:
+        if local is not None:
+            conversion = local.convert(item.untrusted, found.clean_name, ctx.policy)
+        else:
+            conversion = ctx.pool.convert(found.converter, item.untrusted, found.clean_name,
+                                          ctx.policy, packager.add)
+        return conversion, packager.finish(conversion)
 
 
 def _forwarded(item: _Part, walk: _Walk) -> AttachmentOutcome:
