@@ -31,6 +31,7 @@ from converters.office_pool import (
     sandbox_command,
     stop,
 )
+from tests.containment_helpers import marked_processes
 from tests.office_helpers import japanese_docx
 
 pytestmark = pytest.mark.slow
@@ -145,23 +146,9 @@ print("writable", *[fd for fd in range(3, 1024) if accepts(fd)])
     _next_document_converts(pool)
 
 
-def _marked(marker: str) -> list[int]:
-    """Host pids of live processes whose argv carries `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker.encode() in argv and state != "Z":
-            found.append(int(entry))
-    return found
-
-
 def _gone(marker: str, seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
-    while _marked(marker):
+    while marked_processes(marker):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -176,7 +163,7 @@ def test_background_processes_die_with_the_instance(pool: OfficePool) -> None:
     try:
         assert proc.stdout is not None
         assert [proc.stdout.readline() for _ in range(3)] == [b"up\n"] * 3
-        assert len(_marked(marker)) == 3  # control: the detached processes do run
+        assert len(marked_processes(marker)) == 3  # control: the detached processes do run
     finally:
         stop(proc)
     assert _gone(marker, seconds=1.0)
@@ -400,7 +387,7 @@ def test_a_recycled_instance_starts_clean(hijacked_bridge: Path) -> None:
     # Control: kept for a second document, the instance still holds the mark and the process.
     with OfficePool(OfficeConfig(max_documents=2, bridge=hijacked_bridge)) as kept:
         kept.convert(leave, ".docx", 50)
-        assert _marked(marker)
+        assert marked_processes(marker)
         assert kept.convert(b"HOSTILE marked?", ".docx", 50)[1]["kind"] == "marked"
     assert _gone(marker)
     with OfficePool(OfficeConfig(max_documents=1, bridge=hijacked_bridge)) as recycled:

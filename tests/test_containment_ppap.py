@@ -15,7 +15,6 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import pyzipper
@@ -24,6 +23,7 @@ from converters.errors import LimitExceeded
 from gateway.custody.ppap import output_bound, sandboxed_decrypter
 from gateway.custody.quarantine import Decrypter
 from gateway.settings import Settings
+from tests.containment_helpers import marked_processes
 
 PASSWORD = "Kz7-m2Qp"
 TEXT = "令和8年度 予算案\n".encode()
@@ -80,20 +80,6 @@ def test_output_beyond_the_bound_is_refused(settings: Settings, hostile: Hostile
     _next_attempt_works(decrypt)
 
 
-def _marked(marker: str) -> list[int]:
-    """Host pids of live processes whose argv carries `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker.encode() in argv and state != "Z":
-            found.append(int(entry))
-    return found
-
-
 def test_nothing_it_started_survives_it(hostile: Hostile, decrypt: Decrypter) -> None:
     marker = f"mugaika-ppap-{os.getpid()}-{time.monotonic_ns()}"
     code = f"""
@@ -110,7 +96,7 @@ sys.stdout.write("done")
 
     def watch() -> None:
         while not watching.is_set():
-            seen.extend(_marked(marker))
+            seen.extend(marked_processes(marker))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -121,7 +107,7 @@ sys.stdout.write("done")
         watching.set()
         watcher.join()
     assert len(set(seen)) == 2  # control: both ran while it did
-    assert _marked(marker) == []
+    assert marked_processes(marker) == []
     _next_attempt_works(decrypt)
 
 
