@@ -33,7 +33,8 @@ def render(converter: Converter, untrusted: bytes, filename: str, policy: Conver
     """A conversion as the gateway delivers it: its images encoded into files by trusted
     code (`converters.package`), next to its text."""
     conv = converter.convert(untrusted, filename, policy)
-    with Packager(stem(clean_name(filename)), policy) as packager:
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]  # a member's path: its own name
+    with Packager(stem(clean_name(name)), policy) as packager:
         files = packager.finish(conv)
     return dataclasses.replace(conv, outputs=files, images=())
 

@@ -8,6 +8,8 @@ gateway does wrong (drop a message, lie about a verdict) to prove the load test 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ import aiosmtplib
 from aiosmtpd.smtp import SMTP
 
 from gateway.loadtest.samples import write_corpus
+from gateway.pipeline.attachments import AttachmentContext
 from gateway.pipeline.rebuild import rebuild
 from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
@@ -28,6 +31,16 @@ LIGHT_SAMPLES = {
     "iso2022jp-nec", "shift-jis-cp932", "euc-jp", "plain-5kb", "ppap-password",
     "exe-as-pdf", "rtlo-name", "html-attachment", "eicar", "deep-nesting", "relay-attempt",
 }
+
+
+@functools.cache
+def shared_context() -> AttachmentContext:
+    """One warm converter pool for every relay of the test run, as `mugaika serve` keeps
+    one: even a blocked attachment is typed in the sandbox, and a pool per message would
+    start a sandbox per message."""
+    ctx = AttachmentContext.from_settings(Settings(workers=2))
+    atexit.register(ctx.close)
+    return ctx
 
 
 def free_port() -> int:
@@ -76,7 +89,8 @@ class Relay:
 
     async def _forward(self, queue_id: str, mail_from: str, rcpts: list[str],
                        raw: bytes) -> None:
-        result = await asyncio.to_thread(sanitize, raw, queue_id, self.settings)
+        result = await asyncio.to_thread(sanitize, raw, queue_id, self.settings,
+                                         shared_context())
         message = self.mutate(await asyncio.to_thread(rebuild, result, self.settings))
         deadline = time.monotonic() + self.give_up_after
         while time.monotonic() < deadline:
