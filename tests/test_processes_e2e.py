@@ -53,10 +53,18 @@ def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+def _serving(gw: Gateway) -> list[int]:
+    """The members that said they serve, once per start, in order (a spawned member takes
+    a second or two to import; until then the other one takes every connection)."""
+    lines = [json.loads(line) for line in gw.log_text().splitlines() if line.startswith("{")]
+    return [line["member"] for line in lines if line.get("event") == "serving"]
+
+
 def test_group_shares_port_and_counts_and_survives_a_dead_member(
         make_gateway: Callable[..., Gateway], sink: Sink) -> None:
     gw = make_gateway(sink.port, MUGAIKA_PROCESSES="2")
     _wait_for(lambda: len(_members(gw)) == 2, 30, "two members started")
+    _wait_for(lambda: sorted(_serving(gw)) == [0, 1], 30, "both members serve")
     _send(gw, 0, 20)
     sink.wait(20, timeout=60)
     assert _received_total(gw) == 20, "/metrics sums both members"
@@ -65,6 +73,7 @@ def test_group_shares_port_and_counts_and_survives_a_dead_member(
     victim.kill()
     _wait_for(lambda: victim.pid not in {m.pid for m in _members(gw)}
               and len(_members(gw)) == 2, 30, "the dead member was started again")
+    _wait_for(lambda: len(_serving(gw)) == 3, 30, "the new member serves")
     _send(gw, 20, 10)
     got = sink.wait(30, timeout=60)
     assert sorted(m.message["Subject"] for m in got) == sorted(
@@ -77,5 +86,10 @@ def test_group_shares_port_and_counts_and_survives_a_dead_member(
     gw.kill()  # the supervisor, with SIGKILL: its members must not live on
     _wait_for(lambda: not any(m.is_running() and m.status() != psutil.STATUS_ZOMBIE
                               for m in members), 10, "members died with the supervisor")
+    _wait_for(lambda: not _listening(gw.smtp_port), 10, "nothing listens any more")
+
+
+def _listening(port: int) -> bool:
+    """A process that is dying (SIGKILL sent, not yet gone) may still hold the socket."""
     with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", gw.smtp_port)) != 0, "nothing listens any more"
+        return probe.connect_ex(("127.0.0.1", port)) == 0
