@@ -32,6 +32,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 OUTCOMES = frozenset({"received", "delivered", "quarantined", "rejected", "deferred", "bounced"})
+#: Why the gateway put a message into failed/ (bounces are the `bounced` outcome).
+FAILED_REASONS = frozenset({"internal_error"})
 ACTIONS = frozenset({"kept", "converted", "removed"})
 #: Converter and kind labels: short lowercase tokens; at most this many distinct values each.
 MAX_LABEL_VALUES = 40
@@ -70,6 +72,9 @@ class Metrics:
         # and a message passes here three times. Made now, so zeros are exported from the
         # start and rate() works.
         self._outcomes = {outcome: self._messages.labels(outcome) for outcome in OUTCOMES}
+        self._failed = Counter("mugaika_failed", "Messages kept in failed/ by mugaika itself, "
+                               "by reason.", ["reason"], registry=r)
+        self._failed_reasons = {reason: self._failed.labels(reason) for reason in FAILED_REASONS}
         self._attachments = Counter(
             "mugaika_attachments", "Attachments by detected kind and action.",
             ["kind", "action"], registry=r)
@@ -92,6 +97,13 @@ class Metrics:
         if child is None:
             raise ValueError(f"unknown outcome {outcome!r}")
         child.inc(count)
+
+    def failed(self, reason: str) -> None:
+        """A message kept in failed/ by the gateway; an unknown reason is a bug."""
+        child = self._failed_reasons.get(reason)
+        if child is None:
+            raise ValueError(f"unknown failure reason {reason!r}")
+        child.inc()
 
     def attachment(self, kind: str, action: str) -> None:
         if action not in ACTIONS:

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     smtp_port: int = 2525
     hostname: str = Field(default="mugaika.localdomain", description="HELO name and Received by")
     accepted_domains: CommaList = Field(default_factory=lambda: ["example.lg.jp"])
+    #: Where mail to the bare `postmaster` (RFC 5321 4.5.1) goes; None: postmaster@ the
+    #: first accepted domain.
+    postmaster: str | None = None
     max_message_bytes: int = 25 * MiB
     max_recipients: int = 100
     max_line_bytes: int = Field(
@@ -69,6 +72,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8025
     api_enabled: bool = True
+    #: /docs, /redoc and /openapi.json: off unless asked for (they describe every route).
+    api_docs: bool = False
     metrics_public: bool = True
     release_requires_approval: bool = True
 

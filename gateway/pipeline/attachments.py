@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 MEMBER_DECLARED_TYPE = "application/octet-stream"
 #: Mail inside mail is sanitized by the whole pipeline again (gateway.pipeline.forwarded).
 FORWARDED_TYPE = "message/rfc822"
+#: Declared types that are taken as mail inside mail whatever the content sniffs as.
+MAIL_TYPES = frozenset({"message/rfc822", "message/global"})
 
 
 @dataclass(frozen=True)
@@ -198,9 +200,7 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
                                       ctx.detect)
     except ConversionError as err:  # detection itself failed (timeout, crash): fail closed
         return _removed(item, Classification(UNKNOWN_TYPE, clean_name(item.untrusted_name)), err)
-    nested = found.detected_type == FORWARDED_TYPE and walk.nested is not None
-    if nested and walk.settings is not None and (
-            found.refusal is None or found.refusal.code == "unsupported_type"):
+    if _is_mail(item, found) and walk.nested is not None and walk.settings is not None:
         return _forwarded(item, walk)
     if found.refusal is not None or found.converter is None:
         return _removed(item, found, found.refusal or SandboxFailure("no converter"))
@@ -229,6 +229,16 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
         merged = AttachmentOutcome(merged.actions, (packed,) if merged.outputs else (),
                                    merged.held)
     return merged
+
+
+def _is_mail(item: _Part, found: Classification) -> bool:
+    """Mail inside mail: sniffed as such, or declared so (the returned message of a
+    delivery report is often sniffed as text/plain, and must not arrive as raw MIME).
+    What the content says is blocked stays blocked, whatever was declared."""
+    declared = item.declared.lower() in MAIL_TYPES
+    sniffed = found.detected_type == FORWARDED_TYPE
+    return (declared or sniffed) and (found.refusal is None
+                                      or found.refusal.code == "unsupported_type")
 
 
 def _convert(item: _Part, found: Classification, ctx: AttachmentContext

@@ -325,14 +325,22 @@ class Spool:
         else:
             held.unlink(missing_ok=True)
 
+    def claimed(self, queue_id: str) -> bool:
+        """Whether this process holds `queue_id` (a claimed file or a journaled message)."""
+        return self.journal.holds(queue_id) or self._path(self.claims, queue_id).exists()
+
     def defer(self, queue_id: str, state: RetryState) -> None:
         self.write_state(queue_id, state)
         self._move_claimed(queue_id, "deferred")
 
-    def fail(self, queue_id: str) -> None:
-        """Bounced or undeliverable: kept in failed/ for operators."""
-        os.rename(self._path(self.claims, queue_id), self._path("failed", queue_id))
-        self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
+    def fail(self, queue_id: str, state: RetryState | None = None) -> None:
+        """Bounced, undeliverable or poison: kept in failed/ for operators. With `state`,
+        state/ID.json stays beside it and says why (`last_error`) and after how many tries."""
+        if state is not None:
+            self.write_state(queue_id, state)
+        self._move_claimed(queue_id, "failed")
+        if state is None:
+            self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
 
     # --- retry bookkeeping ---------------------------------------------------------
     def read_state(self, queue_id: str) -> RetryState:

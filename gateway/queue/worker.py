@@ -37,7 +37,7 @@ from gateway.pipeline.report import Report, Verdict
 from gateway.pipeline.sanitize import finish
 from gateway.queue.envelope import Envelope
 from gateway.queue.outlets import DeliveryResult, DeliveryStatus, Forwarder, Stores, retry_delay
-from gateway.queue.spool import Entry, RetryState, Spool, derived_id
+from gateway.queue.spool import DERIVED_SUFFIX, Entry, RetryState, Spool, derived_id
 from gateway.settings import Settings
 
 log = structlog.get_logger("mugaika.worker")
@@ -52,6 +52,9 @@ def count_report(metrics: Metrics, report: Report) -> None:
         metrics.message("quarantined")
 
 SCAN_SECONDS = 1.0
+#: Tries of an entry that keeps hitting a bug (an exception anywhere in sanitizing,
+#: rebuilding, building its DSN or moving it) before it is kept in failed/ as poison.
+MAX_INTERNAL_ERRORS = 3
 #: A message from ingress travels to its worker with its bytes, in the journal, only while
 #: the queue is shorter than this (and the message small: `ingress.HAND_OVER_MAX_BYTES`),
 #: so that accepted mail does not pile up in memory, nor in this process's journal (each
@@ -305,19 +308,34 @@ class Worker:
                 self._room.set()
             try:
                 await self.process(queue_id, fresh)
-            except Exception:  # a broken entry must not stop the worker, nor be lost
+            except Exception as error:  # a broken entry must not stop the worker, nor be lost
                 log.exception("worker_error", queue_id=queue_id)
-                self._park(queue_id)
+                self._park(queue_id, error)
 
-    def _park(self, queue_id: str) -> None:
-        """Put an entry that hit a bug back in deferred/, to be tried again later."""
+    def _park(self, queue_id: str, error: Exception) -> None:
+        """Put an entry that hit a bug back in deferred/, to be tried again later; after
+        MAX_INTERNAL_ERRORS tries it is poison and goes to failed/ with the reason.
+
+        The bug may have struck after the entry's output took its place in the spool (a
+        DSN that cannot be built): then the output is what is parked."""
+        if not self.spool.claimed(queue_id) and self.spool.claimed(derived_id(queue_id)):
+            queue_id = derived_id(queue_id)
         state = self.spool.read_state(queue_id)
-        state = replace(state, attempts=state.attempts + 1, last_error="internal error",
+        reason = f"internal error: {type(error).__name__}"
+        state = replace(state, attempts=state.attempts + 1, last_error=reason,
                         next_try=time.time() + retry_delay(state.attempts + 1, self.settings))
         try:
-            self.spool.defer(queue_id, state)
-        except OSError:
+            if state.attempts < MAX_INTERNAL_ERRORS:
+                self.spool.defer(queue_id, state)
+                return
+            self.spool.fail(queue_id, state)
+            if queue_id.endswith(DERIVED_SUFFIX):  # an output: its original goes with it
+                self.spool.release_hold(queue_id.removesuffix(DERIVED_SUFFIX), failed=True)
+        except OSError:  # left claimed: recovered at the next start, a crash counted
             log.exception("park_failed", queue_id=queue_id)
+            return
+        log.error("message_failed", queue_id=queue_id, reason=reason, attempts=state.attempts)
+        self.metrics.failed("internal_error")
 
     async def scheduler(self) -> None:
         """Enqueue what waits in incoming/ (after `Spool.recover()`), and wake deferred
