@@ -102,3 +102,21 @@ def test_health_is_open(api: Api) -> None:
     assert ready.status_code == 200, ready.json()
     assert ready.json()["checks"] == {"database": True, "spool": True, "downstream": True,
                                       "converters": True}
+
+
+DOCS = ("/docs", "/redoc", "/openapi.json")
+
+
+def test_docs_are_off_by_default(api: Api) -> None:
+    """The route list must not be handed to anyone who asks, with or without a token."""
+    for path in DOCS:
+        assert api.client.get(path).status_code == 404, path
+        assert api.client.get(path, headers=api.as_("admin")).status_code == 404, path
+
+
+def test_docs_answer_when_asked_for(stores: SqlStores, settings: Settings) -> None:
+    """MUGAIKA_API_DOCS=true brings back Swagger UI, ReDoc and the schema they read."""
+    api = build_api(stores, settings.model_copy(update={"api_docs": True}))
+    for path in DOCS:
+        assert api.client.get(path).status_code == 200, path
+    assert "/api/quarantine" in api.client.get("/openapi.json").json()["paths"]

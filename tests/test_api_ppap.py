@@ -9,14 +9,24 @@ from __future__ import annotations
 import email
 import hashlib
 import io
+import threading
+import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 
 import pytest
 import pyzipper
 
-from gateway.custody.quarantine import Replacement, WrongPassword, replace_parts
+from gateway.custody.audit import Actor
+from gateway.custody.quarantine import (
+    BadPassword,
+    PasswordLimit,
+    Replacement,
+    WrongPassword,
+    replace_parts,
+)
 from gateway.custody.stores import SqlStores
 from gateway.settings import Settings
 from tests.api_helpers import Api, build_api
@@ -112,6 +122,46 @@ def test_wrong_passwords_are_counted_and_limited(ppap_api: Api) -> None:
     assert detail["password_failures"] == 5 and detail["status"] == "held"
     audit = ppap_api.client.get("/api/audit", params={"action": "quarantine.password_wrong"},
                                 headers=ppap_api.as_("auditor")).json()
+    assert audit["total"] == 5
+
+
+def test_parallel_wrong_passwords_get_exactly_the_limit_of_tries(
+    stores: SqlStores, settings: Settings
+) -> None:
+    """40 guesses at once against a limit of 5: 5 reach the decrypter, 35 are refused.
+
+    Each guess takes a while to decrypt, as a real one does in its sandbox; checking the
+    count first and adding to it afterwards let 29 of 40 through.
+    """
+    tried: list[str] = []
+    lock = threading.Lock()
+
+    def slow_decrypter(data: bytes, filename: str | None, password: str) -> bytes:
+        with lock:
+            tried.append(password)
+        time.sleep(0.05)
+        return zip_decrypter(data, filename, password)
+
+    api = build_api(stores, settings, decrypt=slow_decrypter)
+    _hold_ppap(stores, settings)
+    service = api.app.state.context.quarantine
+    actor = Actor("op", "operator", "test")
+
+    def guess(n: int) -> str:
+        try:
+            service.release_with_password("P1", actor, f"guess-{n}")
+        except (BadPassword, PasswordLimit) as refused:
+            return refused.code
+        return "released"
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        outcomes = list(pool.map(guess, range(40)))
+    assert len(tried) == settings.ppap_max_password_attempts == 5
+    assert outcomes.count("password_attempts_exhausted") == 35
+    detail = api.client.get("/api/quarantine/P1", headers=api.as_("operator")).json()
+    assert detail["password_failures"] == 5 and detail["status"] == "held"
+    audit = api.client.get("/api/audit", params={"action": "quarantine.password_wrong"},
+                           headers=api.as_("auditor")).json()
     assert audit["total"] == 5
 
 

@@ -2,7 +2,8 @@
 
 Built by a factory, never at import time: tests and `mugaika serve` each make their own.
 Authentication is on every route except /healthz and /readyz (and /metrics when
-`metrics_public`); see gateway/api/auth.py and docs/quarantine-api.md.
+`metrics_public`, /docs, /redoc and /openapi.json when `api_docs`); see gateway/api/auth.py
+and docs/quarantine-api.md.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    # The docs describe every route and answer without a token: off unless asked for.
+    docs = settings.api_docs
     app = FastAPI(title="mugaika operator API", version="1", lifespan=lifespan,
-                  description="Quarantine review and release, message tracking, audit, metrics.")
+                  description="Quarantine review and release, message tracking, audit, metrics.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.context = context
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(QuarantineError, _quarantine_error)

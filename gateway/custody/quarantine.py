@@ -209,15 +209,18 @@ class QuarantineService:
         entry = self.show(entry_id)
         if entry.status == RELEASED:
             raise Conflict("entry was released already")
-        limit = self._settings.ppap_max_password_attempts
-        if entry.password_failures >= limit:
-            self._stores.audit.record(actor, "quarantine.password_refused", entry_id)
-            raise PasswordLimit("too many wrong passwords for this entry")
         targets = [p for p in entry.parts if p.releasable and (part is None or p.part == part)]
         if not targets:
             raise Conflict("no password-protected part to release")
+        # Counted before decrypting, in one conditional update: parallel guesses cannot
+        # all pass a check made before any of them is counted.
+        attempts = self._q.reserve_password_attempt(entry_id,
+                                                    self._settings.ppap_max_password_attempts)
+        if attempts is None:
+            self._stores.audit.record(actor, "quarantine.password_refused", entry_id)
+            raise PasswordLimit("too many wrong passwords for this entry")
         decrypted = {p.part: Replacement(p.sha256, self._decrypt_part(entry, p.part, p.filename,
-                                                                      password, actor))
+                                                                      password, actor, attempts))
                      for p in targets}
         original = self._q.original(entry_id)
         assert original is not None  # the entry exists and originals live as long as entries
@@ -251,7 +254,7 @@ class QuarantineService:
 
     def _decrypt_part(
         self, entry: QuarantineEntry, part: str, filename: str | None, password: str,
-        actor: Actor,
+        actor: Actor, attempts: int,
     ) -> bytes:
         assert self._decrypt is not None
         data = self._q.part_data(entry.id, part)
@@ -260,10 +263,9 @@ class QuarantineService:
         try:
             return self._decrypt(data, filename, password)
         except WrongPassword:
-            failures = self._q.count_password_failure(entry.id)
             self._stores.audit.record(actor, "quarantine.password_wrong", entry.id,
-                                      part=part, failures=failures)
-            left = max(0, self._settings.ppap_max_password_attempts - failures)
+                                      part=part, failures=attempts)
+            left = max(0, self._settings.ppap_max_password_attempts - attempts)
             raise BadPassword(f"wrong password ({left} attempts left)") from None
         except ConversionError as exc:
             raise Conflict(f"the part could not be decrypted: {exc.code}") from None

@@ -38,6 +38,12 @@ _QP_BROKEN = re.compile(rb"=(?![0-9A-Fa-f]{2}|\n|$)")
 _BOUNDARY_OK = re.compile(r"[0-9A-Za-z'()+_,./:=? -]{0,69}[0-9A-Za-z'()+_,./:=?-]")
 _KNOWN_CTE = {"7bit", "8bit", "binary", "base64", "quoted-printable",
               "x-uuencode", "uuencode", "x-uue"}
+#: The mbox separator `From sender date` as the first line, or right after the Received
+#: fields before it (ingress writes ours in front of what the client sent). Each
+#: alternative starts with a different byte, so a failed match backtracks line by line.
+#: `From : x` (obsolete syntax, space before the colon) is a header field, not this.
+_ENVELOPE_LINE = re.compile(
+    rb"((?:(?i:received):[^\n]*\n(?:[ \t][^\n]*\n)*)*)From (?![ \t]*:)[^\n]*\n")
 
 
 @dataclass(frozen=True)
@@ -118,10 +124,27 @@ def normalize_line_ends(untrusted: bytes, defects: list[str]) -> bytes:
     return data
 
 
+def _without_envelope_line(data: bytes, defects: list[str]) -> bytes:
+    """Drop a leading mbox `From ` line, as the stdlib parser does (its "unixfrom").
+
+    Exports and mbox files carry it (68 of 875 real mails in public corpora); read as a
+    header line it would end the header, and the recipient would see the raw fields, and
+    ISO-2022-JP with its escapes stripped, as body text. It is the envelope, not content:
+    never shown, only recorded.
+    """
+    if not data.startswith((b"From ", b"R", b"r")):
+        return data
+    found = _ENVELOPE_LINE.match(data)
+    if found is None:
+        return data
+    defects.append("mbox_from_line")
+    return found[1] + data[found.end():]
+
+
 def parse(untrusted: bytes, max_depth: int = 20, max_parts: int = 500) -> ParsedMessage:
     """Parse a whole message; never raises on any input."""
     defects: list[str] = []
-    data = normalize_line_ends(untrusted, defects)
+    data = _without_envelope_line(normalize_line_ends(untrusted, defects), defects)
     walk = _Walk(data, max_depth, max_parts, defects)
     top = read_header_block(data, 0, len(data))
     header_defects: list[str] = []
