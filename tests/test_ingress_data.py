@@ -83,9 +83,26 @@ _LINES = st.lists(st.tuples(st.integers(0, 700), st.sampled_from([b"\r\n", b"\n"
 @given(_LINES, st.integers(3, 600))
 def test_long_line_check_agrees_with_splitting_the_lines(lines: list[tuple[int, bytes]],
                                                          limit: int) -> None:
+    """Lines as `crlf` will make them: a CRLF, a bare CR and a bare LF each end one."""
     data = b"".join(b"x" * n + end for n, end in lines)
-    expected = any(len(line.removesuffix(b"\r")) + 2 > limit for line in data.split(b"\n"))
+    expected = any(len(line) + 2 > limit for line in crlf(data).split(b"\r\n"))
     assert has_line_longer(data, limit) == expected
+
+
+def test_cr_only_mail_is_measured_by_its_normalised_lines(
+        make_gateway: Callable[..., Gateway], sink: Sink) -> None:
+    """Real mail with CR-only line ends (lines of 150 octets) is accepted and arrives with
+    its lines; a real 10,000-octet line is still refused, whatever ends it."""
+    gw = make_gateway(sink.port)
+    session = Session(gw.smtp_port)
+    lines = [b"line %03d " % n + b"z" * 140 for n in range(100)]  # 14.9 KB, no LF at all
+    body = b"Subject: cr only\r\r" + b"\r".join(lines) + b"\r\n.\r\n"
+    assert session.transaction(body).startswith(b"250 2.0.0")
+    for end in (b"\r", b"\n", b"\r\n"):
+        long_line = b"Subject: long\r\n\r\n" + b"y" * 10_000 + end + b"ok\r\n.\r\n"
+        assert session.transaction(long_line) == b"500 5.5.6 Message line too long"
+    text = sink.wait(1)[0].message.get_content()
+    assert "line 000 " + "z" * 140 + "\n" in text and "line 099 " in text
 
 
 @given(_LINES)

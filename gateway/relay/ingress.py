@@ -9,11 +9,13 @@ the message is fsynced in the spool. The SMTP sessions that call it are
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import multiprocessing
 import re
 import time
 import zlib
 from array import array
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableSequence
 from concurrent.futures import Executor
 from email.utils import formatdate
@@ -21,7 +23,7 @@ from functools import lru_cache
 
 import structlog
 
-from gateway.pipeline.mimewrite import crlf
+from gateway.pipeline.mimewrite import crlf, is_crlf
 from gateway.queue.envelope import Envelope
 from gateway.queue.spool import Entry, RetryState, Spool, new_queue_id
 from gateway.relay.smtpd import ServerLimits, Session, SMTPSession, Transaction
@@ -33,8 +35,8 @@ REPLY_QUEUED = "250 2.0.0 queued as {queue_id}"
 REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_LINE_TOO_LONG = "500 5.5.6 Message line too long"
-
-
+#: A header field and its folds, each line ended by CRLF.
+_ONE_FIELD = re.compile(rb"[!-9;-~]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 
 #: Messages under this size go to the worker with their bytes (`on_queued`), made durable
 #: in the journal (`gateway.queue.journal`); a larger one is spooled in incoming/ and read back
@@ -60,58 +62,116 @@ def relay_refusal(address: str, accepted_domains: list[str]) -> str | None:
     return None
 
 
-#: Client addresses are counted in this many buckets (a stable hash of the address).
-LIMIT_BUCKETS = 4096
+#: Client keys each gateway process can count at once: shared memory has a fixed size,
+#: and this is far more than the open connections a group admits (MAX_CONNECTIONS).
+LIMIT_SLOTS = 4096
+#: A key is kept in one of this many slots from its hash on. When all of them hold other
+#: clients' open sessions, a connection is admitted without a per-client count (the total
+#: cap still holds): a full table must never refuse the front MTA because of others.
+LIMIT_PROBES = 8
+#: A row: this member's open total, then (client key, open sessions) per slot.
+_ROW = 1 + 2 * LIMIT_SLOTS
+#: A peer that is no IP address (a Unix socket): one client, apart from every IP key.
+_NO_IP_KEY = 0xFFFF_FFFE_0000_0000
+
+
+def client_key(addr: str) -> int:
+    """Who a connection counts for: the exact IPv4 address, or the /64 of an IPv6 one (a
+    host is given a whole /64 and picks its source addresses in it), as a signed 64-bit
+    table value. IPv4 keys are put under ffff:ffff::/32, multicast, which no connection
+    comes from: no key of one kind is a key of the other."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        key = _NO_IP_KEY
+    else:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        key = 0xFFFF_FFFF_0000_0000 | int(ip) if ip.version == 4 else int(ip) >> 64
+    return key - (1 << 64) if key >= 1 << 63 else key
 
 
 def limit_table(members: int) -> MutableSequence[int]:
     """The counts of `ConnectionLimiter` for a group: shared memory, one row per member."""
     table: MutableSequence[int] = multiprocessing.get_context("spawn").RawArray(
-        "i", members * (LIMIT_BUCKETS + 1))
+        "q", members * _ROW)
     return table
 
 
 class ConnectionLimiter:
-    """Counts open SMTP connections per client address (the 421 cap), over a whole group.
+    """Counts open SMTP connections per client (the 421 cap), over a whole group.
 
-    The counts are a table with a row per gateway process: a column per address bucket,
-    and one for the total. Each process writes its own row only and reads every row,
-    so no lock is needed (two processes admitting at the same instant may let one
-    connection past the cap) and the supervisor forgets a dead member's connections by
-    zeroing its row (`forget`). Addresses sharing a bucket share a cap: with 4,096
-    buckets and the few sending MTAs a gateway sees, rarely.
+    The counts are a table with a row per gateway process: its open total, and a small
+    hash table of exact client keys (`client_key`) with their open sessions. Each process
+    writes its own row only and reads every row, so no lock is needed (two processes
+    admitting at the same instant may let one connection past the cap) and the
+    supervisor forgets a dead member's connections by zeroing its row (`forget`). A
+    slot whose count is 0 is free; its stale key counts for nothing.
     """
 
     def __init__(self, per_client: int, total: int, table: MutableSequence[int] | None = None,
                  row: int = 0) -> None:
         self.per_client = per_client
         self.total = total
-        self.table = table if table is not None else array("i", bytes(4 * (LIMIT_BUCKETS + 1)))
-        self.width = LIMIT_BUCKETS + 1
-        self.rows = range(0, len(self.table), self.width)
-        self.mine = row * self.width
-
-    def _sum(self, column: int) -> int:
-        return sum(self.table[start + column] for start in self.rows)
+        self.table = table if table is not None else array("q", bytes(8 * _ROW))
+        self.rows = range(0, len(self.table), _ROW)
+        self.mine = row * _ROW
+        #: Open sessions of this process admitted while their slots were all taken.
+        self.uncounted: Counter[int] = Counter()
 
     def acquire(self, addr: str) -> bool:
-        bucket = zlib.crc32(addr.encode()) % LIMIT_BUCKETS
-        if self._sum(bucket) >= self.per_client or self._sum(LIMIT_BUCKETS) >= self.total:
+        key = client_key(addr)
+        slots = _slots(key)
+        if (self._open(key, slots) >= self.per_client
+                or sum(self.table[start] for start in self.rows) >= self.total):
             return False
-        self.table[self.mine + bucket] += 1
-        self.table[self.mine + LIMIT_BUCKETS] += 1
+        at = self._slot(key, slots)
+        if at is None:
+            self.uncounted[key] += 1
+        else:
+            self.table[at] = key  # the key before the count: a reader never sees a
+            self.table[at + 1] += 1  # count under another client's key
+        self.table[self.mine] += 1
         return True
 
     def release(self, addr: str) -> None:
-        bucket = zlib.crc32(addr.encode()) % LIMIT_BUCKETS
-        self.table[self.mine + bucket] -= 1
-        self.table[self.mine + LIMIT_BUCKETS] -= 1
+        key = client_key(addr)
+        self.table[self.mine] -= 1
+        if self.uncounted[key]:
+            self.uncounted[key] -= 1
+            return
+        at = self._slot(key, _slots(key))
+        if at is not None:
+            self.table[at + 1] -= 1
+
+    def _open(self, key: int, slots: list[int]) -> int:
+        """Open sessions of `key` over the group."""
+        table = self.table
+        return sum(table[start + s + 1] for start in self.rows for s in slots
+                   if table[start + s] == key)
+
+    def _slot(self, key: int, slots: list[int]) -> int | None:
+        """This member's slot holding `key`, else a free one; None when all are taken."""
+        free = None
+        for s in slots:
+            at = self.mine + s
+            if self.table[at + 1]:
+                if self.table[at] == key:
+                    return at
+            elif free is None:
+                free = at
+        return free
+
+
+def _slots(key: int) -> list[int]:
+    """Where `key` may be in a row: LIMIT_PROBES (key, count) slots from its hash on."""
+    first = zlib.crc32(key.to_bytes(8, "little", signed=True))
+    return [1 + 2 * ((first + i) % LIMIT_SLOTS) for i in range(LIMIT_PROBES)]
 
 
 def forget(table: MutableSequence[int], row: int) -> None:
     """A member died: its connections died with it."""
-    width = LIMIT_BUCKETS + 1
-    table[row * width:(row + 1) * width] = [0] * width
+    table[row * _ROW:(row + 1) * _ROW] = [0] * _ROW
 
 
 class IngressHandler:
@@ -135,10 +195,14 @@ class IngressHandler:
         self.on_queued = on_queued or (lambda _queue_id, _entry: None)
         self.room_for_fresh = room_for_fresh or _no_room
         self.on_rejected = on_rejected or (lambda: None)
+        self.postmaster = settings.postmaster or f"postmaster@{settings.accepted_domains[0]}"
 
     def handle_RCPT(self, session: Session, txn: Transaction, address: str) -> str:
         if len(txn.rcpt_tos) >= self.settings.max_recipients:
             return REPLY_TOO_MANY_RCPTS
+        if address.lower() == "postmaster":  # RFC 5321 4.5.1: MUST be accepted
+            txn.rcpt_tos.append(self.postmaster)
+            return "250 2.1.5 OK"
         reason = relay_refusal(address, self.settings.accepted_domains)
         if reason is not None:
             self.on_rejected()
@@ -194,8 +258,13 @@ class IngressHandler:
         for_clause = f"\r\n\tfor <{env.rcpt_tos[0]}>" if len(env.rcpt_tos) == 1 else ""
         line = (f"Received: from {helo} ([{env.client_addr}])\r\n\tby {self.settings.hostname}"
                 f" (mugaika) with ESMTP id {queue_id}{for_clause};\r\n\t"
-                f"{_date(int(env.received_at))}\r\n")
-        return line.encode("ascii", "replace")
+                f"{_date(int(env.received_at))}\r\n").encode("ascii", "replace")
+        # Added after the rebuilt header was checked (`rebuild.assert_safe_headers`), so it
+        # gets the same check here: no bare CR or LF, one field and its folds. The
+        # recipient and HELO came from the client; a failure answers 451, never a 250.
+        if not (is_crlf(line) and _ONE_FIELD.fullmatch(line)):
+            raise ValueError("our Received line is not one header field")
+        return line
 
 
 async def _no_room() -> bool:
@@ -210,26 +279,28 @@ def _date(second: int) -> str:
     return formatdate(second)
 
 
+_LINE_BREAK = re.compile(rb"[\r\n]")
+
+
 class LineTooLong(Exception):
     """A DATA line (with its CRLF) is longer than `max_line_bytes`."""
 
 
 def has_line_longer(data: bytes, limit: int) -> bool:
-    """Whether a line of `data` is longer than `limit` bytes with its CRLF (lines end at
-    LF, as they will once bare ones are made CRLF; a CR before the LF is the CRLF's).
+    """Whether a line of `data` is longer than `limit` bytes with its CRLF, the lines
+    being those `crlf` makes: a CRLF, a bare CR and a bare LF each end one (CR-only
+    mail has short lines, not one long one).
 
     Such a line covers a whole aligned block of limit // 2 bytes, so only a block with
-    no LF in it needs a closer look: a few finds per block at C speed, and no list of
-    the message's lines (a split of a 20 MB mail held 30 MB more for a while)."""
+    no CR nor LF in it needs a closer look: a search or two per block at C speed, and no
+    list of the message's lines (a split of a 20 MB mail held 30 MB more for a while)."""
     step = max(1, limit // 2)
     for start in range(0, len(data), step):
-        if data.find(b"\n", start, start + step) >= 0:
+        if _LINE_BREAK.search(data, start, start + step) is not None:
             continue
-        line_start = data.rfind(b"\n", 0, start) + 1
-        line_end = data.find(b"\n", start)
-        line_end = len(data) if line_end < 0 else line_end
-        if data.endswith(b"\r", line_start, line_end):
-            line_end -= 1
+        line_start = max(data.rfind(b"\n", 0, start), data.rfind(b"\r", 0, start)) + 1
+        after = _LINE_BREAK.search(data, start)
+        line_end = len(data) if after is None else after.start()
         if line_end - line_start + 2 > limit:
             return True
     return False

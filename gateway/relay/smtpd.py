@@ -63,6 +63,15 @@ _SYNTAX = "501 5.5.4 Syntax: {}"
 _PLAIN_PATH = re.compile(
     r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\.)*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
     r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.S)
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+#: What an address may be once parsed (RFC 5321 4.1.2): a Dot-string or a Quoted-string of
+#: qtextSMTP and quoted-pairSMTP (no control character, no DEL), then a domain or an
+#: address literal; a bare local part too (RCPT's `<postmaster>`; the policy decides).
+#: The stdlib parser lets `"x\rX-Injected: yes"`, NUL, ESC and `a..b` through, and the
+#: address ends up in our own Received line and the envelope sent downstream.
+_ADDRESS = re.compile(
+    rf'(?:{_ATOM}(?:\.{_ATOM})*|"(?:[ !#-\[\]-~]|\\[ -~])*")'
+    r"(?:@(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[!-Z^-~]+\]))?")
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,9 @@ class Admission(Protocol):
 def parse_path(arg: str) -> tuple[str | None, str]:
     """The address of a MAIL FROM/RCPT TO argument and the parameters after it.
 
-    The address is None when it cannot be parsed (553), "" for "<>". `<a@b>` takes a
-    fast path; anything else goes to the stdlib parser, as aiosmtpd's `_getaddr` did."""
+    The address is None when it cannot be parsed or is not RFC 5321's (553), "" for
+    "<>". `<a@b>` takes a fast path; anything else goes to the stdlib parser, as
+    aiosmtpd's `_getaddr` did, and what it makes of it is checked against `_ADDRESS`."""
     plain = _PLAIN_PATH.fullmatch(arg)
     if plain is not None:
         address, rest = plain[1], plain[2]
@@ -127,7 +137,8 @@ def parse_path(arg: str) -> tuple[str | None, str]:
             return None, ""
     if address == "<>":  # the null reverse-path
         return "", rest
-    if not address or len(address.rpartition("@")[0]) > LOCAL_PART_LIMIT:
+    if (not address or len(address.rpartition("@")[0]) > LOCAL_PART_LIMIT
+            or not _ADDRESS.fullmatch(address)):
         return None, ""
     return address, rest
 
@@ -198,10 +209,17 @@ class SMTPSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._leave()
+        self.transport = None
+
+    def _leave(self) -> None:
+        """The session is over: free its slot now, before its last reply is written, not
+        once the transport is gone. A front MTA at its concurrency limit reconnects as
+        soon as it reads `221`, maybe to another process of the group: the closed session
+        must not still count then."""
         if self._admitted:
             self._admitted = False
             self.admission.release(self.session.peer)
-        self.transport = None
 
     def pause_writing(self) -> None:
         """The client stopped reading its replies: stop reading its commands until it
@@ -213,7 +231,8 @@ class SMTPSession(asyncio.Protocol):
         self._advance()
 
     def eof_received(self) -> bool:
-        """The client closed its side: close ours, so the connection's slot is freed."""
+        """The client closed its side: close ours, and its slot is free already."""
+        self._leave()
         return False
 
     def _check_idle(self) -> None:
@@ -272,6 +291,7 @@ class SMTPSession(asyncio.Protocol):
         self._out.clear()
 
     def _close(self) -> None:
+        self._leave()
         self._flush()
         if self.transport is not None:
             self.transport.close()
