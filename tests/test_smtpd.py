@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.relay.smtpd import ServerLimits, Session, SMTPSession, Transaction
+from gateway.relay.smtpd import ADMISSION_GRACE, ServerLimits, Session, SMTPSession, Transaction
 
 LIMITS = ServerLimits(hostname="gw.test", max_message_bytes=10_000, max_line_bytes=2_000,
                       timeout=30.0, max_commands=20)
@@ -352,5 +352,25 @@ def test_admission_refused_and_freed_when_the_client_leaves() -> None:
             time.sleep(0.02)
         third = srv.connect()
         assert third.reply().startswith(b"220")
+    finally:
+        srv.close()
+
+
+def test_a_client_over_the_cap_waits_briefly_for_a_slot_and_is_greeted_first() -> None:
+    """The slot frees within ADMISSION_GRACE (a front MTA's earlier session ending): the
+    waiting client is greeted, not refused, and what it sent before the greeting is only
+    answered after it."""
+    admission = Admission(room=1)
+    srv = Server(LIMITS, admission)
+    try:
+        first = srv.connect()
+        assert first.reply().startswith(b"220")
+        second = srv.connect()
+        second.send(b"EHLO early.example\r\n")  # talks before it is greeted
+        time.sleep(ADMISSION_GRACE / 3)
+        first.send(b"QUIT\r\n")
+        assert first.reply().startswith(b"221")
+        assert second.reply() == b"220 gw.test mugaika ESMTP"
+        assert second.reply().startswith(b"250-gw.test")
     finally:
         srv.close()
