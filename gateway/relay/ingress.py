@@ -9,6 +9,7 @@ the message is fsynced in the spool. The SMTP sessions that call it are
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import multiprocessing
 import re
@@ -75,6 +76,7 @@ _ROW = 1 + 2 * LIMIT_SLOTS
 _NO_IP_KEY = 0xFFFF_FFFE_0000_0000
 
 
+@functools.lru_cache(maxsize=4096)  # every connection asks twice; the front MTA is one
 def client_key(addr: str) -> int:
     """Who a connection counts for: the exact IPv4 address, or the /64 of an IPv6 one (a
     host is given a whole /64 and picks its source addresses in it), as a signed 64-bit
@@ -144,13 +146,13 @@ class ConnectionLimiter:
         if at is not None:
             self.table[at + 1] -= 1
 
-    def _open(self, key: int, slots: list[int]) -> int:
+    def _open(self, key: int, slots: tuple[int, ...]) -> int:
         """Open sessions of `key` over the group."""
         table = self.table
         return sum(table[start + s + 1] for start in self.rows for s in slots
                    if table[start + s] == key)
 
-    def _slot(self, key: int, slots: list[int]) -> int | None:
+    def _slot(self, key: int, slots: tuple[int, ...]) -> int | None:
         """This member's slot holding `key`, else a free one; None when all are taken."""
         free = None
         for s in slots:
@@ -163,10 +165,11 @@ class ConnectionLimiter:
         return free
 
 
-def _slots(key: int) -> list[int]:
+@functools.lru_cache(maxsize=4096)
+def _slots(key: int) -> tuple[int, ...]:
     """Where `key` may be in a row: LIMIT_PROBES (key, count) slots from its hash on."""
     first = zlib.crc32(key.to_bytes(8, "little", signed=True))
-    return [1 + 2 * ((first + i) % LIMIT_SLOTS) for i in range(LIMIT_PROBES)]
+    return tuple(1 + 2 * ((first + i) % LIMIT_SLOTS) for i in range(LIMIT_PROBES))
 
 
 def forget(table: MutableSequence[int], row: int) -> None:
