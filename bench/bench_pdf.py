@@ -116,12 +116,11 @@ def pipeline(data: bytes) -> None:
     """Render in this process and write the delivered files from the pixels, as the
     gateway's trusted code does (`converters.package`)."""
     from converters.limits import ConversionPolicy
-    from converters.package import Packager
+    from converters.package import package
     from converters.pdf import PdfConverter
 
     policy = ConversionPolicy(dpi=DPI)
-    with Packager("a", policy) as packager:
-        packager.finish(PdfConverter().convert(data, "a.pdf", policy))
+    package(PdfConverter().convert(data, "a.pdf", policy), "a", policy)
 
 
 def sandboxed(pool: Any, data: bytes, policy: Any) -> None:

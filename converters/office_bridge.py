@@ -189,7 +189,8 @@ def convert_document(proc: subprocess.Popen[bytes], desktop: object,
         src, dst = os.path.join(scratch, "in" + suffix), os.path.join(scratch, "out.pdf")
         with open(src, "wb") as f:
             f.write(document)
-        max_pages = int(request.get("max_pages", 50))  # type: ignore[call-overload]
+        pages = request.get("max_pages")
+        max_pages = pages if isinstance(pages, int) else 50
         reply = convert(proc, desktop, src, dst, max_pages)
         if not reply["ok"]:
             return reply, b""

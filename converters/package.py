@@ -38,6 +38,13 @@ def encode_pixels(pixels: Pixels, policy: ConversionPolicy) -> Encoded:
     return encode(img)
 
 
+def package(conversion: Conversion, stem: str, policy: ConversionPolicy
+            ) -> tuple[Rendering, ...]:
+    """The files for a conversion made in this process (its images read as they come)."""
+    with Packager(stem, policy) as packager:
+        return packager.finish(conversion)
+
+
 @dataclass(frozen=True)
 class _Encoded:
     image: Encoded

@@ -33,10 +33,17 @@ from converters import pdfscan
 from converters.base import Conversion
 from converters.encode import is_grey, to_grey4, to_jpeg
 from converters.errors import Corrupt, Encrypted, LimitExceeded, SandboxFailure
-from converters.framing import FramingError, read_frame, widen_pipe, write_frame
+from converters.framing import (
+    FramingError,
+    frame_bound,
+    pixels_frame,
+    read_frame,
+    widen_pipe,
+    write_frame,
+)
 from converters.limits import ConversionPolicy
 from converters.pdfwrite import Page, write_pdf
-from converters.pixels import Pixels, describe, max_bytes
+from converters.pixels import Pixels, checked
 
 #: Renderer processes per PDF; two cores measured 1.9-2.0x one (docs/MEASURED.md).
 MAX_RENDER_PROCESSES = 4
@@ -146,9 +153,7 @@ def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPol
     try:
         with os.fdopen(write_fd, "wb") as out:
             for index in indexes:
-                pixels = render_page(doc, index, policy)
-                write_frame(out, {"index": index, **describe(pixels)},
-                            (pixels.data, pixels.text.encode("utf-8")))
+                write_frame(out, *pixels_frame(render_page(doc, index, policy)))
     except BaseException:  # a renderer reports failure by its exit status
         code = 1
     os._exit(code)
@@ -157,13 +162,13 @@ def _render_share(doc: pdfium.PdfDocument, indexes: range, policy: ConversionPol
 def _drain(stream: IO[bytes], pages: queue.SimpleQueue[Pixels | None],
            policy: ConversionPolicy) -> None:
     """On a thread: take a renderer's pages off its pipe as they come, so that it never
-    waits for this process to want them; None marks the end (or a broken renderer)."""
+    waits for this process to want them; None marks the end (or a broken renderer).
+    The frames are the ones that go on to the gateway (`pixels_frame`)."""
     try:
         while True:
-            h, (data, text) = read_frame(stream, max_bytes(policy.limits) + (64 << 20))
-            pages.put(Pixels(h["mode"], h["width"], h["height"], data, h["width_pt"],
-                             h["height_pt"], text=text.decode("utf-8")))
-    except (EOFError, FramingError, ValueError, KeyError):
+            header, (data, text) = read_frame(stream, frame_bound(policy.limits))
+            pages.put(checked(header["pixels"], data, text, policy.limits))
+    except (EOFError, FramingError, SandboxFailure, ValueError, KeyError):
         pages.put(None)
 
 

@@ -18,7 +18,7 @@ from converters import errors
 from converters.limits import ConversionPolicy
 from converters.office import OfficeConverter
 from converters.office_pool import OfficeConfig, OfficePool
-from converters.package import Packager
+from converters.package import package
 from gateway.settings import Settings, load_settings
 
 PROBE_TEXT = "無害化テスト 令和7年度 住民票"
@@ -53,8 +53,7 @@ def check(settings: Settings) -> dict[str, Any]:
             report["startup_seconds"] = round(time.monotonic() - started, 2)
             started = time.monotonic()
             conv = OfficeConverter(pool).convert(probe_rtf(), "probe.rtf", ConversionPolicy())
-            with Packager("probe", ConversionPolicy()) as packager:
-                files = packager.finish(conv)
+            files = package(conv, "probe", ConversionPolicy())
         except errors.ConversionError as exc:
             report.update(ok=False, error=exc.code)
             return report

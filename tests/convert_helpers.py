@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from converters.base import Conversion, Converter, Member, Rendering
 from converters.limits import ConversionPolicy
 from converters.names import clean_name, stem
-from converters.package import Packager
+from converters.package import package
 from converters.registry import CONVERTERS, Registration, Registry
 from tests.containment_helpers import ATTACKS
 
@@ -34,8 +34,7 @@ def render(converter: Converter, untrusted: bytes, filename: str, policy: Conver
     code (`converters.package`), next to its text."""
     conv = converter.convert(untrusted, filename, policy)
     name = filename.replace("\\", "/").rsplit("/", 1)[-1]  # a member's path: its own name
-    with Packager(stem(clean_name(name)), policy) as packager:
-        files = packager.finish(conv)
+    files = package(conv, stem(clean_name(name)), policy)
     return dataclasses.replace(conv, outputs=files, images=())
 
 
