@@ -6,10 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Debian packages the gateway needs at run time (libmagic, LibreOffice without GUI, Japanese
-# fonts, the sandbox, poppler for tests) and the tools the tests drive (swaks).
+# fonts, the sandbox, poppler for tests, Unicode's carrier-emoji table) and the tools the
+# tests drive (swaks).
 DEB_PACKAGES := libmagic1 bubblewrap libseccomp2 swaks libarchive13 \
 	libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui python3-uno \
-	fonts-ipaexfont fonts-noto-cjk poppler-utils p7zip-full lhasa
+	fonts-ipaexfont fonts-noto-cjk poppler-utils p7zip-full lhasa unicode-data
 
 .PHONY: setup run test lint typecheck pytest bench clean
 

@@ -23,6 +23,7 @@ import unicodedata
 
 from charset_normalizer import from_bytes
 
+from converters.emoji import KDDI_MAIL_ERRORS, current_carrier, replace_emoji
 from converters.jis import decode_cp50220, decode_cp51932, encode_cp50220
 
 __all__ = ["decode_bytes", "encode_iso2022jp", "normalize_label"]
@@ -79,6 +80,8 @@ def _strict(untrusted: bytes, codec: str) -> str | None:
     try:
         if codec in _OURS:
             return _OURS[codec](untrusted)
+        if codec == "cp932" and current_carrier() == "kddi":
+            return untrusted.decode(codec, KDDI_MAIL_ERRORS)
         return untrusted.decode(codec)
     except (UnicodeDecodeError, LookupError, ValueError):
         return None
@@ -86,6 +89,15 @@ def _strict(untrusted: bytes, codec: str) -> str | None:
 
 def decode_bytes(untrusted: bytes, declared: str | None = None) -> tuple[str, str]:
     """Decode `untrusted`; return the text and the decoder actually used.
+
+    Carrier emoji come out as Unicode emoji (`converters.emoji`).
+    """
+    text, codec = _decode(untrusted, declared)
+    return replace_emoji(text, codec), codec
+
+
+def _decode(untrusted: bytes, declared: str | None) -> tuple[str, str]:
+    """The text of `untrusted` and the decoder used.
 
     Order: the declared charset strictly; a confident Japanese or UTF-8 reading (labels
     lie); the declared charset with a few U+FFFD when only a few bytes are broken (one

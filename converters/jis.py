@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from converters.emoji import KDDI_MAIL_LEADS, current_carrier
+
 __all__ = ["decode_cp50220", "decode_cp51932", "encode_cp50220"]
 
 _HIGH = bytes.maketrans(bytes(range(0x21, 0x7f)), bytes(range(0xa1, 0xff)))
@@ -40,6 +42,10 @@ def _tables() -> tuple[bytes, bytes, bytes]:
 
 
 _LEAD, _ODD, _TRAIL = _tables()
+#: au phones send their emoji in rows 0x75-0x7C, where CP50220 has NEC-selected IBM kanji
+#: (79-7C) or nothing: in mail from au, those rows lead to the handset's emoji codes.
+_LEAD_KDDI = _LEAD.translate(
+    bytes.maketrans(bytes(KDDI_MAIL_LEADS), bytes(KDDI_MAIL_LEADS.values())))
 
 
 _ESCAPES = re.compile(rb"(\x1b\$\(D|\x1b\$[@B]|\x1b&@\x1b\$B|\x1b\([BJI]|[\x0e\x0f])")
@@ -52,7 +58,7 @@ _MODES = {
 _SEPARATORS = re.compile(rb"(\r\n|\n|\r|[ \t]+)")
 
 
-def _pairs_to_sjis(untrusted: bytes) -> bytes:
+def _pairs_to_sjis(untrusted: bytes, lead: bytes = _LEAD) -> bytes:
     """7-bit JIS X 0208 pairs (any row 1-94, NEC and IBM rows included) to CP932 bytes.
 
     All in C: two translate calls and one big-integer OR, no Python loop per character,
@@ -62,7 +68,7 @@ def _pairs_to_sjis(untrusted: bytes) -> bytes:
     flagged = (int.from_bytes(rows.translate(_ODD), "big")
                | int.from_bytes(cells, "big")).to_bytes(len(cells), "big")
     out = bytearray(len(untrusted))
-    out[0::2] = rows.translate(_LEAD)
+    out[0::2] = rows.translate(lead)
     out[1::2] = flagged.translate(_TRAIL)
     return bytes(out)
 
@@ -71,7 +77,8 @@ def _jis_pairs(untrusted: bytes) -> str:
     """Decode 7-bit JIS X 0208 pairs (with NEC/IBM rows) to text, CP932's mapping."""
     if len(untrusted) % 2 or _NOT_JIS.search(untrusted):
         raise ValueError("broken JIS X 0208 sequence")
-    return _pairs_to_sjis(untrusted).decode("cp932")
+    lead = _LEAD_KDDI if current_carrier() == "kddi" else _LEAD
+    return _pairs_to_sjis(untrusted, lead).decode("cp932")
 
 
 def _segment(mode: int, untrusted: bytes) -> str:

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
+from converters.emoji import EMOJI_SOURCES, emoji_sources
 from gateway.api import create_app
 from gateway.api.serve import NotifyingSpool, serve_api
 from gateway.custody.ppap import sandboxed_decrypter
@@ -113,6 +114,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
                          decrypt=sandboxed_decrypter(settings))
         tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
     log.info("spool_recovered", recovered=recovered)
+    if not emoji_sources():  # Debian's unicode-data; `make setup` installs it
+        log.warning("carrier_emoji_table_missing", path=str(EMOJI_SOURCES),
+                    effect="carrier emoji stay private-use characters")
     log.info("serving", smtp=f"{settings.smtp_host}:{settings.smtp_port}",
              data_dir=str(settings.data_dir), downstream=settings.downstream_host or "maildir")
     try:

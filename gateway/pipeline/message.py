@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from converters.base import Rendering
+from converters.emoji import sender_carrier
 from gateway.pipeline.attachments import (
     AttachmentContext,
     HeldOriginal,
@@ -53,7 +54,8 @@ class Opened:
 def open_message(untrusted: bytes, queue_id: str, settings: Settings) -> Opened:
     """Parse and extract the body: pure computation on the bytes, no converter."""
     parsed = parse(untrusted, settings.max_mime_depth, settings.max_mime_parts)
-    body = None if parsed.too_complex else extract_body(parsed.leaves, settings)
+    with sender_carrier(parsed.carrier):
+        body = None if parsed.too_complex else extract_body(parsed.leaves, settings)
     return Opened(untrusted, queue_id, parsed, body)
 
 

@@ -23,6 +23,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
+from converters.emoji import carrier_for_domain, sender_carrier
 from gateway.pipeline.headers import (
     HeaderBlock,
     Params,
@@ -78,6 +79,8 @@ class ParsedMessage:
     too_complex: str = ""
     #: Top-level fields with encoded words left as they were (for address parsing).
     raw_headers: tuple[tuple[str, str], ...] = ()
+    #: The mobile carrier whose phone sent this (From: domain), for its emoji; or None.
+    carrier: str | None = None
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -147,18 +150,31 @@ def parse(untrusted: bytes, max_depth: int = 20, max_parts: int = 500) -> Parsed
     data = _without_envelope_line(normalize_line_ends(untrusted, defects), defects)
     walk = _Walk(data, max_depth, max_parts, defects)
     top = read_header_block(data, 0, len(data))
+    carrier = _carrier(top)
     header_defects: list[str] = []
-    headers = tuple((k, decode_field(v, header_defects)) for k, v in top.fields)
-    raw_headers = tuple((k, text_of(v)) for k, v in top.fields)
-    for code in [*top.defects, *header_defects, *_duplicates(headers)]:
-        walk.defect(code)
-    reason = ""
-    try:
-        _walk(walk, top)
-    except _TooComplex as stop:
-        reason = str(stop)
+    with sender_carrier(carrier):
+        headers = tuple((k, decode_field(v, header_defects)) for k, v in top.fields)
+        raw_headers = tuple((k, text_of(v)) for k, v in top.fields)
+        for code in [*top.defects, *header_defects, *_duplicates(headers)]:
+            walk.defect(code)
+        reason = ""
+        try:
+            _walk(walk, top)
+        except _TooComplex as stop:
+            reason = str(stop)
     leaves = () if reason else tuple(walk.leaves)
-    return ParsedMessage(headers, leaves, tuple(walk.defects), reason, raw_headers)
+    return ParsedMessage(headers, leaves, tuple(walk.defects), reason, raw_headers, carrier)
+
+
+#: The domain of the last address in a From: field (carrier mail has exactly one).
+_FROM_DOMAIN = re.compile(rb"@([A-Za-z0-9.-]+)[>\s]*(?:\([^()]*\)\s*)?$")
+
+
+def _carrier(top: HeaderBlock) -> str | None:
+    """The carrier of the From: address, read from the raw field (no decoding needed)."""
+    senders = top.all("from")
+    found = _FROM_DOMAIN.search(senders[0].strip()) if len(senders) == 1 else None
+    return carrier_for_domain(found[1].decode("ascii")) if found else None
 
 
 #: Fields a reader sees once; two different values mean clients may show either.
