@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from gateway.pipeline.report import Report, Verdict
 from gateway.queue.envelope import Envelope
 from gateway.settings import Settings
 from gateway.store.common import write
+from tests.store_helpers import PG_ENV, _fresh_pg_database
 
 
 def _log_traffic(stores: SqlStores, count: int) -> None:
@@ -99,3 +101,45 @@ def test_a_row_that_cannot_be_written_does_not_stop_the_log(
         log.record_received("GOOD2", env, 10)
         assert log.get("GOOD1") is not None and log.get("GOOD2") is not None
         assert log.get("POISON") is None
+
+
+def test_rows_that_fail_while_the_database_comes_back_are_kept(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: during a PostgreSQL outage, rows that failed only while the database was
+    still coming back were dropped as poison when others of the same pass went in. A
+    connection error says nothing about a row: every row must land."""
+    monkeypatch.setattr("gateway.store.behind.RETRY_DELAYS", (0.01,))
+    with closing(open_stores(Settings(data_dir=tmp_path), write_behind=True)) as stores:
+        log = stores.messages
+        real = log._write_batch
+        unlucky = {"Q0001": 6, "Q0003": 6}  # each fails this many times, then goes in
+
+        def coming_back(conn: Any, batch: list[Any]) -> None:
+            for _, row in batch:
+                if unlucky.get(row.get("queue_id"), 0) > 0:
+                    unlucky[row["queue_id"]] -= 1
+                    raise OperationalError("INSERT", {}, Exception("the database system is "
+                                                                   "starting up"))
+            real(conn, batch)
+
+        monkeypatch.setattr(log._behind, "_write_batch", coming_back)
+        env = Envelope("a@example.com", ("clerk@example.lg.jp",), received_at=1_700_000_000.0)
+        for i in range(5):
+            log.record_received(f"Q{i:04d}", env, 10)
+        assert [log.get(f"Q{i:04d}") is not None for i in range(5)] == [True] * 5
+
+
+@pytest.mark.skipif(not os.environ.get(PG_ENV), reason="needs MUGAIKA_TEST_DATABASE_URL")
+def test_a_row_postgresql_refuses_is_dropped_alone(tmp_path: Path) -> None:
+    """A NUL in a text value: PostgreSQL refuses that row's values, for good."""
+    for url in _fresh_pg_database(os.environ[PG_ENV]):
+        settings = Settings(data_dir=tmp_path, database_url=url)
+        with closing(open_stores(settings, write_behind=True)) as stores:
+            env = Envelope("a@example.com", ("clerk@example.lg.jp",), received_at=1.0e9)
+            bad = Envelope("a\x00b@example.com", ("clerk@example.lg.jp",), received_at=1.0e9)
+            stores.messages.record_received("GOOD1", env, 10)
+            stores.messages.record_received("NUL", bad, 10)
+            stores.messages.record_received("GOOD2", env, 10)
+            assert stores.messages.get("GOOD1") is not None
+            assert stores.messages.get("GOOD2") is not None
+            assert stores.messages.get("NUL") is None

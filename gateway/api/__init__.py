@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.api import audit, health, links, messages, quarantine
 from gateway.api.context import ApiContext, ApiError, ApiSpool, Check
@@ -37,6 +38,7 @@ from gateway.custody.quarantine import (
 from gateway.custody.stores import SqlStores
 from gateway.metrics import Metrics
 from gateway.settings import Settings
+from gateway.store.common import refused_by_database
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ def create_app(
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(QuarantineError, _quarantine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.include_router(health.router)
     app.include_router(health.metrics_router(settings.metrics_public))
     for router in (messages.router, quarantine.router, audit.router, links.router):
@@ -122,6 +125,18 @@ async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return JSONResponse({"code": exc.code, "message": exc.message}, exc.status, headers=headers)
+
+
+async def _database_error(_request: Request, exc: Exception) -> JSONResponse:
+    """The database away (PostgreSQL restarting, the network to it cut): 503 with
+    Retry-After, so that a console or script tries again, instead of a bare 500. Nothing
+    was changed: every change and its audit row commit in one transaction."""
+    if refused_by_database(exc):
+        raise exc
+    log.warning("api_database_unavailable: %s", str(exc)[:300])
+    return JSONResponse({"code": "database_unavailable",
+                         "message": "the database is unavailable; try again shortly"},
+                        503, headers={"Retry-After": "5"})
 
 
 class _AsciiJSON(JSONResponse):

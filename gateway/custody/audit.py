@@ -8,11 +8,12 @@ no way to, and database triggers refuse it (see migration 0001).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from gateway.store.common import Clock, Page, dumps, paged, utcnow, write
 from gateway.store.schema import audit_log
@@ -55,11 +56,28 @@ class AuditLog:
 
     def record(self, actor: Actor, action: str, target: str = "", **detail: Any) -> None:
         with write(self._engine) as conn:
-            conn.execute(insert(audit_log).values(
-                at=self._clock(), actor=actor.name[:128], role=actor.role[:16],
-                action=action[:64], target=target[:128], remote=actor.remote[:64],
-                detail=dumps(detail),
-            ))
+            self.record_in(conn, actor, action, target, **detail)
+
+    def record_in(self, conn: Connection, actor: Actor, action: str, target: str = "",
+                  **detail: Any) -> None:
+        """Write the row in `conn`'s transaction: the change it records commits with it
+        or not at all (a database lost between the two must not leave a release with no
+        audit row)."""
+        conn.execute(insert(audit_log).values(
+            at=self._clock(), actor=actor.name[:128], role=actor.role[:16],
+            action=action[:64], target=target[:128], remote=actor.remote[:64],
+            detail=dumps(detail),
+        ))
+
+    def hook(self, actor: Actor, action: str, target: str = "",
+             **detail: Any) -> Callable[[Connection, Mapping[str, Any]], None]:
+        """`record_in` for a store method to call inside its transaction, with what the
+        change made (a request id, a queue id) added to the detail."""
+
+        def write_row(conn: Connection, made: Mapping[str, Any]) -> None:
+            self.record_in(conn, actor, action, target, **detail, **made)
+
+        return write_row
 
     def search(self, q: AuditQuery) -> Page[AuditEvent]:
         query = select(audit_log)

@@ -136,16 +136,13 @@ class QuarantineService:
 
     # --- changes ----------------------------------------------------------------------
     def delete(self, entry_id: str, actor: Actor) -> None:
-        if not self._q.delete(entry_id):
+        if not self._q.delete(entry_id, self._stores.audit.hook(actor, "quarantine.delete",
+                                                                entry_id)):
             raise NotFound("no such quarantine entry")
-        self._stores.audit.record(actor, "quarantine.delete", entry_id)
 
     def purge(self, actor: Actor) -> list[str]:
         """Remove expired entries (the scheduled task and `mugaika quarantine purge`)."""
-        gone = self._q.purge()
-        if gone:
-            self._stores.audit.record(actor, "quarantine.purge", "", count=len(gone))
-        return gone
+        return self._q.purge(audit=self._stores.audit.hook(actor, "quarantine.purge"))
 
     def request_release(
         self, entry_id: str, actor: Actor, reason: str = "", force_approval: bool = False
@@ -155,11 +152,11 @@ class QuarantineService:
         entry = self.show(entry_id)
         if entry.status != HELD:
             raise Conflict(f"entry is {entry.status}, not held")
-        request_id = self._q.add_request(entry_id, actor.name, actor.remote, reason)
+        audit = self._stores.audit.hook(actor, "quarantine.release_request", entry_id,
+                                        reason=reason)
+        request_id = self._q.add_request(entry_id, actor.name, actor.remote, reason, audit)
         if request_id is None:
             raise Conflict("entry is no longer held")
-        self._stores.audit.record(actor, "quarantine.release_request", entry_id,
-                                  request_id=request_id, reason=reason)
         if not (self._settings.release_requires_approval or force_approval):
             return self._carry_out(entry, request_id, actor, requester=actor.name)
         return ReleaseOutcome(entry_id, "pending", request_id)
@@ -189,15 +186,15 @@ class QuarantineService:
             add_headers=((RELEASED_BY_HEADER, approver.name), (REQUESTED_BY_HEADER, requester)),
             extra={"quarantine_id": entry.id},
         )
+        audit = self._stores.audit.hook(approver, "quarantine.release", entry.id,
+                                        request_id=request_id, requested_by=requester,
+                                        recipients=list(entry.recipients))
         queue_id = self._q.complete_release(
-            entry.id, request_id, approver.name, self._spooler(original, envelope)
+            entry.id, request_id, approver.name, self._spooler(original, envelope), audit
         )
         if queue_id is None:
             raise Conflict("the release request was decided meanwhile")
         self._spool.wake(queue_id)  # only now: the worker must see the committed log row
-        self._stores.audit.record(approver, "quarantine.release", entry.id,
-                                  request_id=request_id, requested_by=requester,
-                                  queue_id=queue_id, recipients=list(entry.recipients))
         return ReleaseOutcome(entry.id, "released", request_id, queue_id)
 
     def release_with_password(
@@ -233,12 +230,13 @@ class QuarantineService:
             message = replace_parts(original, decrypted)
         except ValueError:
             raise Conflict("the encrypted part could not be located in the original") from None
-        queue_id = self._q.release_now(entry_id, actor.name, self._spooler(message, envelope))
+        audit = self._stores.audit.hook(actor, "quarantine.release_password", entry_id,
+                                        parts=sorted(decrypted))
+        queue_id = self._q.release_now(entry_id, actor.name, self._spooler(message, envelope),
+                                       audit)
         if queue_id is None:
             raise Conflict("entry was released meanwhile")
         self._spool.wake(queue_id)
-        self._stores.audit.record(actor, "quarantine.release_password", entry_id,
-                                  parts=sorted(decrypted), queue_id=queue_id)
         return ReleaseOutcome(entry_id, "released", None, queue_id)
 
     def _spooler(self, raw: bytes, envelope: Envelope) -> Callable[[Connection], str]:

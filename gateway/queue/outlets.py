@@ -40,6 +40,12 @@ def retry_delay(attempts: int, settings: Settings) -> float:
     return float(min(delay, settings.retry_max_seconds))
 
 
+class StoreUnavailable(Exception):
+    """The database is away (a connection lost or refused, a server restarting): the
+    message is not at fault. The worker tries it again later without counting it towards
+    the poison limit, until the queue lifetime ends (`Worker._park`)."""
+
+
 DeliveryStatus = Literal["queued", "delivered", "deferred", "bounced", "quarantined"]
 
 

@@ -36,7 +36,14 @@ from gateway.pipeline.rebuild import rebuild
 from gateway.pipeline.report import Report, Verdict
 from gateway.pipeline.sanitize import finish
 from gateway.queue.envelope import Envelope
-from gateway.queue.outlets import DeliveryResult, DeliveryStatus, Forwarder, Stores, retry_delay
+from gateway.queue.outlets import (
+    DeliveryResult,
+    DeliveryStatus,
+    Forwarder,
+    Stores,
+    StoreUnavailable,
+    retry_delay,
+)
 from gateway.queue.spool import DERIVED_SUFFIX, Entry, RetryState, Spool, derived_id
 from gateway.settings import Settings
 
@@ -321,6 +328,9 @@ class Worker:
         if not self.spool.claimed(queue_id) and self.spool.claimed(derived_id(queue_id)):
             queue_id = derived_id(queue_id)
         state = self.spool.read_state(queue_id)
+        if isinstance(error, StoreUnavailable) and not self._outlived(state):
+            self._wait_for_store(queue_id, state, error)
+            return
         reason = f"internal error: {type(error).__name__}"
         state = replace(state, attempts=state.attempts + 1, last_error=reason,
                         next_try=time.time() + retry_delay(state.attempts + 1, self.settings))
@@ -336,6 +346,26 @@ class Worker:
             return
         log.error("message_failed", queue_id=queue_id, reason=reason, attempts=state.attempts)
         self.metrics.failed("internal_error")
+
+    def _wait_for_store(self, queue_id: str, state: RetryState, error: Exception) -> None:
+        """The database is away: try again after the first retry delay, not counted as a
+        bug (a minute-long PostgreSQL outage must not make held mail poison)."""
+        delay = retry_delay(1, self.settings)
+        now = time.time()
+        state = replace(state, last_error="database unavailable", next_try=now + delay,
+                        first_attempt=state.first_attempt or now)
+        try:
+            self.spool.defer(queue_id, state)
+        except OSError:  # left claimed: recovered at the next start
+            log.exception("park_failed", queue_id=queue_id)
+            return
+        log.warning("store_unavailable", queue_id=queue_id, retry_in=delay, error=str(error))
+
+    def _outlived(self, state: RetryState) -> bool:
+        """Whether the entry has waited for the database longer than the queue lifetime:
+        then it ends like a bug, in failed/ with a reason, never an endless retry."""
+        waited = time.time() - (state.first_attempt or time.time())
+        return waited > self.settings.max_queue_lifetime_seconds
 
     async def scheduler(self) -> None:
         """Enqueue what waits in incoming/ (after `Spool.recover()`), and wake deferred

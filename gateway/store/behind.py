@@ -9,7 +9,8 @@ transaction, one `executemany` per statement.
 What it keeps: the message log was already non-durable (`write(durable=False)`): it is a
 record of what the spool keeps durably. Write-behind adds a few milliseconds of lag and
 nothing else: reads (`flush()` first) see every row queued before them, a failed write is
-retried (never dropped) and `close()` writes what is left. `MAX_PENDING` rows bound the
+retried (a row is dropped only when the database refuses its values:
+`gateway.store.common.refused_by_database`) and `close()` writes what is left. `MAX_PENDING` rows bound the
 memory while the database is unreachable: beyond it the callers wait (back-pressure).
 """
 
@@ -24,6 +25,8 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
+from gateway.store.common import refused_by_database
+
 log = structlog.get_logger("mugaika.store")
 
 #: Queued rows beyond which `put` waits for the writer (the database is down or slow).
@@ -32,8 +35,6 @@ MAX_PENDING = 50_000
 #: transaction for all of them instead of a GIL hand-over per row (a reader's `flush()`
 #: waits at most this much longer).
 LINGER_SECONDS = 0.05
-#: Failed tries of a whole batch before it is written row by row (`_without_poison`).
-POISON_AFTER = 3
 #: Retry delays after a failed batch, seconds (the last one repeats).
 RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0)
 
@@ -101,8 +102,8 @@ class WriteBehind:
                 self._cv.notify_all()
 
     def _write(self, batch: list[Row]) -> None:
-        """Write `batch` in one transaction, retrying until it lands (or, after
-        `POISON_AFTER` failures, writing what can be written row by row)."""
+        """Write `batch` in one transaction, retrying until it lands; when the database
+        refused some row's values, what can be written goes in row by row."""
         for attempt in itertools.count():
             try:
                 self._write_rows(batch)
@@ -111,8 +112,9 @@ class WriteBehind:
                 delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
                 log.error("message_log_write_failed", rows=len(batch), error=str(exc)[:300],
                           retry_in=delay)
-            if attempt + 1 >= POISON_AFTER:
-                batch = self._without_poison(batch)
+                refused = refused_by_database(exc)
+            if refused:
+                batch = self._without_refused(batch)
                 if not batch:
                     return
             time.sleep(delay)
@@ -121,22 +123,18 @@ class WriteBehind:
         with self._begin() as conn:
             self._write_batch(conn, rows)
 
-    def _without_poison(self, batch: list[Row]) -> list[Row]:
-        """Write `batch` row by row; what is left to retry.
+    def _without_refused(self, batch: list[Row]) -> list[Row]:
+        """Write `batch` row by row, dropping (and logging) the rows the database refuses;
+        what is left to retry.
 
-        Rows that fail alone while others go in cannot be written at all (a bug, a value
-        the database refuses): they are logged and dropped, so that one bad row cannot
-        stop the log (and every reader's `flush()`) for good. When no row goes in, the
-        database itself is away: all of them are kept for the next try."""
-        failed: list[Row] = []
-        for one in batch:
+        Any other failure on the way (the connection lost meanwhile) says nothing about
+        the row: it and the rows after it are kept for the next try."""
+        for i, (kind, values) in enumerate(batch):
             try:
-                self._write_rows([one])
-            except Exception:  # judged below, with the others' outcome
-                failed.append(one)
-        if len(failed) == len(batch):
-            return batch
-        for kind, values in failed:
-            log.error("message_log_row_dropped", kind=kind,
-                      queue_id=values.get("queue_id") or values.get("b_queue_id"))
+                self._write_rows([(kind, values)])
+            except Exception as exc:  # judged: refused values or a database away
+                if not refused_by_database(exc):
+                    return batch[i:]
+                log.error("message_log_row_dropped", kind=kind, error=str(exc)[:300],
+                          queue_id=values.get("queue_id") or values.get("b_queue_id"))
         return []

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, Select, func, select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 
 T = TypeVar("T")
 
@@ -84,6 +85,25 @@ def write(engine: Engine, durable: bool = True) -> Iterator[Connection]:
             if sqlite and durable:
                 conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
                 conn.commit()
+
+
+def refused_by_database(error: BaseException) -> bool:
+    """Whether writing the same values again can never succeed.
+
+    True when the database refused the values (a data or integrity error), when they could
+    not be sent at all (a value the driver cannot bind), or for a bug of ours building
+    them. False for everything that says nothing about the values: a lost or refused
+    connection, a server starting or shutting down, a pool or lock timeout, a full disk.
+    Rows judged by this are dropped only when it says True (issue 17: during a PostgreSQL
+    outage, rows that failed while the database was still coming back were dropped).
+    """
+    if isinstance(error, (DataError, IntegrityError)):
+        return True
+    if isinstance(error, DBAPIError):
+        return False
+    if isinstance(error, StatementError):
+        return True
+    return not isinstance(error, (SQLAlchemyError, OSError))
 
 
 def join_addresses(addresses: Sequence[str]) -> str:

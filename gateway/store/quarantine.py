@@ -8,7 +8,7 @@ are conditional updates so that two approvers clicking at once release a message
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +19,7 @@ from gateway.pipeline.attachments import HeldOriginal
 from gateway.pipeline.headers import decode_field, read_header_block
 from gateway.pipeline.report import Report, Verdict
 from gateway.queue.envelope import Envelope
+from gateway.queue.outlets import StoreUnavailable
 from gateway.store.blobs import delete_orphans, get_blob, put_blob
 from gateway.store.common import (
     Clock,
@@ -26,6 +27,7 @@ from gateway.store.common import (
     dumps,
     join_addresses,
     paged,
+    refused_by_database,
     utcnow,
     write,
 )
@@ -39,6 +41,10 @@ from gateway.store.records import (
     request_of,
 )
 from gateway.store.schema import blobs, quarantine_entries, quarantine_parts, release_requests
+
+#: Writes a change's audit row inside the change's transaction, given what it made (a
+#: request id, a queue id): `gateway.custody.audit.AuditLog.hook`.
+AuditHook = Callable[[Connection, Mapping[str, Any]], None]
 
 HELD = "held"
 RELEASE_REQUESTED = "release_requested"
@@ -71,7 +77,19 @@ class SqlQuarantine:
         report: Report,
         held: tuple[HeldOriginal, ...],
     ) -> None:
-        """Keep the original and each held part; a repeated call for one id changes nothing."""
+        """Keep the original and each held part; a repeated call for one id changes nothing.
+
+        Raises `StoreUnavailable` when the database is away: the worker keeps the message
+        in its spool and holds it once the database is back."""
+        try:
+            self._hold(queue_id, envelope, raw, report, held)
+        except Exception as exc:  # judged: the database away, or these values refused
+            if refused_by_database(exc):
+                raise
+            raise StoreUnavailable(f"quarantine store unavailable: {exc}"[:300]) from exc
+
+    def _hold(self, queue_id: str, envelope: Envelope, raw: bytes, report: Report,
+              held: tuple[HeldOriginal, ...]) -> None:
         derived = _derive(report, held)
         now = self._clock()
         with write(self._engine) as conn:
@@ -165,8 +183,9 @@ class SqlQuarantine:
         return QuarantineStats(int(entries or 0), int(size or 0))
 
     # --- changes ----------------------------------------------------------------------
-    def delete(self, entry_id: str) -> bool:
-        """Remove the entry, its parts and requests, and originals nothing else uses."""
+    def delete(self, entry_id: str, audit: AuditHook | None = None) -> bool:
+        """Remove the entry, its parts and requests, and originals nothing else uses;
+        `audit` writes its row in the same transaction."""
         with write(self._engine) as conn:
             conn.execute(delete(release_requests).where(release_requests.c.entry_id == entry_id))
             conn.execute(delete(quarantine_parts).where(quarantine_parts.c.entry_id == entry_id))
@@ -174,18 +193,23 @@ class SqlQuarantine:
                 delete(quarantine_entries).where(quarantine_entries.c.id == entry_id)
             ).rowcount
             delete_orphans(conn)
+            if gone and audit is not None:
+                audit(conn, {})
         return bool(gone)
 
-    def purge(self, now: datetime | None = None) -> list[str]:
-        """Delete every entry whose retention has expired; returns their ids."""
+    def purge(self, now: datetime | None = None,
+              audit: AuditHook | None = None) -> list[str]:
+        """Delete every entry whose retention has expired (each with its audit row);
+        returns their ids."""
         cutoff = now or self._clock()
         with self._engine.connect() as conn:
             ids = list(conn.execute(
                 select(quarantine_entries.c.id).where(quarantine_entries.c.expires_at <= cutoff)
             ).scalars())
-        return [entry_id for entry_id in ids if self.delete(entry_id)]
+        return [entry_id for entry_id in ids if self.delete(entry_id, audit)]
 
-    def add_request(self, entry_id: str, actor: str, remote: str, reason: str) -> int | None:
+    def add_request(self, entry_id: str, actor: str, remote: str, reason: str,
+                    audit: AuditHook | None = None) -> int | None:
         """A pending release request, or None when the entry is not in the `held` state."""
         now = self._clock()
         with write(self._engine) as conn:
@@ -202,11 +226,13 @@ class SqlQuarantine:
             ))
             key = result.inserted_primary_key
             assert key is not None
+            if audit is not None:
+                audit(conn, {"request_id": int(key[0])})
             return int(key[0])
 
     def complete_release(
         self, entry_id: str, request_id: int, approver: str,
-        deliver: Callable[[Connection], str],
+        deliver: Callable[[Connection], str], audit: AuditHook | None = None,
     ) -> str | None:
         """Approve `request_id` and deliver, atomically; None when it was no longer pending.
 
@@ -229,11 +255,12 @@ class SqlQuarantine:
             queue_id = deliver(conn)
             conn.execute(update(release_requests).where(release_requests.c.id == request_id)
                          .values(queue_id=queue_id))
-            self._mark_released(conn, entry_id, approver, queue_id, now)
+            self._mark_released(conn, entry_id, approver, queue_id, now, audit)
             return queue_id
 
     def release_now(
-        self, entry_id: str, actor: str, deliver: Callable[[Connection], str]
+        self, entry_id: str, actor: str, deliver: Callable[[Connection], str],
+        audit: AuditHook | None = None,
     ) -> str | None:
         """Release without a request (one-step policy, PPAP); None when not releasable."""
         now = self._clock()
@@ -247,11 +274,12 @@ class SqlQuarantine:
             if not won:
                 return None
             queue_id = deliver(conn)
-            self._mark_released(conn, entry_id, actor, queue_id, now)
+            self._mark_released(conn, entry_id, actor, queue_id, now, audit)
             return queue_id
 
     def _mark_released(
-        self, conn: Any, entry_id: str, actor: str, queue_id: str, now: datetime
+        self, conn: Any, entry_id: str, actor: str, queue_id: str, now: datetime,
+        audit: AuditHook | None,
     ) -> None:
         conn.execute(
             update(quarantine_entries).where(quarantine_entries.c.id == entry_id).values(
@@ -259,6 +287,8 @@ class SqlQuarantine:
                 release_queue_id=queue_id,
             )
         )
+        if audit is not None:
+            audit(conn, {"queue_id": queue_id})
 
     def reserve_password_attempt(self, entry_id: str, limit: int) -> int | None:
         """Count one password attempt if fewer than `limit` were made; the new count, or None.
