@@ -6,6 +6,7 @@ because absolute figures on these shared 2-core machines drift from run to run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -22,10 +23,13 @@ from gateway.loadtest.client import ClientOptions
 from gateway.loadtest.mix import Template, load_templates
 from gateway.loadtest.run import LoadConfig, run_loadtest
 from gateway.loadtest.samples import write_corpus
+from gateway.loadtest.sink import SinkState, start_sink
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The concurrency of every gateway benchmark (MEASURED.md used 20 smtp-source sessions).
 CONCURRENCY = 20
+#: Postfix's C load client (Debian's postfix package; `make setup` installs it).
+SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 
 def quick() -> bool:
@@ -107,6 +111,59 @@ def load(port: int, mix: tuple[Template, ...], count: int, sink_port: int | None
     cfg = LoadConfig(ClientOptions("127.0.0.1", port, concurrency), count, mix,
                      sink_port=sink_port, drain_timeout=600.0, pid=pid, progress=False)
     return loop.run(run_loadtest(cfg))
+
+
+def smtp_source(port: int, mix: tuple[Template, ...], count: int,
+                sink_port: int | None = None) -> dict[str, Any]:
+    """`count` messages of `mix` sent by smtp-source instead of the load test's client:
+    one smtp-source per template, CONCURRENCY sessions in all, each kept open for the
+    next message (-d, as Postfix's connection cache does). With `sink_port`, the load
+    test's sink counts what the gateway delivers."""
+    with tempfile.TemporaryDirectory(prefix="mugaika-bench-source-") as tmp:
+        files = []
+        for i, template in enumerate(mix):
+            # smtp-source -F ends every line it reads with CRLF itself
+            files.append(Path(tmp) / f"{i}.eml")
+            files[-1].write_bytes(template.data.replace(b"\r\n", b"\n"))
+        outcome: dict[str, Any] = loop.run(_smtp_source(port, files, count, sink_port))
+        return outcome
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+async def _source(port: int, file: Path, count: int, sessions: int) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        SMTP_SOURCE, "-d", "-s", str(sessions), "-m", str(count), "-F", str(file),
+        "-f", "loadtest@sender.example", "-t", "user@example.lg.jp", f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode:  # it stops at the first reply that is not the expected one
+        raise RuntimeError(f"smtp-source exited {proc.returncode}: {err.decode()[-500:]}")
+
+
+async def _smtp_source(port: int, files: list[Path], count: int,
+                       sink_port: int | None) -> dict[str, Any]:
+    sink = SinkState()
+    server = await start_sink("127.0.0.1", sink_port, sink) if sink_port else None
+    try:
+        started = time.monotonic()
+        await asyncio.gather(*(_source(port, f, n, s) for f, n, s in zip(
+            files, _shares(count, len(files)), _shares(CONCURRENCY, len(files)),
+            strict=True)))
+        sent = time.monotonic()
+        deadline = sent + 600
+        while server and len(sink.arrivals) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        if server:
+            server.close()
+            await server.wait_closed()
+    last = max((a.received_at for a in sink.arrivals), default=None)
+    return {"count": count, "accepted_per_s": count / (sent - started),
+            "delivered": len(sink.arrivals) if server else None,
+            "delivered_per_s": len(sink.arrivals) / (last - started) if last else None}
 
 
 def result(name: str, value: float | None, unit: str, target: str, passed: bool | None,

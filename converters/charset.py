@@ -68,7 +68,7 @@ def normalize_label(untrusted_label: str | None) -> str | None:
         return _ALIASES[label]
     try:
         info = codecs.lookup(label)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a NUL in the label (found by make fuzz)
         return None
     # codecs.lookup also finds str->str and bytes->bytes transforms (rot13, base64): never.
     if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED:

@@ -100,9 +100,17 @@ def _encode(text: str, charset: str) -> bytes | None:
     return encode_iso2022jp(text) if charset == "iso-2022-jp" else text.encode("utf-8")
 
 
+def _plain_ascii(text: str) -> bool:
+    """ASCII text that can be written as it is. Text holding `=?` is encoded instead: left
+    as it is, a reader would decode what looks like an encoded word, one that our decoder
+    had refused (`=?utf-8?b?5aSW6`YOo…?=`, invalid base64) and so never cleaned (found
+    by fuzz/, issue 17). Encoded, it reads back as the very characters we checked."""
+    return text.isascii() and "=?" not in text
+
+
 def text_tokens(text: str, charset: str = "utf-8") -> list[str]:
     """Tokens for `fold` of an unstructured value (Subject)."""
-    if text.isascii():
+    if _plain_ascii(text):
         return text.split(" ")
     return encoded_words(text, charset) or encoded_words(text) or []
 
@@ -115,7 +123,7 @@ def mailbox_tokens(display_name: str, addr_spec: str, charset: str = "utf-8") ->
     spec = f"{local}@{domain}"
     if not display_name:
         return [spec]
-    if display_name.isascii():
+    if _plain_ascii(display_name):
         name = [display_name if _PHRASE.fullmatch(display_name)
                 else '"' + display_name.replace("\\", "\\\\").replace('"', '\\"') + '"']
     else:
@@ -143,15 +151,15 @@ def disposition(filename: str) -> str:
     """`Content-Disposition: attachment; filename=...`, RFC 2231 when not plain ASCII."""
     if _TOKEN_NAME.fullmatch(filename) and len(filename) < 60:
         return f'Content-Disposition: attachment; filename="{filename}"{LINESEP}'
-    encoded = quote(filename, safe="")
-    pieces: list[str] = []
-    while encoded:
-        cut = min(54, len(encoded))  # ' filename*N*=utf-8'''' + 54 + ';' fits 78
-        split = encoded.rfind("%", max(0, cut - 2), cut)
-        if cut < len(encoded) and split >= 0:  # never cut a %XX in two
-            cut = split
-        pieces.append(encoded[:cut])
-        encoded = encoded[cut:]
+    # Cut between characters, never inside one: the stdlib (and some clients) decode
+    # each continuation on its own, and a UTF-8 sequence split across two became
+    # undecodable bytes in the name (found by fuzz/, issue 17).
+    pieces: list[str] = [""]
+    for char in filename:
+        encoded = quote(char, safe="")
+        if pieces[-1] and len(pieces[-1]) + len(encoded) > 54:  # the line fits 78
+            pieces.append("")
+        pieces[-1] += encoded
     pieces[0] = "utf-8''" + pieces[0]
     params = ";".join(f"{LINESEP} filename*{i}*={p}" for i, p in enumerate(pieces))
     return f"Content-Disposition: attachment;{params}{LINESEP}"

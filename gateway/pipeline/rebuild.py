@@ -68,8 +68,16 @@ SAFE_OUTPUT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp",
                      # a ZIP of renderings (archive_output = "zip", converters.archive_pack)
                      "message/rfc822", "application/zip")
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-_MSG_ID = re.compile(r"<[!-;=?-~]{1,250}>")
+#: Control characters, and lone surrogates: the parser's stand-ins for undecodable 8-bit
+#: header bytes, which no charset can write (UnicodeEncodeError in rebuild, found by fuzz/,
+#: issue 17: the message was quarantined as a processing error instead of delivered).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]+")
+_ID_ATOMS = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+#: RFC 5322 3.6.4's msg-id: `<dot-atom-text@dot-atom-text>` or `@[no-fold-literal]`.
+#: Printable ASCII alone was not enough: `<a@b.]c>`, `<abc>`, `<a..b@c>` were copied and
+#: the stdlib's strict parser finds them defective (found by fuzz/, issue 17). Such an
+#: id is dropped (a Message-ID is then made anew), as any other malformed one.
+_MSG_ID = re.compile(rf"<(?=[!-=?-~]{{3,250}}>){_ID_ATOMS}@(?:{_ID_ATOMS}|\[[!-Z^-~]*\])>")
 _ADDR_SPEC = re.compile(r"[^\s<>()\[\]\\,;:\"@]{1,64}@[A-Za-z0-9.-]{1,253}")
 _MAX_SUBJECT = 500
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -32,3 +33,14 @@ def _write_some(fd: int, buffers: list[bytes]) -> None:
         written = max(0, written - len(buffer))
         while rest:
             rest = rest[os.write(fd, rest):]
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error`, or what caused it (a SpoolError wraps its OSError), is a full
+    disk or quota: not the entry's fault, and gone once an operator makes room."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

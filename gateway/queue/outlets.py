@@ -67,8 +67,10 @@ class QuarantineStore(Protocol):
         raw: bytes,
         report: Report,
         held: tuple[HeldOriginal, ...],
+        delivered: bytes | None = None,
     ) -> None:
-        """Keep the whole original message and each held part (content-addressed)."""
+        """Keep the whole original message and each held part (content-addressed), and
+        what the recipient was delivered instead (for review)."""
         ...
 
 

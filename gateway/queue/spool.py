@@ -349,14 +349,22 @@ class Spool:
         except FileNotFoundError:
             return RetryState()
 
+    def drop_state(self, queue_id: str) -> None:
+        """Forget the retry bookkeeping of `queue_id` (none is fine)."""
+        self._path("state", f"{queue_id}.json").unlink(missing_ok=True)
+
     def write_state(self, queue_id: str, state: RetryState) -> None:
         path = self._path("state", f"{queue_id}.json")
         tmp = self._path("tmp", f"{queue_id}.state")
-        with open(tmp, "w") as fh:
-            json.dump(asdict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(asdict(state), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, path)
+        except OSError:  # a full disk: no half-written state left in tmp/
+            tmp.unlink(missing_ok=True)
+            raise
 
     def due_deferred(self, now: float) -> Iterator[str]:
         """Deferred entries whose next try has come, moved back to incoming/."""

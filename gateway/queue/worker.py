@@ -35,6 +35,7 @@ from gateway.pipeline.parse import ParsedMessage
 from gateway.pipeline.rebuild import rebuild
 from gateway.pipeline.report import Report, Verdict
 from gateway.pipeline.sanitize import finish
+from gateway.queue.durable import out_of_space
 from gateway.queue.envelope import Envelope
 from gateway.queue.outlets import (
     DeliveryResult,
@@ -44,7 +45,7 @@ from gateway.queue.outlets import (
     StoreUnavailable,
     retry_delay,
 )
-from gateway.queue.spool import DERIVED_SUFFIX, Entry, RetryState, Spool, derived_id
+from gateway.queue.spool import DERIVED_SUFFIX, Entry, RetryState, Spool, SpoolError, derived_id
 from gateway.settings import Settings
 
 log = structlog.get_logger("mugaika.worker")
@@ -184,7 +185,15 @@ def spool_output(spool: Spool, output: Entry) -> Entry:
     """Spool an output (claimed, unsynced) and move its original to hold/."""
     origin = str(output.envelope.extra["origin"])
     spooled = spool.put_derived(output.data, output.envelope, origin)
-    spool.to_hold(origin)
+    try:
+        spool.to_hold(origin)
+    except BaseException:
+        # The original stays claimed and is sanitized again (`Worker._park`): an output
+        # left behind in active/ would be delivered a second time after the next restart
+        # (`Spool.recover` takes it back). Seen with a full disk: the output fitted, the
+        # copy of its journaled original in hold/ did not.
+        spool.done(spooled.queue_id)
+        raise
     return spooled
 
 
@@ -220,7 +229,7 @@ def record_stage(entry: Entry, processed: Processed, stores: Stores) -> None:
     stores.messages.record_processed(entry.queue_id, processed.subject, processed.report)
     if keeps_original(processed):
         stores.quarantine.hold(entry.queue_id, entry.envelope, entry.data, processed.report,
-                               processed.held)
+                               processed.held, processed.output)
 
 
 class Worker:
@@ -254,6 +263,10 @@ class Worker:
         #: Set whenever the queue is shorter than FRESH_QUEUE_LIMIT (`room_for_fresh`).
         self._room = asyncio.Event()
         self._room.set()
+        #: Entries `_park` could not put back in the spool (a full disk), still claimed
+        #: by this process and tried again as they are (`_resume`): queue id → the entry
+        #: with its bytes when it lives in the journal.
+        self._stuck: dict[str, Entry | None] = {}
 
     async def room_for_fresh(self) -> bool:
         """Whether ingress may journal the next message for this process and hand it
@@ -317,37 +330,43 @@ class Worker:
                 await self.process(queue_id, fresh)
             except Exception as error:  # a broken entry must not stop the worker, nor be lost
                 log.exception("worker_error", queue_id=queue_id)
-                self._park(queue_id, error)
+                self._park(queue_id, error, fresh)
 
-    def _park(self, queue_id: str, error: Exception) -> None:
+    def _park(self, queue_id: str, error: Exception, fresh: Entry | None = None) -> None:
         """Put an entry that hit a bug back in deferred/, to be tried again later; after
-        MAX_INTERNAL_ERRORS tries it is poison and goes to failed/ with the reason.
+        MAX_INTERNAL_ERRORS tries it is poison and goes to failed/ with the reason. A
+        full disk is no bug: such an entry is deferred however often it met one.
 
         The bug may have struck after the entry's output took its place in the spool (a
-        DSN that cannot be built): then the output is what is parked."""
+        DSN that cannot be built): then the output is what is parked. If the spool
+        cannot take it either (a full disk), it stays claimed and is tried again after
+        the retry delay (`_retry_claimed`)."""
         if not self.spool.claimed(queue_id) and self.spool.claimed(derived_id(queue_id)):
             queue_id = derived_id(queue_id)
         state = self.spool.read_state(queue_id)
         if isinstance(error, StoreUnavailable) and not self._outlived(state):
-            self._wait_for_store(queue_id, state, error)
+            self._wait_for_store(queue_id, state, error, fresh)
             return
-        reason = f"internal error: {type(error).__name__}"
+        full = out_of_space(error)
+        reason = "spool full" if full else f"internal error: {type(error).__name__}"
+        delay = retry_delay(state.attempts + 1, self.settings)
         state = replace(state, attempts=state.attempts + 1, last_error=reason,
-                        next_try=time.time() + retry_delay(state.attempts + 1, self.settings))
+                        next_try=time.time() + delay)
         try:
-            if state.attempts < MAX_INTERNAL_ERRORS:
+            if full or state.attempts < MAX_INTERNAL_ERRORS:
                 self.spool.defer(queue_id, state)
                 return
             self.spool.fail(queue_id, state)
             if queue_id.endswith(DERIVED_SUFFIX):  # an output: its original goes with it
                 self.spool.release_hold(queue_id.removesuffix(DERIVED_SUFFIX), failed=True)
-        except OSError:  # left claimed: recovered at the next start, a crash counted
-            log.exception("park_failed", queue_id=queue_id)
+        except (OSError, SpoolError) as park_error:  # SpoolError too: it ended this task
+            self._retry_claimed(queue_id, fresh, delay, park_error)
             return
         log.error("message_failed", queue_id=queue_id, reason=reason, attempts=state.attempts)
         self.metrics.failed("internal_error")
 
-    def _wait_for_store(self, queue_id: str, state: RetryState, error: Exception) -> None:
+    def _wait_for_store(self, queue_id: str, state: RetryState, error: Exception,
+                        fresh: Entry | None = None) -> None:
         """The database is away: try again after the first retry delay, not counted as a
         bug (a minute-long PostgreSQL outage must not make held mail poison)."""
         delay = retry_delay(1, self.settings)
@@ -356,10 +375,32 @@ class Worker:
                         first_attempt=state.first_attempt or now)
         try:
             self.spool.defer(queue_id, state)
-        except OSError:  # left claimed: recovered at the next start
-            log.exception("park_failed", queue_id=queue_id)
+        except (OSError, SpoolError) as park_error:
+            self._retry_claimed(queue_id, fresh, delay, park_error)
             return
         log.warning("store_unavailable", queue_id=queue_id, retry_in=delay, error=str(error))
+
+    def _retry_claimed(self, queue_id: str, fresh: Entry | None, delay: float,
+                       error: Exception) -> None:
+        """The spool could not take a parked entry back (a full disk): it stays claimed
+        by this process and is tried again in `delay` seconds as it is. Before, it
+        waited for the next restart of the gateway, however long that was."""
+        if not self.spool.claimed(queue_id):  # moved after all: only the fsync of its
+            log.error("park_failed", queue_id=queue_id, error=repr(error))  # area failed
+            return
+        log.error("park_failed", queue_id=queue_id, error=repr(error), retry_in=round(delay))
+        self._stuck[queue_id] = fresh if self.spool.journal.holds(queue_id) else None
+        asyncio.get_running_loop().call_later(delay, self.enqueue, queue_id)
+
+    async def _resume(self, queue_id: str, fresh: Entry | None) -> None:
+        """Try again an entry that `_retry_claimed` kept claimed."""
+        if fresh is not None:  # still in the journal: its bytes are here
+            # The state `_park` may have written before its move failed: a journaled
+            # message has none otherwise, and `Spool.done` would leave it behind.
+            await self._io(self.spool.drop_state, queue_id)
+            await self._sanitize_fresh(fresh)
+            return
+        await self._dispatch(await self._io(self.spool.load, queue_id))
 
     def _outlived(self, state: RetryState) -> bool:
         """Whether the entry has waited for the database longer than the queue lifetime:
@@ -381,12 +422,18 @@ class Worker:
         return list(self.spool.due_deferred(time.time()))
 
     async def process(self, queue_id: str, fresh: Entry | None = None) -> None:
+        if queue_id in self._stuck:
+            await self._resume(queue_id, self._stuck.pop(queue_id))
+            return
         if fresh is not None:
             await self._sanitize_fresh(fresh)
             return
         entry = await self._io(self.spool.claim, queue_id)
-        if entry is None:
-            return
+        if entry is not None:
+            await self._dispatch(entry)
+
+    async def _dispatch(self, entry: Entry) -> None:
+        """A claimed entry from the spool: an arrival is sanitized, an output delivered."""
         if entry.envelope.kind == "inbound":
             await self._sanitize(entry)
         else:
@@ -430,7 +477,10 @@ class Worker:
             return
         failed = settle.status == "bounced"
         if failed:
-            self.spool.fail(settle.queue_id)
+            # With its reason beside it (state/ID.json, as for poison): the failed/ entry
+            # alone did not tell an operator why the mail bounced, nor after how many tries.
+            self.spool.fail(settle.queue_id, RetryState(attempts=settle.attempts,
+                                                        last_error=settle.detail))
         else:
             self.spool.done(settle.queue_id)
         self.spool.release_hold(settle.origin, failed=failed)

@@ -25,6 +25,7 @@ from functools import lru_cache
 import structlog
 
 from gateway.pipeline.mimewrite import crlf, is_crlf
+from gateway.queue.durable import out_of_space
 from gateway.queue.envelope import Envelope
 from gateway.queue.spool import Entry, RetryState, Spool, new_queue_id
 from gateway.relay.smtpd import ServerLimits, Session, SMTPSession, Transaction
@@ -36,6 +37,9 @@ REPLY_QUEUED = "250 2.0.0 queued as {queue_id}"
 REPLY_RELAY_DENIED = "550 5.7.1 Relaying denied"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_LINE_TOO_LONG = "500 5.5.6 Message line too long"
+#: The spool's filesystem is full (RFC 3463 4.3.1, Postfix's wording): the sending MTA
+#: keeps the message and tries again, as after a 451, and its log says why.
+REPLY_NO_STORAGE = "452 4.3.1 Insufficient system storage"
 #: A header field and its folds, each line ended by CRLF.
 _ONE_FIELD = re.compile(rb"[!-9;-~]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 
@@ -232,6 +236,12 @@ class IngressHandler:
                 entry = None
         except LineTooLong:
             return REPLY_LINE_TOO_LONG
+        except Exception as error:
+            if not out_of_space(error):
+                raise  # the session answers 451 4.3.0
+            log.error("spool_full", queue_id=queue_id, client=env.client_addr,
+                      size=len(txn.content))
+            return REPLY_NO_STORAGE
         log.info("queued", queue_id=queue_id, client=env.client_addr,
                  size=len(txn.content), rcpts=len(env.rcpt_tos))
         self.on_queued(queue_id, entry)

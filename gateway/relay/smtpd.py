@@ -71,6 +71,8 @@ _PLAIN_PATH = re.compile(
     r"<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\.)*[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
     r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)", re.S)
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+#: What a reply must not echo from the client: anything but printable ASCII.
+_UNPRINTABLE = re.compile(r"[^ -~]")
 #: What an address may be once parsed (RFC 5321 4.1.2): a Dot-string or a Quoted-string of
 #: qtextSMTP and quoted-pairSMTP (no control character, no DEL), then a domain or an
 #: address literal; a bare local part too (RCPT's `<postmaster>`; the policy decides).
@@ -357,7 +359,10 @@ class SMTPSession(asyncio.Protocol):
             return
         handler = self._commands.get(verb)
         if handler is None:
-            self._junk(f'500 5.5.2 Error: command "{verb[:20]}" not recognized')
+            # Echoed as printable ASCII only: a control character (NUL, ESC, a bare CR)
+            # in the verb made the reply itself malformed (found by fuzz/, issue 17).
+            shown = _UNPRINTABLE.sub("?", verb[:20])
+            self._junk(f'500 5.5.2 Error: command "{shown}" not recognized')
             return
         self._counts[verb] += 1
         if self._counts[verb] > self.limits.max_commands:
