@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULES = ("text", "pdf", "office", "gateway", "memory")
+MODULES = ("text", "pdf", "office", "gateway", "memory", "console")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gateway.custody.audit import Actor
+from gateway.custody.digest import Digest
 from gateway.custody.quarantine import QuarantineError, QuarantineService
 from gateway.custody.stores import SqlStores, open_stores
 from gateway.custody.tokens import Role, TokenError
@@ -58,9 +59,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=_run(_q_show))
     p = q.add_parser("release", help="request a release, or --approve a pending one")
     p.add_argument("id")
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="",
+                   help="why it is requested; with --approve, kept with the decision")
     p.add_argument("--approve", action="store_true", help="approve the pending request")
     p.set_defaults(func=_run(_q_release))
+    p = q.add_parser("deny", help="deny the pending release request, saying why")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True, help="told to a recipient who asked by link")
+    p.set_defaults(func=_run(_q_deny))
+    p = q.add_parser("digest", help="send today's digest of held mail to its recipients")
+    p.add_argument("--now", action="store_true",
+                   help="do not wait for MUGAIKA_DIGEST_HOUR (still once a day)")
+    p.set_defaults(func=_run(_q_digest))
     p = q.add_parser("delete", help="delete an entry and its originals")
     p.add_argument("id")
     p.set_defaults(func=_run(_q_delete))
@@ -162,11 +172,29 @@ def _q_show(args: argparse.Namespace, settings: Settings, stores: SqlStores) -> 
 def _q_release(args: argparse.Namespace, settings: Settings, stores: SqlStores) -> int:
     service = _service(settings, stores)
     if args.approve:
-        outcome = service.approve(args.id, cli_actor())
+        outcome = service.approve(args.id, cli_actor(), args.reason or None)
     else:
         outcome = service.request_release(args.id, cli_actor(), args.reason)
     print(f"{outcome.entry_id}: {outcome.status}"
           + (f" (queued as {outcome.queue_id})" if outcome.queue_id else ""))
+    return EXIT_OK
+
+
+def _q_deny(args: argparse.Namespace, settings: Settings, stores: SqlStores) -> int:
+    outcome = _service(settings, stores).deny(args.id, cli_actor(), args.reason)
+    print(f"{outcome.entry_id}: {outcome.status}")
+    return EXIT_OK
+
+
+def _q_digest(args: argparse.Namespace, settings: Settings, stores: SqlStores) -> int:
+    """Whether or not MUGAIKA_DIGEST_ENABLED is set: that switches the server's own
+    schedule, and cron calling this is the other way to run it."""
+    digest = Digest(stores, HandOffSpool(Spool(settings.spool_dir)), settings)
+    outcome = digest.send(cli_actor(), ignore_hour=args.now)
+    if outcome.queued is None:
+        print(f"digest {outcome.day}: nothing sent ({outcome.reason})")
+    else:
+        print(f"digest {outcome.day}: {len(outcome.queued)} mails queued")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 _COMMANDS = {
     "token": ("gateway.admin_cli", "API tokens"),
     "quarantine": ("gateway.admin_cli", "review and release held mail"),
+    "user": ("gateway.user_cli", "console accounts"),
     "samples": ("gateway.loadtest.samples", "write the benign and hostile test corpus"),
     "loadtest": ("gateway.loadtest.run", "load-test a gateway and account for every message"),
     "office-check": ("gateway.office_cli",

@@ -18,6 +18,7 @@ import structlog
 from converters.emoji import EMOJI_SOURCES, emoji_sources
 from gateway.api import create_app
 from gateway.api.serve import NotifyingSpool, serve_api
+from gateway.console import install as install_console
 from gateway.custody.ppap import sandboxed_decrypter
 from gateway.custody.stores import open_stores
 from gateway.metrics import Metrics
@@ -112,6 +113,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         api_spool = NotifyingSpool(spool, loop, worker.enqueue)
         app = create_app(settings, stores, api_spool, metrics,
                          decrypt=sandboxed_decrypter(settings))
+        if settings.console_enabled:
+            install_console(app)
         tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
     log.info("spool_recovered", recovered=recovered)
     if not emoji_sources():  # Debian's unicode-data; `make setup` installs it

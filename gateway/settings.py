@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -120,8 +121,33 @@ class Settings(BaseSettings):
     release_link_base_url: str | None = None
     #: HMAC key of those links; the same on every node. Links are off without it.
     release_link_key: SecretStr | None = None
+    # issue 18: the recipients' daily digest of their held mail (docs/quarantine-api.md)
+    digest_enabled: bool = False
+    #: Local hour (0-23, in digest_timezone) from which the server sends the day's digest.
+    digest_hour: int = Field(default=8, ge=0, le=23)
+    #: IANA zone of the digest's hour and of the times printed in recipients' mail.
+    digest_timezone: str = "Asia/Tokyo"
+    # issue 18: the web console (docs/console.md)
+    console_enabled: bool = True
+    #: A console session ends after this long without a request, and after max hours.
+    console_idle_minutes: float = Field(default=30.0, gt=0)
+    console_session_hours: float = Field(default=12.0, gt=0)
+    #: Wrong passwords in a row before an account is locked, and for how long.
+    console_max_failed_logins: int = Field(default=5, ge=1)
+    console_lockout_minutes: float = Field(default=15.0, gt=0)
+    #: Secure cookies: "auto" when the request came over HTTPS (or a proxy says so).
+    console_secure_cookies: Literal["auto", "always", "never"] = "auto"
 
     toml_path: ClassVar[Path | None] = None
+
+    @field_validator("digest_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
     @field_validator("accepted_domains", mode="before")
     @classmethod

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: wing → the wings it rests on directly; a wing may import those and, through them,
 #: everything they rest on. Mail enters at relay, waits in queue, is made harmless in
-#: pipeline and converters; what is kept lives in custody over store; api looks at custody.
+#: pipeline and converters; what is kept lives in custody over store; api looks at custody,
+#: and the console (pages for people) at what the api offers.
 RESTS_ON: dict[str, set[str]] = {
     "converters": set(),
     "pipeline": {"converters"},
@@ -26,13 +27,14 @@ RESTS_ON: dict[str, set[str]] = {
     "store": {"queue"},
     "custody": {"store"},
     "api": {"custody"},
+    "console": {"api"},
     "loadtest": {"relay"},
 }
 #: The shell's leaves: every wing may import them; they import no wing.
 LEAVES = {"gateway.settings", "gateway.logs", "gateway.metrics", "gateway.loop"}
 #: The shell's top (processes and commands): they put the wings together and may import any.
 TOP = {"gateway", "gateway.__main__", "gateway.cli", "gateway.server", "gateway.processes",
-       "gateway.admin_cli", "gateway.office_cli"}
+       "gateway.admin_cli", "gateway.office_cli", "gateway.user_cli"}
 
 
 def _below(wing: str) -> set[str]:

@@ -24,6 +24,7 @@ from gateway.api import audit, health, links, messages, quarantine
 from gateway.api.context import ApiContext, ApiError, ApiSpool, Check
 from gateway.api.readiness import converters_check, downstream_check
 from gateway.custody.audit import Actor
+from gateway.custody.digest import Digest
 from gateway.custody.quarantine import (
     BadPassword,
     Conflict,
@@ -34,6 +35,7 @@ from gateway.custody.quarantine import (
     PpapUnavailable,
     QuarantineError,
     QuarantineService,
+    ReasonRequired,
 )
 from gateway.custody.stores import SqlStores
 from gateway.metrics import Metrics
@@ -44,10 +46,12 @@ log = logging.getLogger(__name__)
 
 _STATUS: Mapping[type[QuarantineError], int] = {
     NotFound: 404, Conflict: 409, FourEyes: 403, BadPassword: 400, PasswordLimit: 429,
-    PpapUnavailable: 409,
+    PpapUnavailable: 409, ReasonRequired: 422,
 }
-#: Who the scheduled purge is in the audit log.
+#: Who the scheduled purge and digest are in the audit log.
 SYSTEM_ACTOR = Actor("system", "admin", "scheduler")
+#: How often the server asks whether today's digest is due (a cheap primary-key lookup).
+DIGEST_CHECK_SECONDS = 60.0
 
 
 def create_app(
@@ -73,11 +77,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_purge_loop(service, settings)) if purge_in_background else None
+        tasks: list[asyncio.Task[None]] = []
+        if purge_in_background:
+            tasks.append(asyncio.create_task(_purge_loop(service, settings)))
+            if settings.digest_enabled:
+                digest = Digest(stores, spool, settings)
+                tasks.append(asyncio.create_task(_digest_loop(digest)))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -119,6 +128,19 @@ async def _purge_loop(service: QuarantineService, settings: Settings) -> None:
         except Exception:  # a database hiccup must not end the loop
             log.exception("quarantine purge failed")
         await asyncio.sleep(settings.quarantine_purge_interval_seconds)
+
+
+async def _digest_loop(digest: Digest) -> None:
+    """Ask every minute whether today's digest is due. Every node with the API runs this;
+    the day's row in `digest_runs`, inserted in the sending transaction, lets one send."""
+    while True:
+        try:
+            outcome = await asyncio.to_thread(digest.send, SYSTEM_ACTOR)
+            if outcome.queued is not None:
+                log.info("recipient digest for %s: %d mails", outcome.day, len(outcome.queued))
+        except Exception:  # a database hiccup must not end the loop: next minute again
+            log.exception("recipient digest failed")
+        await asyncio.sleep(DIGEST_CHECK_SECONDS)
 
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:

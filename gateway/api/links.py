@@ -26,6 +26,14 @@ _HTML = {"content": {"text/html": {"schema": {"type": "string"}}}}
 _PAGE = """<!doctype html><html lang="ja"><meta charset="utf-8">
 <meta name="robots" content="noindex"><title>mugaika</title>
 <body style="font-family:sans-serif;max-width:40em;margin:2em auto">{body}</body></html>"""
+_GONE = "この隔離メールは保管期間を過ぎたか、削除されました。"
+#: What the page says instead of the button when the entry is not `held`.
+_STATE = {
+    "release_requested": "このメールはすでに受け取りが申請されています。承認されると原本が届きます。",
+    "released": "このメールの原本はすでに配信されました。",
+    "denied": ("このメールの受け取り申請は却下されました（理由はメールでお知らせしています）。"
+               "必要な場合は担当部署へお問い合わせください。"),
+}
 
 
 class RecipientLink:
@@ -53,12 +61,14 @@ def confirm_page(_actor: Link, ctx: Ctx, entry_id: Id, request: Request) -> HTML
     try:
         entry = ctx.quarantine.show(entry_id)
     except NotFound:
-        return _page("この隔離メールは保管期間を過ぎたか、削除されました。", 404)
+        return _page(_GONE, 404)
     subject = html.escape(entry.subject or "(件名なし)")
+    about = f"<p>件名「{subject}」（{entry.created_at:%Y-%m-%d %H:%M} UTC 受信）"
+    if entry.status in _STATE:  # a recipient coming back to the link sees where it stands
+        return _page(f"{about}</p><p>{_STATE[entry.status]}</p>")
     action = html.escape(str(request.url))
     return _page(
-        f"<p>件名「{subject}」（{entry.created_at:%Y-%m-%d %H:%M} UTC 受信）の原本の受け取りを"
-        "申請しますか？ 承認者が確認した後に届きます。</p>"
+        f"{about}の原本の受け取りを申請しますか？ 承認者が確認した後に届きます。</p>"
         f'<form method="post" action="{action}"><button>申請する / Request</button></form>'
     )
 
@@ -71,10 +81,11 @@ def request_by_link(actor: Link, ctx: Ctx, entry_id: Id) -> HTMLResponse:
         ctx.quarantine.request_release(entry_id, actor, "requested by a recipient (notice link)",
                                        force_approval=True)
     except NotFound:
-        return _page("この隔離メールは保管期間を過ぎたか、削除されました。", 404)
+        return _page(_GONE, 404)
     except Conflict:
-        return _page("このメールはすでに申請済みか、配信済みです。", 409)
-    return _page("申請を受け付けました。承認されると原本が届きます。")
+        status = ctx.quarantine.show(entry_id).status
+        return _page(_STATE.get(status, "このメールはすでに申請済みか、配信済みです。"), 409)
+    return _page("申請を受け付けました。承認または却下の結果はメールでお知らせします。")
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:

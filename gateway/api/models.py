@@ -43,7 +43,20 @@ FreeText = Annotated[str, Field(max_length=2000, pattern=_NO_NUL), AfterValidato
 UtcTime = Annotated[datetime, AfterValidator(_utc)]
 EntryId = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 PartId = Annotated[str, Field(pattern=r"^[0-9]{1,4}(\.[0-9]{1,4}){0,20}$")]
-QuarantineStatus = Literal["held", "release_requested", "released"]
+QuarantineStatus = Literal["held", "release_requested", "released", "denied"]
+
+
+def _not_blank(untrusted: str) -> str:
+    if not untrusted.strip():
+        raise ValueError("the reason must not be blank")
+    return untrusted
+
+
+#: An approver's reason: told to the recipient who asked, so bounded like a short letter.
+DecisionReason = Annotated[
+    str, Field(min_length=1, max_length=1000, pattern=_NO_NUL), AfterValidator(_safe_text),
+    AfterValidator(_not_blank),
+]
 
 
 class Problem(BaseModel):
@@ -143,12 +156,14 @@ class ReleaseRequestOut(BaseModel):
     decided_by: str | None
     decided_at: datetime | None
     queue_id: str | None
+    decision_reason: str | None = None
 
     @classmethod
     def of(cls, r: ReleaseRequest) -> ReleaseRequestOut:
         return cls(id=r.id, requested_by=r.requested_by, requested_at=r.requested_at,
                    requested_from=r.requested_from, reason=r.reason, status=r.status,
-                   decided_by=r.decided_by, decided_at=r.decided_at, queue_id=r.queue_id)
+                   decided_by=r.decided_by, decided_at=r.decided_at, queue_id=r.queue_id,
+                   decision_reason=r.decision_reason)
 
 
 class QuarantineOut(BaseModel):
@@ -206,9 +221,22 @@ class ReleaseIn(BaseModel):
     part: PartId | None = Field(default=None, description="Only this encrypted part")
 
 
+class ApproveIn(BaseModel):
+    """An approval; the reason is optional, kept with the decision and told to a recipient
+    who asked through the notice link."""
+
+    reason: DecisionReason | None = None
+
+
+class DenyIn(BaseModel):
+    """A denial always says why: the requester is told."""
+
+    reason: DecisionReason
+
+
 class ReleaseOut(BaseModel):
     id: str
-    status: Literal["pending", "released"]
+    status: Literal["pending", "released", "denied"]
     request_id: int | None
     queue_id: str | None
 

@@ -1,4 +1,4 @@
-"""/api/quarantine: list, detail, original download, delete, release, approve."""
+"""/api/quarantine: list, detail, original download, delete, release, approve, deny."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from gateway.api.auth import Require
 from gateway.api.common import Paging, paging, problems
 from gateway.api.context import ApiContext, get_context
 from gateway.api.models import (
+    ApproveIn,
+    DenyIn,
     EntryId,
     QuarantineDetail,
     QuarantineOut,
@@ -108,9 +110,24 @@ def request_release(
 @router.post("/{entry_id}/release/approve", response_model=ReleaseOut,
              responses=problems(404, 409), summary="Approve the pending release (four eyes)")
 def approve_release(
-    actor: Annotated[Actor, Depends(Require(Permission.APPROVE))], ctx: Ctx, entry_id: Id
+    actor: Annotated[Actor, Depends(Require(Permission.APPROVE))],
+    ctx: Ctx,
+    entry_id: Id,
+    body: Annotated[ApproveIn | None, Body()] = None,
 ) -> ReleaseOut:
-    return _out(ctx.quarantine.approve(entry_id, actor))
+    return _out(ctx.quarantine.approve(entry_id, actor, (body or ApproveIn()).reason))
+
+
+@router.post("/{entry_id}/release/deny", response_model=ReleaseOut,
+             responses=problems(404, 409),
+             summary="Deny the pending release with a reason (four eyes)")
+def deny_release(
+    actor: Annotated[Actor, Depends(Require(Permission.APPROVE))],
+    ctx: Ctx,
+    entry_id: Id,
+    body: DenyIn,
+) -> ReleaseOut:
+    return _out(ctx.quarantine.deny(entry_id, actor, body.reason))
 
 
 def _out(outcome: ReleaseOutcome) -> ReleaseOut:

@@ -3,7 +3,11 @@
 The policy lives here, the same for the HTTP API and the CLI:
 - every change and every download of an original is written to the audit log;
 - a release is requested, then carried out only when someone other than the requester
-  approves (four eyes), unless `release_requires_approval` is off;
+  approves (four eyes), unless `release_requires_approval` is off; the same someone-else
+  may deny it instead, with a reason (the entry becomes `denied`);
+- a request filed through the notice link is answered: its decision is mailed to the
+  message's recipients in the decision's transaction (`gateway.pipeline.recipient_mail`);
+  staff who file a request see the answer in the API, so nobody else is mailed;
 - a released original goes back into the spool unchanged (`kind="release"`), to the
   envelope recipients it was sent to and no one else, with a header naming the approver;
 - PPAP: with the password of an encrypted attachment, the part is decrypted by the
@@ -29,12 +33,14 @@ from sqlalchemy import Connection
 from converters.errors import ConversionError
 from gateway.custody.audit import Actor
 from gateway.custody.stores import SqlStores
+from gateway.pipeline.recipient_mail import HeldMail, decision_mail
+from gateway.pipeline.release_links import LINK_ACTOR
 from gateway.queue.envelope import Envelope
 from gateway.queue.spool import new_queue_id
 from gateway.settings import Settings
 from gateway.store.common import Page
-from gateway.store.quarantine import HELD, RELEASED
-from gateway.store.records import QuarantineEntry, QuarantineQuery
+from gateway.store.quarantine import DENIED, HELD, RELEASED, Spooler
+from gateway.store.records import QuarantineEntry, QuarantineQuery, ReleaseRequest
 
 RELEASED_BY_HEADER = "X-Mugaika-Released-By"
 REQUESTED_BY_HEADER = "X-Mugaika-Release-Requested-By"
@@ -94,10 +100,19 @@ class PpapUnavailable(QuarantineError):
     code = "password_release_unavailable"
 
 
+class ReasonRequired(QuarantineError):
+    code = "reason_required"
+
+
+_DECIDER = {"approve": "approver", "deny": "denier"}
+#: Longest decision reason kept (the API refuses longer ones before they get here).
+MAX_DECISION_REASON = 1000
+
+
 @dataclass(frozen=True)
 class ReleaseOutcome:
     entry_id: str
-    status: str  # "pending" (waits for an approver) or "released"
+    status: str  # "pending" (waits for an approver), "released" or "denied"
     request_id: int | None = None
     queue_id: str | None = None
 
@@ -150,32 +165,79 @@ class QuarantineService:
         """File a release request; carried out at once only when approval is switched off
         and the caller is staff (`force_approval` keeps a recipient's link request pending)."""
         entry = self.show(entry_id)
-        if entry.status != HELD:
-            raise Conflict(f"entry is {entry.status}, not held")
+        allowed = _requestable_from(actor)
+        if entry.status not in allowed:
+            raise Conflict(f"entry is {entry.status}, not {' or '.join(allowed)}")
         audit = self._stores.audit.hook(actor, "quarantine.release_request", entry_id,
                                         reason=reason)
-        request_id = self._q.add_request(entry_id, actor.name, actor.remote, reason, audit)
+        request_id = self._q.add_request(entry_id, actor.name, actor.remote, reason, audit,
+                                         from_statuses=allowed)
         if request_id is None:
             raise Conflict("entry is no longer held")
         if not (self._settings.release_requires_approval or force_approval):
             return self._carry_out(entry, request_id, actor, requester=actor.name)
         return ReleaseOutcome(entry_id, "pending", request_id)
 
-    def approve(self, entry_id: str, actor: Actor) -> ReleaseOutcome:
-        """Carry out the pending request; the approver must not be the requester."""
+    def approve(self, entry_id: str, actor: Actor, reason: str | None = None) -> ReleaseOutcome:
+        """Carry out the pending request; the approver must not be the requester. `reason`
+        is kept with the decision and told to a recipient who asked through the link."""
         entry = self.show(entry_id)
+        request = self._pending(entry, actor, "approve")
+        reason = _clean_reason(reason) or None
+        return self._carry_out(entry, request.id, actor, requester=request.requested_by,
+                               reason=reason, notify=self._notifier(entry, request, reason))
+
+    def deny(self, entry_id: str, actor: Actor, reason: str) -> ReleaseOutcome:
+        """Refuse the pending request with a reason (four eyes as for approve); the entry
+        becomes `denied`, and a recipient who asked through the link is told why."""
+        reason = _clean_reason(reason)
+        if not reason:
+            raise ReasonRequired("a denial needs a reason")
+        entry = self.show(entry_id)
+        request = self._pending(entry, actor, "deny")
+        audit = self._stores.audit.hook(
+            actor, "quarantine.release_deny", entry_id, requested_by=request.requested_by,
+            reason=reason, notified=list(_notified(entry, request)))
+        queued = self._q.deny_request(entry_id, request.id, actor.name, reason,
+                                      self._notifier(entry, request, reason, released=False),
+                                      audit)
+        if queued is None:
+            raise Conflict("the release request was decided meanwhile")
+        for queue_id in queued:
+            self._spool.wake(queue_id)
+        return ReleaseOutcome(entry_id, DENIED, request.id)
+
+    def _pending(self, entry: QuarantineEntry, actor: Actor, verb: str) -> ReleaseRequest:
+        """The request to decide; refused (and audited) when `actor` filed it."""
         pending = [r for r in entry.requests if r.status == "pending"]
         if not pending:
             raise Conflict("no pending release request")
         request = pending[-1]
         if request.requested_by == actor.name:
-            self._stores.audit.record(actor, "quarantine.approve_refused", entry_id,
-                                      reason="approver is the requester")
-            raise FourEyes("a release must be approved by someone other than its requester")
-        return self._carry_out(entry, request.id, actor, requester=request.requested_by)
+            self._stores.audit.record(actor, f"quarantine.{verb}_refused", entry.id,
+                                      reason=f"{_DECIDER[verb]} is the requester")
+            raise FourEyes(f"a release must be {verb}d by someone other than its requester")
+        return request
+
+    def _notifier(self, entry: QuarantineEntry, request: ReleaseRequest, reason: str | None,
+                  released: bool = True) -> Spooler:
+        """Spools the decision mail for each recipient to tell (built now, outside the
+        transaction, so that a template error cannot fail a decision half-way)."""
+        held = HeldMail(entry.id, entry.created_at, entry.mail_from, entry.subject,
+                        entry.reasons)
+        mails = [(rcpt, decision_mail(held, rcpt, released, reason, self._settings))
+                 for rcpt in _notified(entry, request)]
+        kind = "released" if released else "denied"
+
+        def notify(conn: Connection) -> list[str]:
+            return [self._spooler(raw, notice_envelope(rcpt, kind, quarantine_id=entry.id))(conn)
+                    for rcpt, raw in mails]
+
+        return notify
 
     def _carry_out(
-        self, entry: QuarantineEntry, request_id: int, approver: Actor, requester: str
+        self, entry: QuarantineEntry, request_id: int, approver: Actor, requester: str,
+        reason: str | None = None, notify: Spooler | None = None,
     ) -> ReleaseOutcome:
         original = self._q.original(entry.id)
         if original is None:
@@ -186,15 +248,24 @@ class QuarantineService:
             add_headers=((RELEASED_BY_HEADER, approver.name), (REQUESTED_BY_HEADER, requester)),
             extra={"quarantine_id": entry.id},
         )
+        detail = {"reason": reason} if reason else {}
         audit = self._stores.audit.hook(approver, "quarantine.release", entry.id,
                                         request_id=request_id, requested_by=requester,
-                                        recipients=list(entry.recipients))
-        queue_id = self._q.complete_release(
-            entry.id, request_id, approver.name, self._spooler(original, envelope), audit
-        )
+                                        recipients=list(entry.recipients), **detail)
+        notices: list[str] = []
+        release = self._spooler(original, envelope)
+
+        def deliver(conn: Connection) -> str:
+            queue_id = release(conn)
+            notices.extend(notify(conn) if notify is not None else ())
+            return queue_id
+
+        queue_id = self._q.complete_release(entry.id, request_id, approver.name, deliver,
+                                            audit, reason)
         if queue_id is None:
             raise Conflict("the release request was decided meanwhile")
-        self._spool.wake(queue_id)  # only now: the worker must see the committed log row
+        for woken in (queue_id, *notices):  # only now: the worker must see the committed rows
+            self._spool.wake(woken)
         return ReleaseOutcome(entry.id, "released", request_id, queue_id)
 
     def release_with_password(
@@ -267,6 +338,36 @@ class QuarantineService:
             raise BadPassword(f"wrong password ({left} attempts left)") from None
         except ConversionError as exc:
             raise Conflict(f"the part could not be decrypted: {exc.code}") from None
+
+
+def _requestable_from(actor: Actor) -> tuple[str, ...]:
+    """Staff may request a denied entry again, so that a mistaken denial can be undone
+    (by another request and another approver). The notice link may not: the recipient was
+    told why, and a public link must not turn each decision into a new request."""
+    return (HELD,) if actor.name == LINK_ACTOR else (HELD, DENIED)
+
+
+def _notified(entry: QuarantineEntry, request: ReleaseRequest) -> tuple[str, ...]:
+    """Whom a decision is mailed to: the message's recipients when the request came
+    through their notice link (the link is the same for all, so who clicked is not
+    known); nobody for staff, who see the decision in the API and the audit log."""
+    if request.requested_by != LINK_ACTOR:
+        return ()
+    seen: dict[str, str] = {}
+    for rcpt in entry.recipients:
+        seen.setdefault(rcpt.lower(), rcpt)
+    return tuple(seen.values())
+
+
+def _clean_reason(reason: str | None) -> str:
+    return (reason or "").strip()[:MAX_DECISION_REASON]
+
+
+def notice_envelope(rcpt: str, notice: str, **extra: str) -> Envelope:
+    """Mail mugaika writes to a recipient: delivered as it is (`kind="notice"`), from the
+    null sender so that a failure never bounces back into the gateway (RFC 3834 5.1)."""
+    return Envelope(mail_from="", rcpt_tos=(rcpt,), received_at=time.time(), kind="notice",
+                    extra={"notice": notice, **extra})
 
 
 @dataclass(frozen=True)

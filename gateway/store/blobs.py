@@ -49,6 +49,7 @@ def delete_orphans(conn: Connection) -> int:
     """Remove blobs no entry or part refers to any more; returns how many."""
     used = or_(
         exists().where(quarantine_entries.c.original_sha256 == blobs.c.sha256),
+        exists().where(quarantine_entries.c.delivered_sha256 == blobs.c.sha256),
         exists().where(quarantine_parts.c.sha256 == blobs.c.sha256),
     )
     return conn.execute(delete(blobs).where(~used)).rowcount

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, cast, func, select, update
+from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.pipeline.report import Report
+from gateway.pipeline.report import Report, Verdict
 from gateway.queue.envelope import Envelope
 from gateway.queue.outlets import DeliveryStatus
 from gateway.store.behind import Row, WriteBehind
@@ -28,6 +29,8 @@ from gateway.store.schema import messages
 
 #: Header values longer than this are cut before storage (RFC 5322 lines are 998).
 MAX_SUBJECT = 998
+#: The delivery statuses the dashboard counts (`DeliveryStatus`).
+STATUSES: tuple[str, ...] = get_args(DeliveryStatus)
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,43 @@ class SqlMessageLog:
             total, rows = paged(conn, query, order, q.limit, q.offset)
         items = tuple(_record(r._mapping) for r in rows)
         return Page(items, total, q.limit, q.offset)
+
+    def activity(self, since: datetime) -> dict[str, int]:
+        """Counts of messages received since `since`, by verdict and by status (the
+        console's dashboard): keys `received`, `verdict.<v>`, `status.<s>`.
+
+        One pass with filtered counts, not a GROUP BY per column: SQLite answered a GROUP BY
+        by walking the whole verdict (or status) index, 100,000 rows, instead of the
+        day's range; this reads only the range, from ix_messages_received_verdict_status
+        alone (issue 18: 155 -> 2 ms for a day of 100,000 rows)."""
+        self.flush()
+        keys = [("verdict", v.value) for v in Verdict] + [("status", s) for s in STATUSES]
+        columns = [func.count().filter(messages.c[name] == value) for name, value in keys]
+        with self._engine.connect() as conn:
+            row = conn.execute(select(func.count(), *columns)
+                               .where(messages.c.received_at >= since)).one()
+        counts = {"received": int(row[0])}
+        counts.update({f"{name}.{value}": int(n) for (name, value), n in zip(
+            keys, row[1:], strict=True) if n})
+        return counts
+
+    def hourly(self, since: datetime, hours: int) -> list[int]:
+        """Messages received in each hour from `since` on (`hours` buckets)."""
+        self.flush()
+        epoch: Any = (func.extract("epoch", messages.c.received_at)
+                      if self._engine.dialect.name == "postgresql"
+                      else cast(func.strftime("%s", messages.c.received_at), SqlInteger))
+        bucket = cast(func.floor(epoch / 3600), SqlInteger).label("bucket")
+        first = int(since.timestamp() // 3600)
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(bucket, func.count())
+                                .where(messages.c.received_at >= since)
+                                .group_by(bucket)).all()
+        series = [0] * hours
+        for hour, count in rows:
+            if 0 <= int(hour) - first < hours:
+                series[int(hour) - first] = int(count)
+        return series
 
 
 #: The order a batch is written in. It gives the same rows as the order of the calls:

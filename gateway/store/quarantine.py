@@ -8,12 +8,13 @@ are conditional updates so that two approvers clicking at once release a message
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from gateway.pipeline.attachments import HeldOriginal
 from gateway.pipeline.headers import decode_field, read_header_block
@@ -36,11 +37,18 @@ from gateway.store.records import (
     QuarantineEntry,
     QuarantineQuery,
     QuarantineStats,
+    ReleaseRequest,
     entry_of,
     part_of,
     request_of,
 )
-from gateway.store.schema import blobs, quarantine_entries, quarantine_parts, release_requests
+from gateway.store.schema import (
+    blobs,
+    digest_runs,
+    quarantine_entries,
+    quarantine_parts,
+    release_requests,
+)
 
 #: Writes a change's audit row inside the change's transaction, given what it made (a
 #: request id, a queue id): `gateway.custody.audit.AuditLog.hook`.
@@ -49,7 +57,13 @@ AuditHook = Callable[[Connection, Mapping[str, Any]], None]
 HELD = "held"
 RELEASE_REQUESTED = "release_requested"
 RELEASED = "released"
-STATUSES = (HELD, RELEASE_REQUESTED, RELEASED)
+#: An approver refused the last request (却下); staff may request it again.
+DENIED = "denied"
+STATUSES = (HELD, RELEASE_REQUESTED, RELEASED, DENIED)
+
+#: Runs inside a decision's transaction and spools what must go out with it (the
+#: original, the requester's notification); returns the queue ids to wake after commit.
+Spooler = Callable[[Connection], list[str]]
 
 
 @dataclass(frozen=True)
@@ -76,20 +90,22 @@ class SqlQuarantine:
         raw: bytes,
         report: Report,
         held: tuple[HeldOriginal, ...],
+        delivered: bytes | None = None,
     ) -> None:
-        """Keep the original and each held part; a repeated call for one id changes nothing.
+        """Keep the original and each held part, and what was `delivered` instead (the
+        console's preview); a repeated call for one id changes nothing.
 
         Raises `StoreUnavailable` when the database is away: the worker keeps the message
         in its spool and holds it once the database is back."""
         try:
-            self._hold(queue_id, envelope, raw, report, held)
+            self._hold(queue_id, envelope, raw, report, held, delivered)
         except Exception as exc:  # judged: the database away, or these values refused
             if refused_by_database(exc):
                 raise
             raise StoreUnavailable(f"quarantine store unavailable: {exc}"[:300]) from exc
 
     def _hold(self, queue_id: str, envelope: Envelope, raw: bytes, report: Report,
-              held: tuple[HeldOriginal, ...]) -> None:
+              held: tuple[HeldOriginal, ...], delivered: bytes | None) -> None:
         derived = _derive(report, held)
         now = self._clock()
         with write(self._engine) as conn:
@@ -103,6 +119,7 @@ class SqlQuarantine:
                 mail_from=envelope.mail_from[:512], recipients=join_addresses(envelope.rcpt_tos),
                 subject=_subject(raw), size=len(raw), verdict=report.verdict.value,
                 reasons=dumps(list(derived.reasons)), original_sha256=original, status=HELD,
+                delivered_sha256=put_blob(conn, delivered) if delivered is not None else None,
             ))
             for part in held:
                 conn.execute(insert(quarantine_parts).values(
@@ -166,6 +183,31 @@ class SqlQuarantine:
             ).scalar()
             return get_blob(conn, digest) if digest else None
 
+    def with_pending_requests(self, entries: Sequence[QuarantineEntry]
+                              ) -> list[QuarantineEntry]:
+        """`entries` with their pending requests, read in one query: `get()` per entry
+        (three queries each) made the console's request queue take 0.7 s for 400 waiting
+        entries (issue 18)."""
+        table = release_requests.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(release_requests).where(
+                table.entry_id.in_([e.id for e in entries]), table.status == "pending",
+            ).order_by(table.id)).all()
+        pending: dict[str, list[ReleaseRequest]] = {}
+        for row in rows:
+            request = request_of(row._mapping)
+            pending.setdefault(request.entry_id, []).append(request)
+        return [replace(e, requests=tuple(pending.get(e.id, ()))) for e in entries]
+
+    def delivered(self, entry_id: str) -> bytes | None:
+        """The message the recipient got instead of the original (None before 0005)."""
+        with self._engine.connect() as conn:
+            digest = conn.execute(
+                select(quarantine_entries.c.delivered_sha256).where(
+                    quarantine_entries.c.id == entry_id)
+            ).scalar()
+            return get_blob(conn, digest) if digest else None
+
     def part_data(self, entry_id: str, part: str) -> bytes | None:
         with self._engine.connect() as conn:
             digest = conn.execute(
@@ -209,13 +251,15 @@ class SqlQuarantine:
         return [entry_id for entry_id in ids if self.delete(entry_id, audit)]
 
     def add_request(self, entry_id: str, actor: str, remote: str, reason: str,
-                    audit: AuditHook | None = None) -> int | None:
-        """A pending release request, or None when the entry is not in the `held` state."""
+                    audit: AuditHook | None = None,
+                    from_statuses: tuple[str, ...] = (HELD,)) -> int | None:
+        """A pending release request, or None when the entry is in none of `from_statuses`."""
         now = self._clock()
+        entries = quarantine_entries.c
         with write(self._engine) as conn:
             moved = conn.execute(
                 update(quarantine_entries)
-                .where(quarantine_entries.c.id == entry_id, quarantine_entries.c.status == HELD)
+                .where(entries.id == entry_id, entries.status.in_(from_statuses))
                 .values(status=RELEASE_REQUESTED)
             ).rowcount
             if not moved:
@@ -233,6 +277,7 @@ class SqlQuarantine:
     def complete_release(
         self, entry_id: str, request_id: int, approver: str,
         deliver: Callable[[Connection], str], audit: AuditHook | None = None,
+        reason: str | None = None,
     ) -> str | None:
         """Approve `request_id` and deliver, atomically; None when it was no longer pending.
 
@@ -243,20 +288,72 @@ class SqlQuarantine:
         """
         now = self._clock()
         with write(self._engine) as conn:
-            won = conn.execute(
-                update(release_requests)
-                .where(release_requests.c.id == request_id,
-                       release_requests.c.entry_id == entry_id,
-                       release_requests.c.status == "pending")
-                .values(status="approved", decided_by=approver[:128], decided_at=now)
-            ).rowcount
-            if not won:
+            if not _decide(conn, entry_id, request_id, "approved", approver, now, reason):
                 return None
             queue_id = deliver(conn)
             conn.execute(update(release_requests).where(release_requests.c.id == request_id)
                          .values(queue_id=queue_id))
             self._mark_released(conn, entry_id, approver, queue_id, now, audit)
             return queue_id
+
+    def deny_request(
+        self, entry_id: str, request_id: int, approver: str, reason: str,
+        notify: Spooler, audit: AuditHook | None = None,
+    ) -> list[str] | None:
+        """Deny `request_id` (entry back to `denied`) and spool the notifications, atomically;
+        the queue ids spooled, or None when the request was no longer pending.
+
+        The audit row is written before `notify`, so that only the commit itself can fail
+        after the notification is in the spool (see `complete_release`)."""
+        now = self._clock()
+        with write(self._engine) as conn:
+            if not _decide(conn, entry_id, request_id, DENIED, approver, now, reason):
+                return None
+            conn.execute(update(quarantine_entries).where(
+                quarantine_entries.c.id == entry_id,
+                quarantine_entries.c.status == RELEASE_REQUESTED,
+            ).values(status=DENIED))
+            if audit is not None:
+                audit(conn, {"request_id": request_id})
+            return notify(conn)
+
+    def held_entries(self) -> list[QuarantineEntry]:
+        """Entries still waiting for a decision nobody asked for (`held`, not expired),
+        oldest first: what the recipients' digest lists."""
+        t = quarantine_entries.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(quarantine_entries)
+                .where(t.status == HELD, t.expires_at > self._clock())
+                .order_by(t.created_at, t.id)
+            ).all()
+        return [entry_of(r._mapping) for r in rows]
+
+    def digest_sent(self, day: str) -> bool:
+        with self._engine.connect() as conn:
+            return conn.execute(
+                select(digest_runs.c.day).where(digest_runs.c.day == day)
+            ).first() is not None
+
+    def run_digest(self, day: str, node: str, deliver: Spooler) -> list[str] | None:
+        """Claim `day` and spool its digests in one transaction; the queue ids, or None when
+        the day was claimed already (by this node, another one, or the CLI).
+
+        The day's row is inserted first: on PostgreSQL a second node's insert waits for the
+        first transaction and then fails on the primary key, on SQLite the write lock
+        orders them; either way the loser has spooled nothing."""
+        try:
+            with write(self._engine) as conn:
+                conn.execute(insert(digest_runs).values(
+                    day=day, started_at=self._clock(), node=node[:128]))
+                queued = deliver(conn)
+                conn.execute(update(digest_runs).where(digest_runs.c.day == day)
+                             .values(messages=len(queued)))
+                return queued
+        except IntegrityError:
+            if self.digest_sent(day):
+                return None
+            raise
 
     def release_now(
         self, entry_id: str, actor: str, deliver: Callable[[Connection], str],
@@ -310,6 +407,18 @@ class SqlQuarantine:
                 select(entries.password_failures).where(entries.id == entry_id)
             ).scalar()
         return int(count or 0)
+
+
+def _decide(conn: Connection, entry_id: str, request_id: int, status: str, approver: str,
+            now: datetime, reason: str | None) -> bool:
+    """Decide a request that is still pending; False when someone decided it first."""
+    return bool(conn.execute(
+        update(release_requests)
+        .where(release_requests.c.id == request_id, release_requests.c.entry_id == entry_id,
+               release_requests.c.status == "pending")
+        .values(status=status, decided_by=approver[:128], decided_at=now,
+                decision_reason=reason[:2000] if reason else None)
+    ).rowcount)
 
 
 def _derive(report: Report, held: tuple[HeldOriginal, ...]) -> _Held:

@@ -33,6 +33,8 @@ class ReleaseRequest:
     decided_by: str | None
     decided_at: datetime | None
     queue_id: str | None
+    #: The approver's words with the decision (required for a denial).
+    decision_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,4 +102,5 @@ def request_of(row: Any) -> ReleaseRequest:
         requested_at=row["requested_at"], requested_from=row["requested_from"],
         reason=row["reason"], status=row["status"], decided_by=row["decided_by"],
         decided_at=row["decided_at"], queue_id=row["queue_id"],
+        decision_reason=row["decision_reason"],
     )

@@ -102,12 +102,15 @@ quarantine_entries = Table(
     #: JSON list of reason codes (e.g. ["unsupported_type", "encrypted"]).
     Column("reasons", Text, nullable=False),
     Column("original_sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
-    #: held | release_requested | released
+    #: held | release_requested | released | denied (a request was refused; may be asked again)
     Column("status", String(24), nullable=False, server_default="held", index=True),
     Column("released_at", UtcDateTime(), nullable=True),
     Column("released_by", String(128), nullable=True),
     Column("release_queue_id", String(64), nullable=True),
     Column("password_failures", Integer, nullable=False, server_default="0"),
+    #: What the recipient was delivered instead (the rebuilt message: notice, text, page
+    #: images), for the console's preview; NULL for entries held before migration 0005.
+    Column("delivered_sha256", String(64), ForeignKey("blobs.sha256"), nullable=True),
 )
 
 quarantine_parts = Table(
@@ -145,11 +148,25 @@ release_requests = Table(
     Column("requested_at", UtcDateTime(), nullable=False),
     Column("requested_from", String(64), nullable=False, server_default=""),
     Column("reason", Text, nullable=False, server_default=""),
-    #: pending | approved
+    #: pending | approved | denied
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("decided_by", String(128), nullable=True),
     Column("decided_at", UtcDateTime(), nullable=True),
     Column("queue_id", String(64), nullable=True),
+    #: Why the approver decided so (required to deny, optional to approve); migration 0002.
+    Column("decision_reason", Text, nullable=True),
+)
+
+#: One row per local day the recipients' digest was sent (migration 0002). The row is
+#: inserted first in the transaction that spools the digests: its primary key is the
+#: lease that keeps a second node, or a second run, from sending the same day again.
+digest_runs = Table(
+    "digest_runs",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("node", String(128), nullable=False, server_default=""),
+    Column("messages", Integer, nullable=False, server_default="0"),
 )
 
 #: Append-only: triggers installed by the migration refuse UPDATE and DELETE.
@@ -178,3 +195,38 @@ api_tokens = Table(
 )
 
 Index("ix_release_requests_entry_status", release_requests.c.entry_id, release_requests.c.status)
+
+#: Console accounts (`mugaika user …`): argon2id hashes, the API tokens' four roles.
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("password_changed_at", UtcDateTime(), nullable=False),
+    Column("disabled_at", UtcDateTime(), nullable=True),
+    Column("last_login_at", UtcDateTime(), nullable=True),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", UtcDateTime(), nullable=True),
+)
+
+#: Console sessions, kept in the database so that any node (and a restarted one) knows
+#: them. Only the SHA-256 of the cookie's random token is stored.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("console_users.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=False),
+    Column("remote", String(64), nullable=False, server_default=""),
+)
+
+#: The dashboard's counts by verdict and status over a day or a week read this index
+#: alone (migration 0004; `gateway.store.messages.SqlMessageLog.activity`).
+Index("ix_messages_received_verdict_status", messages.c.received_at, messages.c.verdict,
+      messages.c.status)
