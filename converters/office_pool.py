@@ -279,6 +279,8 @@ class OfficePool:
         self._lock = threading.Lock()
         self._live: set[OfficeInstance] = set()
         self.restarts = 0
+        #: Whether the last attempt to start an instance failed (the console's health).
+        self.start_failed = False
 
     def convert(
         self, untrusted: bytes, suffix: str, max_pages: int,
@@ -313,6 +315,11 @@ class OfficePool:
         for instance in slots:
             self._release(instance)
 
+    def healthy(self) -> bool:
+        """False once an instance failed to start, until one starts again (instances start
+        on first use: an idle pool with none running is healthy)."""
+        return not self.start_failed
+
     def instances(self) -> list[OfficeInstance]:
         """The live instances (for health checks and tests)."""
         with self._lock:
@@ -332,10 +339,12 @@ class OfficePool:
             fresh = OfficeInstance(self.config)
         except InstanceDied as exc:
             self._idle.put(None)
+            self.start_failed = True
             raise errors.SandboxFailure("office converter did not start") from exc
         except BaseException:
             self._idle.put(None)
             raise
+        self.start_failed = False
         with self._lock:
             self._live.add(fresh)
         return fresh

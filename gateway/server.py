@@ -114,7 +114,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         app = create_app(settings, stores, api_spool, metrics,
                          decrypt=sandboxed_decrypter(settings))
         if settings.console_enabled:
-            install_console(app)
+            office = attachments.office
+            install_console(app, {"libreoffice": office.healthy} if office else None)
         tasks.append(asyncio.create_task(serve_api(app, settings, stop), name="api"))
     log.info("spool_recovered", recovered=recovered)
     if not emoji_sources():  # Debian's unicode-data; `make setup` installs it

@@ -54,6 +54,8 @@ def test_opening_the_link_changes_nothing(link_api: Api, link_settings: Settings
     assert url is not None and url.startswith("https://mugaika.example.lg.jp/release/Q1?")
     page = link_api.client.get(_local(url))
     assert page.status_code == 200 and "請求書の送付" in page.text and "<form" in page.text
+    # what was held and why, in the notice's words
+    assert "invoice.exe" in page.text and "この種類のファイルは受信できません" in page.text
     assert link_api.stores.quarantine.get("Q1").status == "held"  # type: ignore[union-attr]
     assert link_api.stores.audit.search(AuditQuery()).total == 0
 

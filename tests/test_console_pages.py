@@ -258,3 +258,18 @@ def test_the_entry_shows_what_the_recipient_got_never_the_original(
     assert EXE_BYTES.decode("latin-1") not in answer.text
     assert client.get("/console/quarantine/Q2/delivered/0.png").status_code == 404
     assert "配送内容が保管されていません" in client.get("/console/quarantine/Q1").text
+
+
+def test_dashboard_shows_libreoffice_health_beside_readiness(
+        stores: SqlStores, settings: Settings) -> None:
+    """LibreOffice is shown on the dashboard but is not part of readiness (mail flows
+    without it; Office attachments wait)."""
+    built = build_api(stores, settings)
+    install(built.app, {"libreoffice": lambda: False})
+    stores.users.create("kansa", Role.AUDITOR, PASSWORD)
+    with built.client as client:
+        assert sign_in(client, "kansa") == 303
+        page = client.get("/console/").text
+        row = re.search(r"LibreOffice[^<]*</th><td class=\"(\w+)\"", page)
+        assert row is not None and row[1] == "ng"
+        assert client.get("/readyz").json().get("checks", {}).get("libreoffice") is None

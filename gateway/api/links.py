@@ -17,7 +17,9 @@ from gateway.api.context import ApiContext, ApiError, get_context
 from gateway.api.models import EntryId
 from gateway.custody.audit import Actor
 from gateway.custody.quarantine import Conflict, NotFound
+from gateway.pipeline.notice import load_templates
 from gateway.pipeline.release_links import LINK_ACTOR, LINK_ROLE, link_is_valid
+from gateway.store.records import QuarantineEntry
 
 router = APIRouter(prefix="/release", tags=["recipient"])
 Ctx = Annotated[ApiContext, Depends(get_context)]
@@ -63,7 +65,7 @@ def confirm_page(_actor: Link, ctx: Ctx, entry_id: Id, request: Request) -> HTML
     except NotFound:
         return _page(_GONE, 404)
     subject = html.escape(entry.subject or "(件名なし)")
-    about = f"<p>件名「{subject}」（{entry.created_at:%Y-%m-%d %H:%M} UTC 受信）"
+    about = f"<p>{_why(ctx, entry)}</p><p>件名「{subject}」（{entry.created_at:%Y-%m-%d %H:%M} UTC 受信）"
     if entry.status in _STATE:  # a recipient coming back to the link sees where it stands
         return _page(f"{about}</p><p>{_STATE[entry.status]}</p>")
     action = html.escape(str(request.url))
@@ -86,6 +88,17 @@ def request_by_link(actor: Link, ctx: Ctx, entry_id: Id) -> HTMLResponse:
         status = ctx.quarantine.show(entry_id).status
         return _page(_STATE.get(status, "このメールはすでに申請済みか、配信済みです。"), 409)
     return _page("申請を受け付けました。承認または却下の結果はメールでお知らせします。")
+
+
+def _why(ctx: ApiContext, entry: QuarantineEntry) -> str:
+    """What was held and why, in the notice's own words (escaped HTML)."""
+    wording = load_templates(ctx.settings)
+    reasons = "、".join(wording.reason(code, code) for code in entry.reasons) or "-"
+    lines = [f"隔離の理由: {reasons}"]
+    if entry.parts:
+        held = "、".join(p.filename or p.part for p in entry.parts)
+        lines.insert(0, f"保管している添付ファイル: {held}")
+    return "<br>".join(html.escape(line) for line in lines)
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:

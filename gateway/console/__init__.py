@@ -7,6 +7,7 @@ the console is built this way and how it is secured).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -14,14 +15,17 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import RequestResponseEndpoint
 
-from gateway.api.context import get_context
+from gateway.api.context import Check, get_context
 from gateway.console import admin, audit, auth, overview, preview, quarantine, tracking
 from gateway.console.web import HEADERS, PREFIX, Redirect, Refused, anonymous, see_other
 
 STATIC = Path(__file__).with_name("static")
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, health: Mapping[str, Check] | None = None) -> None:
+    """`health`: checks shown on the dashboard beside the readiness checks but not part of
+    readiness (a LibreOffice that will not start holds Office attachments; mail flows)."""
+    app.state.console_checks = dict(health or {})
     for module in (auth, overview, quarantine, preview, tracking, audit, admin):
         app.include_router(module.router, prefix=PREFIX, include_in_schema=False)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC), name="console-static")

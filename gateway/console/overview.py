@@ -46,7 +46,8 @@ def _health(page: Page) -> dict[str, bool]:
     cached: tuple[float, dict[str, bool]] | None = getattr(state, "console_health", None)
     now = time.monotonic()
     if cached is None or now - cached[0] > HEALTH_SECONDS:
-        cached = (now, {name: _safe(check) for name, check in page.ctx.checks.items()})
+        checks = {**page.ctx.checks, **getattr(state, "console_checks", {})}
+        cached = (now, {name: _safe(check) for name, check in checks.items()})
         state.console_health = cached
     return cached[1]
 
