@@ -55,7 +55,8 @@ def gateway(tmp_path: Path, sink: Sink) -> Iterator[Gateway]:
     gw = Gateway(tmp_path / "gw", sink.port, MUGAIKA_RELEASE_LINK_KEY="k" * 32)
     gw.env["MUGAIKA_RELEASE_LINK_BASE_URL"] = f"http://127.0.0.1:{gw.api_port}"
     gw.start()
-    for name, role in (("sato", "operator"), ("suzuki", "approver"), ("kansa", "auditor")):
+    for name, role in (("sato", "operator"), ("suzuki", "approver"), ("kansa", "auditor"),
+                       ("kanri", "admin")):
         subprocess.run([sys.executable, "-m", "gateway", "user", "create", "--role", role, name],
                        input=PASSWORD + "\n", cwd=ROOT, env=gw.env, text=True, check=True,
                        capture_output=True, timeout=60)
@@ -203,9 +204,20 @@ def test_auditor_sees_the_log_but_no_original(browser: Any, gateway: Gateway,
 def test_english_switch_and_screens(browser: Any, gateway: Gateway, sink: Sink) -> None:
     send(gateway, mail_with_attachment(subject="English check"))
     wait_for(sink, lambda r: "English check" in str(r.message["Subject"]))
+    login = browser.new_context(locale="ja-JP").new_page()
+    login.goto(f"http://127.0.0.1:{gateway.api_port}/console/")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    login.screenshot(path=str(SHOTS / "login.png"))
+    admin = Person(browser, gateway, "kanri")
+    assert "sato" in admin.open("/console/admin").inner_text("table")
+    admin.shot("admin")
     operator = Person(browser, gateway, "sato")
     page = operator.open("/console/messages")
     operator.shot("message-tracking")
+    page.click("text=English check")
+    assert "English check" in page.inner_text("h1")
+    operator.shot("message-detail")
+    page = operator.open("/console/messages")
     page.click("a.lang")
     assert page.locator("h1").inner_text() == "Message tracking"
     for path in ("/console/", "/console/quarantine", "/console/requests"):

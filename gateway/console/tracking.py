@@ -58,7 +58,8 @@ def detail(page: Reader, queue_id: str) -> HTMLResponse:
     if record is None:
         raise Refused(404, "error.not_found")
     return page.render("message.html", m=record, report=record.report or {},
-                       headers=_held_headers(page, record.queue_id))
+                       headers=_held_headers(page, record.queue_id), verdicts=VERDICTS,
+                       statuses=STATUSES)
 
 
 def _held_headers(page: Page, queue_id: str) -> str | None:
