@@ -121,11 +121,12 @@ def _command_name(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
+    from tomli import TOMLDecodeError
 
     args = build_parser(argv).parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ValidationError, FileNotFoundError) as exc:
+    except (ValidationError, FileNotFoundError, TOMLDecodeError) as exc:
         print(f"mugaika: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return code

@@ -23,11 +23,13 @@ from gateway.custody.ppap import sandboxed_decrypter
 from gateway.custody.stores import open_stores
 from gateway.metrics import Metrics
 from gateway.pipeline.attachments import AttachmentContext
+from gateway.queue.outlets import Forwarder
 from gateway.queue.spool import Entry, Spool
 from gateway.queue.worker import Worker
 from gateway.relay.egress import forwarder_from_settings
 from gateway.relay.ingress import IngressHandler, server_factory
 from gateway.settings import Settings
+from gateway.tenancy import Tenancy
 
 log = structlog.get_logger("mugaika.server")
 
@@ -67,6 +69,15 @@ def limit_malloc_arenas() -> None:
             os.environ[name] = str(value)
 
 
+def _outlets(settings: Settings) -> tuple[Forwarder, Tenancy, dict[str, Forwarder]]:
+    """The default next hop, the tenants, and a forwarder (its own connection pool) for
+    each tenant with a downstream of its own."""
+    tenancy = Tenancy(settings)
+    routes = {t.id: forwarder_from_settings(tenancy.settings_for(t.id))
+              for t in settings.tenants if t.downstream is not None}
+    return forwarder_from_settings(settings), tenancy, routes
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None,
                 slot: int | None = None, limits: MutableSequence[int] | None = None) -> None:
     """Run until `stop` is set (or SIGTERM/SIGINT). Claimed work is recovered at next start.
@@ -89,11 +100,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     # is appended to it.
     recovered = await asyncio.to_thread(spool.recover)
     stores = open_stores(settings, write_behind=True)
-    forwarder = forwarder_from_settings(settings)
+    forwarder, tenancy, routes = _outlets(settings)
     pipeline_pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="sanitize")
     spool_pool = ThreadPoolExecutor(SPOOL_WRITERS, thread_name_prefix="spool")
     metrics = Metrics()
-    worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments, metrics)
+    worker = Worker(settings, spool, stores, forwarder, pipeline_pool, attachments, metrics,
+                    tenancy, routes)
 
     def queued(queue_id: str, entry: Entry | None) -> None:
         metrics.message("received")
@@ -131,7 +143,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await forwarder.close()
+        for outlet in (forwarder, *routes.values()):
+            await outlet.close()
         worker.close()
         pipeline_pool.shutdown(wait=True, cancel_futures=True)
         spool_pool.shutdown(wait=True)

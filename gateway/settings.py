@@ -8,11 +8,14 @@ once at start-up and passed down; nothing reads the environment after that.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+import tomli
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -24,6 +27,99 @@ from pydantic_settings import (
 MiB = 1024 * 1024
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+# --- tenants (issue 19, docs/tenants.md): part of the settings ---------------------------
+DEFAULT_TENANT = "default"
+#: What to do with an attachment of a content kind: today's rendering as pages (the
+#: default), remove it, or remove it and hold it for release.
+Treatment = Literal["render", "remove", "quarantine"]
+KINDS = ("pdf", "office", "image", "archive", "text", "unknown")
+
+
+class Downstream(BaseModel):
+    """A tenant's LGWAN-side mail server; unset fields come from the global settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: Literal["off", "opportunistic", "required"] | None = None
+    verify_cert: bool | None = None
+
+
+class TenantPolicy(BaseModel):
+    """A tenant's departures from the global policy; None keeps the global value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    pdf: Treatment | None = None
+    office: Treatment | None = None
+    image: Treatment | None = None
+    archive: Treatment | None = None
+    text: Treatment | None = None
+    unknown: Treatment | None = None
+    subject_tag: str | None = Field(default=None, max_length=64)
+    language: Literal["ja", "en"] | None = None
+    notice_contact: str | None = Field(default=None, max_length=200)
+    templates_dir: Path | None = None
+    release_requires_approval: bool | None = None
+    retention_days: int | None = Field(default=None, ge=1, le=3650)
+    #: The first-contact rule (m-FILTER's 90-day rule): not applied yet, accepted so that
+    #: a configuration written for it loads (docs/tenants.md).
+    first_contact_days: int = Field(default=0, ge=0, le=3650)
+    first_contact_exempt: tuple[str, ...] = ()
+
+    def overrides(self) -> dict[str, object]:
+        """The `Settings` fields this policy sets."""
+        names = {"subject_tag": "subject_tag", "language": "language",
+                 "notice_contact": "notice_contact", "templates_dir": "templates_dir",
+                 "release_requires_approval": "release_requires_approval",
+                 "retention_days": "quarantine_retention_days"}
+        found: dict[str, object] = {f"treatment_{k}": getattr(self, k) for k in KINDS}
+        found.update({field: getattr(self, key) for key, field in names.items()})
+        return {k: v for k, v in found.items() if v is not None}
+
+
+class Tenant(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    id: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
+    name: str = Field(min_length=1, max_length=100)
+    domains: tuple[str, ...] = Field(min_length=1)
+    downstream: Downstream | None = None
+    policy: TenantPolicy = TenantPolicy()
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return tuple(str(d).strip().lower().rstrip(".") for d in value)
+        return value
+
+
+def check_tenants(tenants: Iterable[Tenant], accepted_domains: Iterable[str]) -> None:
+    """Raise ValueError when an id is used twice or a domain belongs to two tenants (or to
+    a tenant and the global `accepted_domains`, which are the default tenant's)."""
+    owner = {d: DEFAULT_TENANT for d in accepted_domains}
+    ids = {DEFAULT_TENANT}
+    for tenant in tenants:
+        if tenant.id in ids:
+            raise ValueError(f"tenant id {tenant.id!r} is used twice (or is reserved)")
+        ids.add(tenant.id)
+        for domain in tenant.domains:
+            if domain in owner:
+                raise ValueError(f"domain {domain!r} belongs to tenants {owner[domain]!r} "
+                                 f"and {tenant.id!r}")
+            owner[domain] = tenant.id
+
+
+
+class Toml11Source(TomlConfigSettingsSource):
+    """The settings file read as TOML 1.1 (tomli): an inline table may span lines, as a
+    tenant's `policy = { … }` is written in docs/tenants.md; Python 3.11's tomllib
+    knows only TOML 1.0 and refuses that."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        with file_path.open(mode="rb") as fh:
+            return tomli.load(fh)
 
 
 class Settings(BaseSettings):
@@ -138,7 +234,23 @@ class Settings(BaseSettings):
     #: Secure cookies: "auto" when the request came over HTTPS (or a proxy says so).
     console_secure_cookies: Literal["auto", "always", "never"] = "auto"
 
+    # issue 19: tenants (docs/tenants.md); each treatment is the default for its content
+    # kind, which a tenant's policy may change: render as pages, remove, or quarantine
+    treatment_pdf: Treatment = "render"
+    treatment_office: Treatment = "render"
+    treatment_image: Treatment = "render"
+    treatment_archive: Treatment = "render"
+    treatment_text: Treatment = "render"
+    treatment_unknown: Treatment = "render"
+    #: `[[tenants]]` tables of the TOML file; none: one implicit tenant, these settings.
+    tenants: tuple[Tenant, ...] = ()
+
     toml_path: ClassVar[Path | None] = None
+
+    @model_validator(mode="after")
+    def _tenants_apart(self) -> Settings:
+        check_tenants(self.tenants, self.accepted_domains)
+        return self
 
     @field_validator("digest_timezone")
     @classmethod
@@ -170,7 +282,7 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         toml = getattr(settings_cls, "toml_path", None)
         if toml is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+            sources.append(Toml11Source(settings_cls, toml_file=toml))
         return tuple(sources)
 
     # --- derived paths --------------------------------------------------------------
@@ -198,12 +310,15 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     bound = type("TomlSettings", (Settings,), {"toml_path": path})
-    settings: Settings = bound(**overrides)
-    return settings
+    read: Settings = bound(**overrides)
+    # As a plain Settings: the class made here cannot be pickled, and a group of gateway
+    # processes hands its settings to each child (`gateway.processes`).
+    return Settings.model_construct(read.model_fields_set, **dict(read))
 
 
 def describe(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain values with secrets masked (`check-config`)."""
+    """The effective settings as plain values with secrets masked (`check-config`), and
+    each tenant's effective policy (`tenants`: what its mail is handled under)."""
     out: dict[str, Any] = {}
     for name in Settings.model_fields:
         value = getattr(settings, name)
@@ -212,4 +327,38 @@ def describe(settings: Settings) -> dict[str, Any]:
         elif isinstance(value, Path):
             value = str(value)
         out[name] = value
+    out["tenants"] = [_effective(settings, t) for t in settings.tenants]
     return out
+
+
+#: What `check-config` prints of a tenant's effective settings.
+POLICY_FIELDS = ("treatment_pdf", "treatment_office", "treatment_image", "treatment_archive",
+                 "treatment_text", "treatment_unknown", "subject_tag", "language",
+                 "notice_contact", "templates_dir", "release_requires_approval",
+                 "quarantine_retention_days", "downstream_host", "downstream_port",
+                 "downstream_starttls", "downstream_verify_cert")
+
+
+def _effective(settings: Settings, tenant: Tenant) -> dict[str, Any]:
+    own = tenant_settings(settings, tenant)
+    policy = {name: _plain(getattr(own, name)) for name in POLICY_FIELDS}
+    return {"id": tenant.id, "name": tenant.name, "domains": list(tenant.domains),
+            "policy": policy}
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def tenant_settings(settings: Settings, tenant: Tenant) -> Settings:
+    """The settings `tenant`'s mail is handled under: the global ones with its policy and
+    downstream laid over them (`gateway.tenancy.Tenancy` keeps one per tenant)."""
+    update = tenant.policy.overrides()
+    if tenant.downstream is not None:
+        down = tenant.downstream
+        update.update({"downstream_host": down.host, "downstream_port": down.port})
+        if down.starttls is not None:
+            update["downstream_starttls"] = down.starttls
+        if down.verify_cert is not None:
+            update["downstream_verify_cert"] = down.verify_cert
+    return settings.model_copy(update=update)

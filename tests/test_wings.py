@@ -31,7 +31,8 @@ RESTS_ON: dict[str, set[str]] = {
     "loadtest": {"relay"},
 }
 #: The shell's leaves: every wing may import them; they import no wing.
-LEAVES = {"gateway.settings", "gateway.logs", "gateway.metrics", "gateway.loop"}
+LEAVES = {"gateway.settings", "gateway.logs", "gateway.metrics", "gateway.loop",
+          "gateway.tenancy"}
 #: The shell's top (processes and commands): they put the wings together and may import any.
 TOP = {"gateway", "gateway.__main__", "gateway.cli", "gateway.server", "gateway.processes",
        "gateway.admin_cli", "gateway.office_cli", "gateway.user_cli"}

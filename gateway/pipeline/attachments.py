@@ -22,7 +22,16 @@ from converters.limits import ConversionPolicy, Limits
 from converters.names import clean_name, stem
 from converters.office_pool import OfficeConfig, OfficePool
 from converters.package import Packager
-from converters.registry import DETECTOR, UNKNOWN_TYPE, Classification, Registry, checked_type
+from converters.registry import (
+    ARCHIVE_TYPES,
+    DETECTOR,
+    OFFICE_TYPES,
+    OUTLOOK_TYPES,
+    UNKNOWN_TYPE,
+    Classification,
+    Registry,
+    checked_type,
+)
 from converters.sandbox import SandboxConfig, SandboxPool, decide_sandboxing
 from gateway.pipeline.parse import Leaf
 from gateway.pipeline.report import Action, ActionKind
@@ -202,8 +211,9 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
         return _removed(item, Classification(UNKNOWN_TYPE, clean_name(item.untrusted_name)), err)
     if _is_mail(item, found) and walk.nested is not None and walk.settings is not None:
         return _forwarded(item, walk)
-    if found.refusal is not None or found.converter is None:
-        return _removed(item, found, found.refusal or SandboxFailure("no converter"))
+    refused = _not_rendered(item, found, walk.settings)
+    if refused is not None:
+        return refused
     try:
         conversion, renderings = _convert(item, found, ctx)
     except ConversionError as err:
@@ -299,6 +309,49 @@ def _removed(item: _Part, found: Classification, err: ConversionError) -> Attach
     )
     held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
                         err.code)
+    return AttachmentOutcome((action,), held=(held,))
+
+
+def kind_of(detected_type: str) -> str:
+    """The content kind a treatment is chosen for (`gateway.tenancy.KINDS`)."""
+    if detected_type == "application/pdf":
+        return "pdf"
+    if detected_type in OFFICE_TYPES or detected_type in OUTLOOK_TYPES:
+        return "office"
+    if detected_type in ARCHIVE_TYPES:
+        return "archive"
+    major = detected_type.partition("/")[0]
+    return {"image": "image", "text": "text"}.get(major, "unknown")
+
+
+def _not_rendered(item: _Part, found: Classification,
+                  settings: Settings | None) -> AttachmentOutcome | None:
+    """Refused by detection (blocked, no converter) or by the policy; None: render it."""
+    if found.refusal is not None or found.converter is None:
+        return _removed(item, found, found.refusal or SandboxFailure("no converter"))
+    treatment = _treatment(found.detected_type, settings)
+    return None if treatment == "render" else _by_policy(item, found, treatment)
+
+
+def _treatment(detected_type: str, settings: Settings | None) -> str:
+    if settings is None:
+        return "render"
+    return str(getattr(settings, f"treatment_{kind_of(detected_type)}"))
+
+
+def _by_policy(item: _Part, found: Classification, treatment: str) -> AttachmentOutcome:
+    """The tenant's (or the global) policy says this kind is not rendered: removed from
+    what is delivered, the original held like any other (`quarantine`: the notice says it
+    can be asked for; `remove`: it says the kind is not accepted)."""
+    code = f"policy_{treatment}"
+    action = Action(
+        part=item.part, filename=found.clean_name if item.untrusted_name else None,
+        declared_type=item.declared, detected_type=found.detected_type,
+        action=ActionKind.REMOVED, reason=f"{kind_of(found.detected_type)}: {treatment} "
+                                          "by policy", code=code, quarantined=True,
+        notes=found.notes)
+    held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
+                        code)
     return AttachmentOutcome((action,), held=(held,))
 
 

@@ -22,6 +22,12 @@ class Envelope:
     add_headers: tuple[tuple[str, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def tenant(self) -> str | None:
+        """The tenant this copy is for (`gateway.tenancy`); None: the default tenant."""
+        value = self.extra.get("tenant")
+        return str(value) if value else None
+
     def to_json(self) -> bytes:
         """UTF-8 JSON, one line. Shallow: every field is JSON as it is (`asdict` deep-copied
         them); orjson, because every message writes one (the stdlib encoder was 2 % of a

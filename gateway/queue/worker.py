@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.header import Header
@@ -47,6 +47,7 @@ from gateway.queue.outlets import (
 )
 from gateway.queue.spool import DERIVED_SUFFIX, Entry, RetryState, Spool, SpoolError, derived_id
 from gateway.settings import Settings
+from gateway.tenancy import Tenancy
 
 log = structlog.get_logger("mugaika.worker")
 
@@ -177,7 +178,8 @@ class HandedOn:
 
 def output_entry(origin: Entry, output: bytes) -> Entry:
     """The sanitized output of `origin` as an entry to deliver (not yet in the spool)."""
-    env = replace(origin.envelope, kind="outbound", extra={"origin": origin.queue_id})
+    tenant = {"tenant": origin.envelope.tenant} if origin.envelope.tenant else {}
+    env = replace(origin.envelope, kind="outbound", extra={"origin": origin.queue_id, **tenant})
     return Entry(derived_id(origin.queue_id), env, output, RetryState())
 
 
@@ -244,15 +246,22 @@ class Worker:
         executor: Executor,
         attachments: AttachmentContext | None,
         metrics: Metrics,
+        tenancy: Tenancy | None = None,
+        routes: Mapping[str, Forwarder] | None = None,
     ) -> None:
+        """`routes`: the forwarders of tenants with a downstream of their own."""
         self.settings = settings
+        self.tenancy = tenancy or Tenancy(settings)
+        self.routes = dict(routes or {})
         self.attachments = attachments
         self.spool = spool
         self.stores = stores
         self.forwarder = forwarder
         self.executor = executor
-        #: Notice wording, read once: per message it cost a file read and a TOML parse.
+        #: Notice wording, read once (per tenant): per message it cost a file read and a
+        #: TOML parse.
         self.templates = load_templates(settings)
+        self._tenant_templates: dict[str, NoticeTemplates] = {}
         self.queue: asyncio.Queue[tuple[str, Entry | None]] = asyncio.Queue()
         self.metrics = metrics
         #: Settling a delivered message (log row, unlink) is not awaited: one thread does
@@ -445,9 +454,10 @@ class Worker:
         if len(entry.data) > INLINE_MAX_BYTES:
             await self._sanitize(entry)
             return
-        begun = begin_here(entry, self.settings, self.templates)
+        settings, templates = self._policy(entry)
+        begun = begin_here(entry, settings, templates)
         if isinstance(begun, Processed) and not keeps_original(begun):
-            handed = sanitize_claimed(entry, self.settings, self.attachments, self.templates,
+            handed = sanitize_claimed(entry, settings, self.attachments, templates,
                                       self.stores, begun)  # only queues log rows
             await self._handed_on(entry, handed)
         else:
@@ -455,9 +465,20 @@ class Worker:
 
     async def _sanitize(self, entry: Entry, begun: Processed | Opened | None = None) -> None:
         """Sanitize `entry` in a sanitize thread, then deliver its output."""
-        handed = await self._in_thread(sanitize_claimed, entry, self.settings,
-                                       self.attachments, self.templates, self.stores, begun)
+        settings, templates = self._policy(entry)
+        handed = await self._in_thread(sanitize_claimed, entry, settings,
+                                       self.attachments, templates, self.stores, begun)
         await self._handed_on(entry, handed)
+
+    def _policy(self, entry: Entry) -> tuple[Settings, NoticeTemplates]:
+        """The settings and notice wording of the entry's tenant (`gateway.tenancy`)."""
+        tenant = entry.envelope.tenant
+        if tenant is None:
+            return self.settings, self.templates
+        settings = self.tenancy.settings_for(tenant)
+        if tenant not in self._tenant_templates:
+            self._tenant_templates[tenant] = load_templates(settings)
+        return settings, self._tenant_templates[tenant]
 
     async def _handed_on(self, entry: Entry, handed: HandedOn) -> None:
         count_report(self.metrics, handed.report)
@@ -491,7 +512,8 @@ class Worker:
         rcpts = state.pending or list(env.rcpt_tos)
         data = _with_headers(entry.data, env.add_headers)
         now = time.time()
-        result = await self.forwarder.deliver(env.mail_from, rcpts, data)
+        forwarder = self.routes.get(env.tenant or "", self.forwarder)
+        result = await forwarder.deliver(env.mail_from, rcpts, data)
         state = replace(state, attempts=state.attempts + 1,
                         first_attempt=state.first_attempt or now)
         age = now - (env.received_at or state.first_attempt)

@@ -17,8 +17,9 @@ import time
 import zlib
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableSequence
+from collections.abc import Awaitable, Callable, Collection, MutableSequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from email.utils import formatdate
 from functools import lru_cache
 
@@ -30,6 +31,7 @@ from gateway.queue.envelope import Envelope
 from gateway.queue.spool import Entry, RetryState, Spool, new_queue_id
 from gateway.relay.smtpd import ServerLimits, Session, SMTPSession, Transaction
 from gateway.settings import Settings
+from gateway.tenancy import DEFAULT_TENANT, Tenancy
 
 log = structlog.get_logger("mugaika.ingress")
 
@@ -49,7 +51,7 @@ _ONE_FIELD = re.compile(rb"[!-9;-~]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
 HAND_OVER_MAX_BYTES = 1 << 20
 
 
-def relay_refusal(address: str, accepted_domains: list[str]) -> str | None:
+def relay_refusal(address: str, accepted_domains: Collection[str]) -> str | None:
     """Why `address` may not be a recipient here, or None when it may.
 
     Source routes (`%`, `!`), quoted local parts that hide an `@`, and address literals
@@ -203,6 +205,9 @@ class IngressHandler:
         self.room_for_fresh = room_for_fresh or _no_room
         self.on_rejected = on_rejected or (lambda: None)
         self.postmaster = settings.postmaster or f"postmaster@{settings.accepted_domains[0]}"
+        self.tenancy = Tenancy(settings)
+        #: The global accepted domains (the default tenant's) and every tenant's.
+        self.accepted = self.tenancy.accepted_domains
 
     def handle_RCPT(self, session: Session, txn: Transaction, address: str) -> str:
         if len(txn.rcpt_tos) >= self.settings.max_recipients:
@@ -210,7 +215,7 @@ class IngressHandler:
         if address.lower() == "postmaster":  # RFC 5321 4.5.1: MUST be accepted
             txn.rcpt_tos.append(self.postmaster)
             return "250 2.1.5 OK"
-        reason = relay_refusal(address, self.settings.accepted_domains)
+        reason = relay_refusal(address, self.accepted)
         if reason is not None:
             self.on_rejected()
             log.info("rcpt_refused", client=session.peer, reason=reason)
@@ -227,6 +232,10 @@ class IngressHandler:
             received_at=time.time(),
         )
         queue_id = new_queue_id()
+        copies = self._per_tenant(queue_id, env)
+        if len(copies) > 1:
+            return await self._store_split(queue_id, txn.content, copies)
+        env = copies[0][1]
         try:
             if len(txn.content) < HAND_OVER_MAX_BYTES and await self.room_for_fresh():
                 entry: Entry | None = await self._hand_over(queue_id, txn.content, env)
@@ -246,6 +255,51 @@ class IngressHandler:
                  size=len(txn.content), rcpts=len(env.rcpt_tos))
         self.on_queued(queue_id, entry)
         return REPLY_QUEUED.format(queue_id=queue_id)
+
+    def _per_tenant(self, queue_id: str, env: Envelope) -> list[tuple[str, Envelope]]:
+        """One (queue id, envelope) per tenant among the recipients: each tenant's copy is
+        sanitized under its own policy and goes to its own downstream (amavisd's policy
+        banks do the same). One tenant: the message as it came, its tenant named."""
+        groups: dict[str, list[str]] = {}
+        for rcpt in env.rcpt_tos:
+            groups.setdefault(self.tenancy.tenant_of(rcpt), []).append(rcpt)
+        if len(groups) == 1:
+            [tenant] = groups
+            return [(queue_id, _for_tenant(env, tenant, None))]
+        return [(new_queue_id(), replace(_for_tenant(env, tenant, queue_id),
+                                         rcpt_tos=tuple(rcpts)))
+                for tenant, rcpts in groups.items()]
+
+    async def _store_split(self, queue_id: str, untrusted: bytes,
+                           copies: list[tuple[str, Envelope]]) -> str:
+        """Spool every tenant's copy (each fsynced) before the one `250`; the message log
+        links each copy to `queue_id` (`split_of`)."""
+        loop = asyncio.get_running_loop()
+        stored: list[str] = []
+        try:
+            for copy_id, env in copies:
+                await loop.run_in_executor(self.executor, self._store, copy_id, untrusted, env)
+                stored.append(copy_id)
+        except Exception as error:
+            # All copies or none: the client sends again after a refusal, and a copy
+            # already spooled would then arrive twice.
+            await loop.run_in_executor(self.executor, self._unstore, stored)
+            if isinstance(error, LineTooLong):
+                return REPLY_LINE_TOO_LONG
+            if not out_of_space(error):
+                raise  # the session answers 451 4.3.0
+            return REPLY_NO_STORAGE
+        for copy_id, env in copies:
+            log.info("queued", queue_id=copy_id, split_of=queue_id, tenant=env.tenant,
+                     size=len(untrusted), rcpts=len(env.rcpt_tos))
+            self.on_queued(copy_id, None)
+        return REPLY_QUEUED.format(queue_id=queue_id)
+
+    def _unstore(self, queue_ids: list[str]) -> None:
+        """Take spooled copies back out of incoming/ (no worker has been told of them)."""
+        for queue_id in queue_ids:
+            if self.spool.take(queue_id):
+                self.spool.done(queue_id)
 
     async def _hand_over(self, queue_id: str, untrusted: bytes, env: Envelope) -> Entry:
         """Journal a small message for a worker of this process, which takes it with its
@@ -278,6 +332,13 @@ class IngressHandler:
         if not (is_crlf(line) and _ONE_FIELD.fullmatch(line)):
             raise ValueError("our Received line is not one header field")
         return line
+
+
+def _for_tenant(env: Envelope, tenant: str, split_of: str | None) -> Envelope:
+    if tenant == DEFAULT_TENANT and split_of is None:
+        return env  # no tenants, or the global domains': exactly as before tenants
+    extra = {"tenant": tenant, **({"split_of": split_of} if split_of else {})}
+    return replace(env, extra={**env.extra, **extra})
 
 
 async def _no_room() -> bool:
