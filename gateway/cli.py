@@ -40,6 +40,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.config is not None:  # read again on SIGHUP (`gateway.reload`), by every member
+        os.environ["MUGAIKA_CONFIG"] = str(args.config.resolve())
     settings = _settings(args)
     if settings.processes > 1:
         # A group's supervisor only starts and watches its members: this process's

@@ -138,6 +138,7 @@ class Group:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._reload)
         if not self.prepare():
             return 1
         for slot in range(self.settings.processes):
@@ -164,6 +165,12 @@ class Group:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.stopping = True
 
+    def _reload(self, signum: int, frame: object) -> None:
+        """Each member reads the file again itself (`gateway.reload`)."""
+        for member in self.members.values():
+            if member.is_alive() and member.pid is not None:
+                os.kill(member.pid, signal.SIGHUP)
+
     def stop(self) -> None:
         for member in self.members.values():
             if member.is_alive() and member.pid is not None:
@@ -181,7 +188,10 @@ def main() -> int:
     """`python -m gateway.processes [--config F]`: what `mugaika serve` runs for a group."""
     parser = argparse.ArgumentParser(prog="mugaika serve")
     parser.add_argument("--config", type=Path, default=None)
-    settings = load_settings(parser.parse_args().config)
+    config = parser.parse_args().config
+    if config is not None:  # the members read it again on SIGHUP (`gateway.reload`)
+        os.environ["MUGAIKA_CONFIG"] = str(config.resolve())
+    settings = load_settings(config)
     configure_logging()
     return Group(settings).run()
 

@@ -28,6 +28,7 @@ from gateway.queue.spool import Entry, Spool
 from gateway.queue.worker import Worker
 from gateway.relay.egress import forwarder_from_settings
 from gateway.relay.ingress import IngressHandler, server_factory
+from gateway.reload import Reloader, watch
 from gateway.settings import Settings
 from gateway.tenancy import Tenancy
 
@@ -114,6 +115,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     handler = IngressHandler(settings, spool, spool_pool, on_queued=queued,
                              on_rejected=lambda: metrics.message("rejected"),
                              room_for_fresh=worker.room_for_fresh)
+    watch(Reloader(settings, handler, worker, routes))
     smtp = await loop.create_server(server_factory(settings, handler, limits, slot or 0),
                                     settings.smtp_host, settings.smtp_port,
                                     reuse_port=slot is not None)

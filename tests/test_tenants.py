@@ -221,3 +221,49 @@ def test_content_kinds(detected: str, kind: str) -> None:
     from gateway.pipeline.attachments import kind_of
 
     assert kind_of(detected) == kind
+
+
+def _log_has(gw: Gateway, text: str, count: int = 1, timeout: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while gw.log_text().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} x{count} not in the log"
+        time.sleep(0.2)
+
+
+def test_sighup_applies_a_new_tenant_and_refuses_a_broken_file(
+        tmp_path: Path, make_gateway: Callable[..., Gateway], sink: Sink) -> None:
+    """A tenant added while the gateway runs: its mail is accepted after SIGHUP, a session
+    opened before goes on, and a broken file changes nothing."""
+    import signal
+
+    katsuragi, gose = Sink().start(), Sink().start()
+    try:
+        config = write_config(tmp_path, katsuragi.port, gose.port)
+        full = config.read_text("utf-8")
+        config.write_text(full[:full.index('[[tenants]]\nid = "gose"')], "utf-8")
+        gw = make_gateway(sink.port, MUGAIKA_CONFIG=str(config), MUGAIKA_PROCESSES="2")
+        assert gw.proc is not None
+        before = smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60)
+        before.ehlo()
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as client:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                client.sendmail("a@example.com", ["b@city.gose.example.lg.jp"], b"Subject: 1\r\n\r\nx")
+        config.write_text(full, "utf-8")
+        gw.proc.send_signal(signal.SIGHUP)
+        _log_has(gw, "config_reloaded", 2)  # both processes of the group
+        before.sendmail("a@example.com", ["b@city.gose.example.lg.jp"], b"Subject: 2\r\n\r\nx")
+        before.quit()
+        assert gose.wait(1, timeout=90)[0].rcpt_tos == ["b@city.gose.example.lg.jp"]
+
+        config.write_text(full.replace('id = "gose"', 'id = "katsuragi"'), "utf-8")
+        gw.proc.send_signal(signal.SIGHUP)
+        _log_has(gw, "config_reload_refused", 2)
+        assert "is used twice" in gw.log_text()
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as client:
+            client.sendmail("a@example.com", ["c@city.gose.example.lg.jp"], b"Subject: 3\r\n\r\nx")
+        assert len(gose.wait(2, timeout=90)) == 2
+    finally:
+        katsuragi.stop()
+        gose.stop()

@@ -35,7 +35,7 @@ LEAVES = {"gateway.settings", "gateway.logs", "gateway.metrics", "gateway.loop",
           "gateway.tenancy"}
 #: The shell's top (processes and commands): they put the wings together and may import any.
 TOP = {"gateway", "gateway.__main__", "gateway.cli", "gateway.server", "gateway.processes",
-       "gateway.admin_cli", "gateway.office_cli", "gateway.user_cli"}
+       "gateway.admin_cli", "gateway.office_cli", "gateway.user_cli", "gateway.reload"}
 
 
 def _below(wing: str) -> set[str]:

@@ -470,6 +470,12 @@ class Worker:
                                        self.attachments, templates, self.stores, begun)
         await self._handed_on(entry, handed)
 
+    def use(self, tenancy: Tenancy, routes: Mapping[str, Forwarder]) -> None:
+        """The tenants (and their forwarders) for mail handled from now on (`SIGHUP`)."""
+        self.tenancy = tenancy
+        self.routes = dict(routes)
+        self._tenant_templates = {}
+
     def _policy(self, entry: Entry) -> tuple[Settings, NoticeTemplates]:
         """The settings and notice wording of the entry's tenant (`gateway.tenancy`)."""
         tenant = entry.envelope.tenant

@@ -205,9 +205,14 @@ class IngressHandler:
         self.room_for_fresh = room_for_fresh or _no_room
         self.on_rejected = on_rejected or (lambda: None)
         self.postmaster = settings.postmaster or f"postmaster@{settings.accepted_domains[0]}"
-        self.tenancy = Tenancy(settings)
+        self.use(Tenancy(settings))
+
+    def use(self, tenancy: Tenancy) -> None:
+        """Route recipients by these tenants from now on (a reload, `SIGHUP`): sessions
+        in progress go on; a transaction already past RCPT keeps the domains it had."""
+        self.tenancy = tenancy
         #: The global accepted domains (the default tenant's) and every tenant's.
-        self.accepted = self.tenancy.accepted_domains
+        self.accepted = tenancy.accepted_domains
 
     def handle_RCPT(self, session: Session, txn: Transaction, address: str) -> str:
         if len(txn.rcpt_tos) >= self.settings.max_recipients:
