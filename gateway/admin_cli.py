@@ -38,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = token.add_parser("create", help="create a token; it is printed once, as the last line")
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
     p.add_argument("--name", help="unique label shown in the audit log (default: generated)")
+    p.add_argument("--tenant", help="limit the token to this tenant's data (docs/tenants.md)")
     p.set_defaults(func=_run(_token_create))
     token.add_parser("list", help="list tokens (never their values)").set_defaults(
         func=_run(_token_list))
@@ -97,6 +98,14 @@ def _run(handler: Handler) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def known_tenant(settings: Settings, tenant: str | None) -> str | None:
+    """`tenant` when the settings declare it; a scope for a tenant that does not exist
+    would see nothing and look like a bug later."""
+    if tenant is not None and tenant not in {t.id for t in settings.tenants}:
+        raise TokenError(f"no tenant {tenant!r} in the configuration")
+    return tenant
+
+
 def cli_actor() -> Actor:
     return Actor(f"cli:{getpass.getuser()}", Role.ADMIN.value, "cli")
 
@@ -126,9 +135,11 @@ def _service(settings: Settings, stores: SqlStores) -> QuarantineService:
     return QuarantineService(stores, HandOffSpool(Spool(settings.spool_dir)), settings)
 
 
-def _token_create(args: argparse.Namespace, _settings: Settings, stores: SqlStores) -> int:
-    info, token = stores.tokens.create(Role(args.role), args.name)
-    stores.audit.record(cli_actor(), "token.create", info.name, role=info.role.value)
+def _token_create(args: argparse.Namespace, settings: Settings, stores: SqlStores) -> int:
+    tenant = known_tenant(settings, args.tenant)
+    info, token = stores.tokens.create(Role(args.role), args.name, tenant)
+    stores.audit.record(cli_actor(), "token.create", info.name, role=info.role.value,
+                        scope=tenant)
     print(f"created token {info.name!r} with role {info.role.value}; it is shown only once:")
     print(token)
     return EXIT_OK
@@ -137,7 +148,8 @@ def _token_create(args: argparse.Namespace, _settings: Settings, stores: SqlStor
 def _token_list(_args: argparse.Namespace, _settings: Settings, stores: SqlStores) -> int:
     for t in stores.tokens.list():
         state = f"revoked {t.revoked_at:%Y-%m-%d}" if t.revoked_at else "active"
-        print(f"{t.name}\t{t.role.value}\t{t.created_at:%Y-%m-%d %H:%M}\t{state}")
+        print(f"{t.name}\t{t.role.value}\t{t.tenant or '*'}\t{t.created_at:%Y-%m-%d %H:%M}\t"
+              f"{state}")
     return EXIT_OK
 
 

@@ -12,9 +12,9 @@ import argparse
 import getpass
 import sys
 
-from gateway.admin_cli import EXIT_OK, EXIT_REFUSED, _run, cli_actor
+from gateway.admin_cli import EXIT_OK, EXIT_REFUSED, _run, cli_actor, known_tenant
 from gateway.custody.stores import SqlStores
-from gateway.custody.tokens import Role
+from gateway.custody.tokens import Role, TokenError
 from gateway.custody.users import UserError
 from gateway.settings import Settings
 
@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     user = subparsers.add_parser("user").add_subparsers(dest="user_command", required=True)
     p = user.add_parser("create", help="create an account; the password is asked for")
     p.add_argument("--role", required=True, choices=[r.value for r in Role])
+    p.add_argument("--tenant", help="limit the account to this tenant's data (docs/tenants.md)")
     p.add_argument("name")
     p.set_defaults(func=_run(_create))
     user.add_parser("list", help="accounts, roles and states").set_defaults(func=_run(_list))
@@ -45,13 +46,15 @@ def read_password() -> str:
     return first
 
 
-def _create(args: argparse.Namespace, _settings: Settings, stores: SqlStores) -> int:
+def _create(args: argparse.Namespace, settings: Settings, stores: SqlStores) -> int:
     try:
-        user = stores.users.create(args.name, Role(args.role), read_password())
-    except UserError as exc:
+        tenant = known_tenant(settings, args.tenant)
+        user = stores.users.create(args.name, Role(args.role), read_password(), tenant)
+    except (UserError, TokenError) as exc:
         print(f"mugaika: {exc}", file=sys.stderr)
         return EXIT_REFUSED
-    stores.audit.record(cli_actor(), "user.create", user.name, role=user.role.value)
+    stores.audit.record(cli_actor(), "user.create", user.name, role=user.role.value,
+                        scope=tenant)
     print(f"created user {user.name!r} with role {user.role.value}")
     return EXIT_OK
 
@@ -60,7 +63,7 @@ def _list(_args: argparse.Namespace, _settings: Settings, stores: SqlStores) -> 
     for u in stores.users.list():
         state = "disabled" if u.disabled else "active"
         last = f"{u.last_login_at:%Y-%m-%d %H:%M}" if u.last_login_at else "-"
-        print(f"{u.name}\t{u.role.value}\t{state}\tlast sign-in {last}")
+        print(f"{u.name}\t{u.role.value}\t{u.tenant or '*'}\t{state}\tlast sign-in {last}")
     return EXIT_OK
 
 

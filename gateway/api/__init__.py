@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -119,10 +121,15 @@ def default_checks(settings: Settings, stores: SqlStores, spool: ApiSpool) -> di
 
 
 async def _purge_loop(service: QuarantineService, settings: Settings) -> None:
-    """Purge expired entries now and then every interval; errors are logged, not fatal."""
+    """Purge expired entries now and then every interval; errors are logged, not fatal.
+
+    Every node with the API runs this loop; the lease row in `task_leases` lets one node
+    per interval purge, so that two nodes do not both scan for and delete the same
+    entries at once (the loser of each delete waits on the winner's row lock)."""
+    node = f"{socket.gethostname()}:{os.getpid()}"
     while True:
         try:
-            gone = await asyncio.to_thread(service.purge, SYSTEM_ACTOR)
+            gone = await asyncio.to_thread(service.scheduled_purge, SYSTEM_ACTOR, node)
             if gone:
                 log.info("quarantine purge removed %d expired entries", len(gone))
         except Exception:  # a database hiccup must not end the loop

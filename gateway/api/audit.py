@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/audit", tags=["audit"], responses=problems())
 
 @router.get("", response_model=AuditPage, summary="Read the audit log")
 def audit_log(
-    _actor: Annotated[Actor, Depends(Require(Permission.AUDIT))],
+    reader: Annotated[Actor, Depends(Require(Permission.AUDIT))],
     ctx: Annotated[ApiContext, Depends(get_context)],
     page: Annotated[Paging, Depends(paging)],
     actor: Annotated[SearchText | None, Query(description="Token name, exactly")] = None,
@@ -26,6 +26,7 @@ def audit_log(
     target: Annotated[SearchText | None, Query(description="e.g. a quarantine id")] = None,
 ) -> AuditPage:
     found = ctx.stores.audit.search(AuditQuery(actor=actor, action=action, target=target,
-                                               limit=page.limit, offset=page.offset))
+                                               tenant=reader.tenant, limit=page.limit,
+                                               offset=page.offset))
     return AuditPage(items=[AuditOut.of(e) for e in found.items], total=found.total,
                      limit=found.limit, offset=found.offset)

@@ -39,4 +39,4 @@ class Require:
         if not token.allows(self.permission):
             raise ApiError(403, "forbidden", f"role {token.role.value} may not {self.permission}")
         remote = request.client.host if request.client else ""
-        return Actor(token.name, token.role.value, remote)
+        return Actor(token.name, token.role.value, remote, token.tenant)

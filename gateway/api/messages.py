@@ -24,7 +24,7 @@ Ctx = Annotated[ApiContext, Depends(get_context)]
 @router.get("", response_model=MessagePage, summary="Search the message log")
 def search_messages(
     *,
-    _actor: Reader,
+    actor: Reader,
     ctx: Ctx,
     page: Annotated[Paging, Depends(paging)],
     sender: Annotated[SearchText | None, Query(description="Part of the envelope sender")] = None,
@@ -37,7 +37,7 @@ def search_messages(
 ) -> MessagePage:
     found = ctx.stores.messages.search(MessageQuery(
         sender=sender, recipient=recipient, subject=subject, since=since, until=until,
-        verdict=verdict.value if verdict else None, status=status,
+        verdict=verdict.value if verdict else None, status=status, tenant=actor.tenant,
         limit=page.limit, offset=page.offset,
     ))
     return MessagePage(items=[MessageOut.of(r) for r in found.items], total=found.total,
@@ -46,8 +46,8 @@ def search_messages(
 
 @router.get("/{queue_id}", response_model=MessageDetail, responses=problems(404),
             summary="One message with what was done to each part")
-def get_message(_actor: Reader, ctx: Ctx, queue_id: Annotated[EntryId, Path()]) -> MessageDetail:
+def get_message(actor: Reader, ctx: Ctx, queue_id: Annotated[EntryId, Path()]) -> MessageDetail:
     record = ctx.stores.messages.get(queue_id)
-    if record is None:
+    if record is None or not actor.sees(record.tenant):
         raise ApiError(404, "not_found", "no such message")
     return MessageDetail.of(record)

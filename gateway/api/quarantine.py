@@ -35,7 +35,7 @@ Id = Annotated[EntryId, Path(description="The quarantine id (the queue id in the
 @router.get("", response_model=QuarantinePage, summary="List and search the quarantine")
 def list_quarantine(
     *,
-    _actor: Annotated[Actor, Depends(Require(Permission.READ))],
+    actor: Annotated[Actor, Depends(Require(Permission.READ))],
     ctx: Ctx,
     page: Annotated[Paging, Depends(paging)],
     sender: Annotated[SearchText | None, Query()] = None,
@@ -49,7 +49,7 @@ def list_quarantine(
     found = ctx.quarantine.search(QuarantineQuery(
         sender=sender, recipient=recipient, subject=subject, reason=reason, status=status,
         since=since, until=until, limit=page.limit, offset=page.offset,
-    ))
+    ), actor)
     return QuarantinePage(items=[QuarantineOut.of(e) for e in found.items], total=found.total,
                           limit=found.limit, offset=found.offset)
 
@@ -57,9 +57,9 @@ def list_quarantine(
 @router.get("/{entry_id}", response_model=QuarantineDetail, responses=problems(404),
             summary="One entry with its held parts and release requests")
 def get_entry(
-    _actor: Annotated[Actor, Depends(Require(Permission.READ))], ctx: Ctx, entry_id: Id
+    actor: Annotated[Actor, Depends(Require(Permission.READ))], ctx: Ctx, entry_id: Id
 ) -> QuarantineDetail:
-    return QuarantineDetail.of(ctx.quarantine.show(entry_id))
+    return QuarantineDetail.of(ctx.quarantine.show(entry_id, actor))
 
 
 @router.get(

@@ -17,15 +17,22 @@ MESSAGES = ("msg.user_created", "msg.user_changed", "msg.token_revoked", "msg.us
             "msg.token_error")
 
 
+def _prefecture_admin(page: Page) -> None:
+    """Accounts and tokens are the prefecture's: the admin role, with no tenant scope (a
+    tenant's admin must not make tokens that see every tenant)."""
+    assert page.session is not None
+    user = page.session.user
+    if user.role is not Role.ADMIN or user.tenant is not None:
+        raise Refused(403, "error.forbidden")
+
+
 class AdminOnly(SignedIn):
     """Accounts and tokens: the admin role only (no permission of the API covers them)."""
 
     def __call__(self, request: Request,
                  ctx: Annotated[ApiContext, Depends(get_context)]) -> Page:
         page = super().__call__(request, ctx)
-        assert page.session is not None
-        if page.session.user.role is not Role.ADMIN:
-            raise Refused(403, "error.forbidden")
+        _prefecture_admin(page)
         return page
 
 
@@ -33,9 +40,7 @@ class AdminPost(Posted):
     async def __call__(self, request: Request,  # type: ignore[override]
                        ctx: Annotated[ApiContext, Depends(get_context)]) -> Page:
         page = await super().__call__(request, ctx)
-        assert page.session is not None
-        if page.session.user.role is not Role.ADMIN:
-            raise Refused(403, "error.forbidden")
+        _prefecture_admin(page)
         return page
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -28,7 +29,7 @@ def audit_log(page: Auditor, actor: Text = None, action: Text = None, target: Te
               p: Annotated[int, Query(ge=0, le=100_000)] = 0) -> HTMLResponse:
     found = page.ctx.stores.audit.search(AuditQuery(
         actor=actor or None, action=action or None, target=target or None,
-        limit=PAGE_SIZE, offset=p * PAGE_SIZE))
+        tenant=page.actor.tenant, limit=PAGE_SIZE, offset=p * PAGE_SIZE))
     filters = {"actor": actor or "", "action": action or "", "target": target or ""}
     return page.render("audit.html", found=found, filters=filters, p=p, size=PAGE_SIZE,
                        detail=_detail)
@@ -38,7 +39,8 @@ def audit_log(page: Auditor, actor: Text = None, action: Text = None, target: Te
 def audit_csv(page: Auditor, actor: Text = None, action: Text = None,
               target: Text = None) -> StreamingResponse:
     """UTF-8 with a BOM: without it Excel reads the file as Shift_JIS and garbles it."""
-    query = AuditQuery(actor=actor or None, action=action or None, target=target or None)
+    query = AuditQuery(actor=actor or None, action=action or None, target=target or None,
+                       tenant=page.actor.tenant)
     return StreamingResponse(_csv_rows(page, query), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition":
                                       'attachment; filename="mugaika-audit.csv"'})
@@ -49,9 +51,7 @@ def _csv_rows(page: Page, query: AuditQuery) -> Iterator[bytes]:
     yield _line(["at (JST)", "actor", "role", "action", "target", "remote", "detail"])
     offset = 0
     while offset < CSV_MAX_ROWS:
-        batch = page.ctx.stores.audit.search(AuditQuery(
-            actor=query.actor, action=query.action, target=query.target,
-            limit=500, offset=offset)).items
+        batch = page.ctx.stores.audit.search(replace(query, limit=500, offset=offset)).items
         # One chunk per batch: a chunk per row costs a thread hop and a send each
         # (StreamingResponse iterates a plain iterator in the thread pool), which made
         # 3,000 rows take 0.7-0.9 s (issue 18, bench console).

@@ -28,10 +28,11 @@ HEALTH_SECONDS = 10.0
 def dashboard(page: Annotated[Page, Depends(SignedIn(Permission.READ))]) -> HTMLResponse:
     now = datetime.now(UTC)
     log = page.ctx.stores.messages
-    periods = {"day": log.activity(now - timedelta(hours=24)),
-               "week": log.activity(now - timedelta(days=7))}
+    tenant = page.actor.tenant
+    periods = {"day": log.activity(now - timedelta(hours=24), tenant),
+               "week": log.activity(now - timedelta(days=7), tenant)}
     start = (now - timedelta(hours=CHART_HOURS - 1)).replace(minute=0, second=0, microsecond=0)
-    series = log.hourly(start, CHART_HOURS)
+    series = log.hourly(start, CHART_HOURS, tenant)
     health = _health(page)
     return page.render("dashboard.html", periods=periods, figures=FIGURES,
                        depth=page.ctx.spool.depth(), health=health,

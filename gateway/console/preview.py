@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from gateway.console.web import Page, Refused, SignedIn
+from gateway.custody.quarantine import NotFound
 from gateway.custody.tokens import Permission
 
 router = APIRouter()
@@ -58,6 +59,10 @@ def delivered_view(raw: bytes) -> Delivered:
 @router.get("/quarantine/{entry_id}/delivered/{index}.png")
 def page_image(entry_id: str, index: int,
                page: Annotated[Page, Depends(SignedIn(Permission.READ))]) -> Response:
+    try:
+        page.ctx.quarantine.show(entry_id[:64], page.actor)  # another tenant's: 404
+    except NotFound:
+        raise Refused(404, "error.not_found") from None
     raw = page.ctx.stores.quarantine.delivered(entry_id[:64])
     leaves = _leaves(raw) if raw is not None else []
     if not 0 <= index < len(leaves) or leaves[index].get_content_type() != "image/png":

@@ -53,7 +53,7 @@ def entries(page: Reader, sender: Text = None, recipient: Text = None, subject: 
     query = QuarantineQuery(sender=sender or None, recipient=recipient or None,
                             subject=subject or None, reason=reason or None, status=status,
                             limit=PAGE_SIZE, offset=p * PAGE_SIZE)
-    found = page.ctx.quarantine.search(query)
+    found = page.ctx.quarantine.search(query, page.actor)
     filters = {"sender": sender or "", "recipient": recipient or "", "subject": subject or "",
                "reason": reason or "", "status": status or ""}
     return page.render("quarantine_list.html", found=found, filters=filters, p=p,
@@ -63,7 +63,7 @@ def entries(page: Reader, sender: Text = None, recipient: Text = None, subject: 
 @router.get("/quarantine/{entry_id}", response_class=HTMLResponse)
 def entry(page: Reader, entry_id: str, msg: Text = None) -> HTMLResponse:
     try:
-        found = page.ctx.quarantine.show(entry_id)
+        found = page.ctx.quarantine.show(entry_id, page.actor)
     except NotFound:
         raise Refused(404, "error.not_found") from None
     record = page.ctx.stores.messages.get(entry_id)
@@ -154,7 +154,8 @@ def delete(entry_id: str, page: Annotated[Page, Depends(Posted(Permission.DELETE
 @router.get("/requests", response_class=HTMLResponse)
 def pending_requests(page: Reader) -> HTMLResponse:
     """Entries waiting for an approver, the oldest first."""
-    found = page.ctx.quarantine.search(QuarantineQuery(status=RELEASE_REQUESTED, limit=500))
+    found = page.ctx.quarantine.search(QuarantineQuery(status=RELEASE_REQUESTED, limit=500),
+                                       page.actor)
     waiting = sorted(page.ctx.stores.quarantine.with_pending_requests(found.items),
                      key=lambda e: min((r.requested_at for r in e.requests),
                                        default=e.created_at))

@@ -32,7 +32,8 @@ def search(page: Reader, sender: Text = None, recipient: Text = None, subject: T
         sender=sender or None, recipient=recipient or None, subject=subject or None,
         since=_day(since), until=_day(until, 1),
         verdict=verdict if verdict in VERDICTS else None,
-        status=status if status in STATUSES else None, limit=PAGE_SIZE, offset=p * PAGE_SIZE)
+        status=status if status in STATUSES else None, tenant=page.actor.tenant,
+        limit=PAGE_SIZE, offset=p * PAGE_SIZE)
     found = page.ctx.stores.messages.search(query)
     filters = {"sender": sender or "", "recipient": recipient or "", "subject": subject or "",
                "since": since.isoformat() if since else "",
@@ -55,7 +56,7 @@ def _day(day: date | None, plus: int = 0) -> datetime | None:
 @router.get("/messages/{queue_id}", response_class=HTMLResponse)
 def detail(page: Reader, queue_id: str) -> HTMLResponse:
     record = page.ctx.stores.messages.get(queue_id[:64])
-    if record is None:
+    if record is None or not page.actor.sees(record.tenant):
         raise Refused(404, "error.not_found")
     return page.render("message.html", m=record, report=record.report or {},
                        headers=_held_headers(page, record.queue_id), verdicts=VERDICTS,

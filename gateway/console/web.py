@@ -94,7 +94,8 @@ class Page:
     def actor(self) -> Actor:
         assert self.session is not None
         host = self.request.client.host if self.request.client else ""
-        return Actor(self.session.user.name, self.session.user.role.value, host)
+        user = self.session.user
+        return Actor(user.name, user.role.value, host, user.tenant)
 
     def reason(self, code: str, fallback: str = "") -> str:
         """A reason code in words, from the notices' wording in this page's language (one

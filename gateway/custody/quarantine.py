@@ -23,7 +23,7 @@ import email.encoders
 import email.policy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 from hashlib import sha256
 from typing import Protocol
@@ -132,44 +132,64 @@ class QuarantineService:
         self._decrypt = decrypt
 
     # --- reading ----------------------------------------------------------------------
-    def search(self, query: QuarantineQuery) -> Page[QuarantineEntry]:
+    def search(self, query: QuarantineQuery, actor: Actor | None = None
+               ) -> Page[QuarantineEntry]:
+        """`query`, narrowed to the actor's tenant when the actor has one."""
+        if actor is not None and actor.tenant is not None:
+            query = replace(query, tenant=actor.tenant)
         return self._q.search(query)
 
-    def show(self, entry_id: str) -> QuarantineEntry:
+    def show(self, entry_id: str, actor: Actor | None = None) -> QuarantineEntry:
+        """The entry; NotFound also when it is another tenant's than the actor's (404, not
+        403: ids of other municipalities do not leak)."""
         entry = self._q.get(entry_id)
-        if entry is None:
+        if entry is None or (actor is not None and not actor.sees(entry.tenant)):
             raise NotFound("no such quarantine entry")
         return entry
 
     def original(self, entry_id: str, actor: Actor) -> bytes:
         """The original message as received; every download is audited."""
+        entry = self.show(entry_id, actor)
         data = self._q.original(entry_id)
         if data is None:
             raise NotFound("no such quarantine entry")
-        self._stores.audit.record(actor, "quarantine.download", entry_id, size=len(data))
+        self._stores.audit.record(actor, "quarantine.download", entry_id, size=len(data),
+                                  scope=entry.tenant)
         return data
 
     # --- changes ----------------------------------------------------------------------
     def delete(self, entry_id: str, actor: Actor) -> None:
-        if not self._q.delete(entry_id, self._stores.audit.hook(actor, "quarantine.delete",
-                                                                entry_id)):
+        entry = self.show(entry_id, actor)
+        if not self._q.delete(entry_id, self._stores.audit.hook(
+                actor, "quarantine.delete", entry_id, scope=entry.tenant)):
             raise NotFound("no such quarantine entry")
 
     def purge(self, actor: Actor) -> list[str]:
         """Remove expired entries (the scheduled task and `mugaika quarantine purge`)."""
-        return self._q.purge(audit=self._stores.audit.hook(actor, "quarantine.purge"))
+        audit = self._stores.audit
+        # One hook per entry: the audit row's target is the entry purged, as for a delete.
+        return self._q.purge(audit=lambda entry_id: audit.hook(actor, "quarantine.purge",
+                                                               entry_id))
+
+    def scheduled_purge(self, actor: Actor, node: str) -> list[str] | None:
+        """The server's timed purge: run only when this node claims the interval's lease
+        (`task_leases`), so that with several nodes on one database it runs once per
+        interval, not once per node; None when another node has it."""
+        if not self._q.claim_purge(node, self._settings.quarantine_purge_interval_seconds):
+            return None
+        return self.purge(actor)
 
     def request_release(
         self, entry_id: str, actor: Actor, reason: str = "", force_approval: bool = False
     ) -> ReleaseOutcome:
         """File a release request; carried out at once only when approval is switched off
         and the caller is staff (`force_approval` keeps a recipient's link request pending)."""
-        entry = self.show(entry_id)
+        entry = self.show(entry_id, actor)
         allowed = _requestable_from(actor)
         if entry.status not in allowed:
             raise Conflict(f"entry is {entry.status}, not {' or '.join(allowed)}")
         audit = self._stores.audit.hook(actor, "quarantine.release_request", entry_id,
-                                        reason=reason)
+                                        scope=entry.tenant, reason=reason)
         request_id = self._q.add_request(entry_id, actor.name, actor.remote, reason, audit,
                                          from_statuses=allowed)
         if request_id is None:
@@ -181,7 +201,7 @@ class QuarantineService:
     def approve(self, entry_id: str, actor: Actor, reason: str | None = None) -> ReleaseOutcome:
         """Carry out the pending request; the approver must not be the requester. `reason`
         is kept with the decision and told to a recipient who asked through the link."""
-        entry = self.show(entry_id)
+        entry = self.show(entry_id, actor)
         request = self._pending(entry, actor, "approve")
         reason = _clean_reason(reason) or None
         return self._carry_out(entry, request.id, actor, requester=request.requested_by,
@@ -193,10 +213,11 @@ class QuarantineService:
         reason = _clean_reason(reason)
         if not reason:
             raise ReasonRequired("a denial needs a reason")
-        entry = self.show(entry_id)
+        entry = self.show(entry_id, actor)
         request = self._pending(entry, actor, "deny")
         audit = self._stores.audit.hook(
-            actor, "quarantine.release_deny", entry_id, requested_by=request.requested_by,
+            actor, "quarantine.release_deny", entry_id, scope=entry.tenant,
+            requested_by=request.requested_by,
             reason=reason, notified=list(_notified(entry, request)))
         queued = self._q.deny_request(entry_id, request.id, actor.name, reason,
                                       self._notifier(entry, request, reason, released=False),
@@ -215,7 +236,7 @@ class QuarantineService:
         request = pending[-1]
         if request.requested_by == actor.name:
             self._stores.audit.record(actor, f"quarantine.{verb}_refused", entry.id,
-                                      reason=f"{_DECIDER[verb]} is the requester")
+                                      scope=entry.tenant, reason=f"{_DECIDER[verb]} is the requester")
             raise FourEyes(f"a release must be {verb}d by someone other than its requester")
         return request
 
@@ -230,7 +251,8 @@ class QuarantineService:
         kind = "released" if released else "denied"
 
         def notify(conn: Connection) -> list[str]:
-            return [self._spooler(raw, notice_envelope(rcpt, kind, quarantine_id=entry.id))(conn)
+            return [self._spooler(raw, notice_envelope(rcpt, kind, quarantine_id=entry.id,
+                                                         **_tenant_of(entry)))(conn)
                     for rcpt, raw in mails]
 
         return notify
@@ -246,11 +268,11 @@ class QuarantineService:
             mail_from=entry.mail_from, rcpt_tos=entry.recipients, received_at=time.time(),
             kind="release",
             add_headers=((RELEASED_BY_HEADER, approver.name), (REQUESTED_BY_HEADER, requester)),
-            extra={"quarantine_id": entry.id},
+            extra={"quarantine_id": entry.id, **_tenant_of(entry)},
         )
         detail = {"reason": reason} if reason else {}
         audit = self._stores.audit.hook(approver, "quarantine.release", entry.id,
-                                        request_id=request_id, requested_by=requester,
+                                        scope=entry.tenant, request_id=request_id, requested_by=requester,
                                         recipients=list(entry.recipients), **detail)
         notices: list[str] = []
         release = self._spooler(original, envelope)
@@ -272,9 +294,9 @@ class QuarantineService:
         self, entry_id: str, actor: Actor, password: str, part: str | None = None
     ) -> ReleaseOutcome:
         """PPAP: decrypt the held encrypted part(s) and send the message to be sanitized."""
+        entry = self.show(entry_id, actor)
         if self._decrypt is None:
             raise PpapUnavailable("password release is not available on this gateway")
-        entry = self.show(entry_id)
         if entry.status == RELEASED:
             raise Conflict("entry was released already")
         targets = [p for p in entry.parts if p.releasable and (part is None or p.part == part)]
@@ -285,7 +307,8 @@ class QuarantineService:
         attempts = self._q.reserve_password_attempt(entry_id,
                                                     self._settings.ppap_max_password_attempts)
         if attempts is None:
-            self._stores.audit.record(actor, "quarantine.password_refused", entry_id)
+            self._stores.audit.record(actor, "quarantine.password_refused", entry_id,
+                                      scope=entry.tenant)
             raise PasswordLimit("too many wrong passwords for this entry")
         decrypted = {p.part: Replacement(p.sha256, self._decrypt_part(entry, p.part, p.filename,
                                                                       password, actor, attempts))
@@ -295,14 +318,14 @@ class QuarantineService:
         envelope = Envelope(
             mail_from=entry.mail_from, rcpt_tos=entry.recipients, received_at=time.time(),
             kind="inbound", add_headers=((PASSWORD_RELEASE_HEADER, actor.name),),
-            extra={"ppap_release_of": entry_id},
+            extra={"ppap_release_of": entry_id, **_tenant_of(entry)},
         )
         try:
             message = replace_parts(original, decrypted)
         except ValueError:
             raise Conflict("the encrypted part could not be located in the original") from None
         audit = self._stores.audit.hook(actor, "quarantine.release_password", entry_id,
-                                        parts=sorted(decrypted))
+                                        scope=entry.tenant, parts=sorted(decrypted))
         queue_id = self._q.release_now(entry_id, actor.name, self._spooler(message, envelope),
                                        audit)
         if queue_id is None:
@@ -333,11 +356,18 @@ class QuarantineService:
             return self._decrypt(data, filename, password)
         except WrongPassword:
             self._stores.audit.record(actor, "quarantine.password_wrong", entry.id,
+                                      scope=entry.tenant,
                                       part=part, failures=attempts)
             left = max(0, self._settings.ppap_max_password_attempts - attempts)
             raise BadPassword(f"wrong password ({left} attempts left)") from None
         except ConversionError as exc:
             raise Conflict(f"the part could not be decrypted: {exc.code}") from None
+
+
+def _tenant_of(entry: QuarantineEntry) -> dict[str, str]:
+    """Envelope extras that send a release (or a notification) through the entry's tenant:
+    its downstream, its policy."""
+    return {"tenant": entry.tenant} if entry.tenant else {}
 
 
 def _requestable_from(actor: Actor) -> tuple[str, ...]:

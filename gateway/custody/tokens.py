@@ -70,6 +70,8 @@ class TokenInfo:
     role: Role
     created_at: datetime
     revoked_at: datetime | None
+    #: Its tenant's data only; None: every tenant's (the prefecture's staff).
+    tenant: str | None = None
 
     def allows(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
@@ -84,7 +86,8 @@ class TokenStore:
         self._engine = engine
         self._clock = clock
 
-    def create(self, role: Role, name: str | None = None) -> tuple[TokenInfo, str]:
+    def create(self, role: Role, name: str | None = None,
+               tenant: str | None = None) -> tuple[TokenInfo, str]:
         """A new token; the plain value is returned here and never again."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         label = name or f"{role.value}-{secrets.token_hex(4)}"
@@ -96,13 +99,13 @@ class TokenStore:
             with write(self._engine) as conn:
                 result = conn.execute(insert(api_tokens).values(
                     name=label[:128], role=role.value, token_sha256=hash_token(token),
-                    created_at=now,
+                    created_at=now, tenant=tenant,
                 ))
         except IntegrityError as exc:
             raise TokenError(f"a token named {label!r} exists already") from exc
         key = result.inserted_primary_key
         assert key is not None
-        return TokenInfo(int(key[0]), label, role, now, None), token
+        return TokenInfo(int(key[0]), label, role, now, None, tenant), token
 
     def authenticate(self, untrusted_token: str) -> TokenInfo | None:
         """The live token matching `untrusted_token`, or None."""
@@ -134,5 +137,5 @@ class TokenStore:
 def _info(row: Any) -> TokenInfo:
     return TokenInfo(
         id=row["id"], name=row["name"], role=Role(row["role"]),
-        created_at=row["created_at"], revoked_at=row["revoked_at"],
+        created_at=row["created_at"], revoked_at=row["revoked_at"], tenant=row["tenant"],
     )

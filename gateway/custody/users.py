@@ -66,6 +66,8 @@ class User:
     disabled: bool
     last_login_at: datetime | None
     locked_until: datetime | None
+    #: Its tenant's data only; None: every tenant's.
+    tenant: str | None = None
 
     def allows(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
@@ -99,7 +101,7 @@ class UserStore:
         self._lockout = timedelta(minutes=settings.console_lockout_minutes)
 
     # --- accounts ---------------------------------------------------------------------
-    def create(self, name: str, role: Role, password: str) -> User:
+    def create(self, name: str, role: Role, password: str, tenant: str | None = None) -> User:
         if not _NAME.match(name) or name.startswith(RESERVED_PREFIXES):
             raise UserError("a user name is 1-64 letters, digits, '.', '_', '@' or '-', and "
                             "does not start with 'cli:' or 'system'")
@@ -109,7 +111,7 @@ class UserStore:
             with write(self._engine) as conn:
                 conn.execute(insert(console_users).values(
                     name=name, role=role.value, password_hash=_hasher.hash(password),
-                    created_at=now, password_changed_at=now, failed_logins=0))
+                    created_at=now, password_changed_at=now, failed_logins=0, tenant=tenant))
         except IntegrityError as exc:
             raise UserError(f"a user named {name!r} exists already") from exc
         user = self.get(name)
@@ -238,5 +240,5 @@ def _user(row: Any) -> User:
     return User(
         id=row["id"], name=row["name"], role=Role(row["role"]), created_at=row["created_at"],
         disabled=row["disabled_at"] is not None, last_login_at=row["last_login_at"],
-        locked_until=row["locked_until"],
+        locked_until=row["locked_until"], tenant=row["tenant"],
     )

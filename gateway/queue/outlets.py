@@ -58,6 +58,10 @@ class MessageLog(Protocol):
         self, queue_id: str, status: DeliveryStatus, attempts: int, detail: str
     ) -> None: ...
 
+    def flush(self) -> None:
+        """Wait until every row recorded so far is in the database."""
+        ...
+
 
 class QuarantineStore(Protocol):
     def hold(

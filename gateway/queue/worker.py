@@ -312,6 +312,14 @@ class Worker:
             self._settler.submit(self._settle_all, batch)
 
     def _settle_all(self, batch: list[Settle]) -> None:
+        """Log the batch's outcomes, wait until those rows are in the database, then drop
+        the spool files: a process killed between the two used to leave a delivered
+        message logged as `queued` for good, nothing being left to recover (issue 19's
+        cluster test, 1 run in 3)."""
+        for settle in batch:
+            self.stores.messages.record_delivery(settle.origin, settle.status,
+                                                 settle.attempts, settle.detail)
+        self.stores.messages.flush()
         for settle in batch:
             try:
                 self._settle(settle)
@@ -493,11 +501,9 @@ class Worker:
         await self._deliver(handed.output, spooled=False)
 
     def _settle(self, settle: Settle) -> None:
-        """Log the outcome; drop the output first, then its original (never an output
-        that nothing can remake). An output delivered from memory has only its original,
-        still claimed, to drop."""
-        self.stores.messages.record_delivery(settle.origin, settle.status, settle.attempts,
-                                             settle.detail)
+        """Drop the output first, then its original (never an output that nothing can
+        remake). An output delivered from memory has only its original, still claimed, to
+        drop."""
         if not settle.spooled:
             assert settle.status == "delivered", "a failed delivery spools its output first"
             self.spool.done(settle.origin)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, get_args
 
-from sqlalchemy import Connection, Engine, bindparam, cast, func, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, cast, func, select, update
 from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -50,6 +50,8 @@ class MessageRecord:
     status_detail: str
     status_at: datetime | None
     report: dict[str, Any] | None
+    tenant: str | None = None
+    split_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class MessageQuery:
     until: datetime | None = None
     verdict: str | None = None
     status: str | None = None
+    #: Only this tenant's messages (a tenant's staff); None: all.
+    tenant: str | None = None
     limit: int = 50
     offset: int = 0
 
@@ -102,6 +106,8 @@ class SqlMessageLog:
             "client_addr": envelope.client_addr[:64],
             "helo": envelope.helo[:255],
             "size": size,
+            "tenant": envelope.tenant,
+            "split_of": envelope.extra.get("split_of"),
         }
         if conn is not None:
             self._write_batch(conn, [("received", row)])
@@ -175,6 +181,8 @@ class SqlMessageLog:
             query = query.where(messages.c.verdict == q.verdict)
         if q.status:
             query = query.where(messages.c.status == q.status)
+        if q.tenant:
+            query = query.where(messages.c.tenant == q.tenant)
         order = (messages.c.received_at.desc(), messages.c.queue_id.desc())
         self.flush()
         with self._engine.connect() as conn:
@@ -182,7 +190,7 @@ class SqlMessageLog:
         items = tuple(_record(r._mapping) for r in rows)
         return Page(items, total, q.limit, q.offset)
 
-    def activity(self, since: datetime) -> dict[str, int]:
+    def activity(self, since: datetime, tenant: str | None = None) -> dict[str, int]:
         """Counts of messages received since `since`, by verdict and by status (the
         console's dashboard): keys `received`, `verdict.<v>`, `status.<s>`.
 
@@ -195,13 +203,13 @@ class SqlMessageLog:
         columns = [func.count().filter(messages.c[name] == value) for name, value in keys]
         with self._engine.connect() as conn:
             row = conn.execute(select(func.count(), *columns)
-                               .where(messages.c.received_at >= since)).one()
+                               .where(_since(since, tenant))).one()
         counts = {"received": int(row[0])}
         counts.update({f"{name}.{value}": int(n) for (name, value), n in zip(
             keys, row[1:], strict=True) if n})
         return counts
 
-    def hourly(self, since: datetime, hours: int) -> list[int]:
+    def hourly(self, since: datetime, hours: int, tenant: str | None = None) -> list[int]:
         """Messages received in each hour from `since` on (`hours` buckets)."""
         self.flush()
         epoch: Any = (func.extract("epoch", messages.c.received_at)
@@ -211,7 +219,7 @@ class SqlMessageLog:
         first = int(since.timestamp() // 3600)
         with self._engine.connect() as conn:
             rows = conn.execute(select(bucket, func.count())
-                                .where(messages.c.received_at >= since)
+                                .where(_since(since, tenant))
                                 .group_by(bucket)).all()
         series = [0] * hours
         for hour, count in rows:
@@ -225,8 +233,15 @@ class SqlMessageLog:
 #: `record_delivery`), "processed" always follows its own "received", and rows of one
 #: kind keep their order (deferred, then delivered).
 _ORDER = ("received", "processed", "delivery")
-_RECEIVED = ("received_at", "kind", "mail_from", "recipients", "client_addr", "helo", "size")
+_RECEIVED = ("received_at", "kind", "mail_from", "recipients", "client_addr", "helo", "size",
+             "tenant", "split_of")
 _DELIVERY = ("status", "attempts", "status_detail", "status_at")
+
+
+def _since(since: datetime, tenant: str | None) -> Any:
+    """Received since `since`, and the tenant's only when one is named (its staff)."""
+    recent = messages.c.received_at >= since
+    return recent if tenant is None else and_(recent, messages.c.tenant == tenant)
 
 
 def _statements(dialect: str) -> dict[str, Any]:
@@ -270,4 +285,6 @@ def _record(row: Any) -> MessageRecord:
         status_detail=row["status_detail"],
         status_at=row["status_at"],
         report=report,
+        tenant=row["tenant"],
+        split_of=row["split_of"],
     )

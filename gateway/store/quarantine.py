@@ -48,6 +48,7 @@ from gateway.store.schema import (
     quarantine_entries,
     quarantine_parts,
     release_requests,
+    task_leases,
 )
 
 #: Writes a change's audit row inside the change's transaction, given what it made (a
@@ -60,6 +61,8 @@ RELEASED = "released"
 #: An approver refused the last request (却下); staff may request it again.
 DENIED = "denied"
 STATUSES = (HELD, RELEASE_REQUESTED, RELEASED, DENIED)
+#: The scheduled retention purge's row in `task_leases`.
+PURGE_TASK = "quarantine.purge"
 
 #: Runs inside a decision's transaction and spools what must go out with it (the
 #: original, the requester's notification); returns the queue ids to wake after commit.
@@ -120,6 +123,7 @@ class SqlQuarantine:
                 subject=_subject(raw), size=len(raw), verdict=report.verdict.value,
                 reasons=dumps(list(derived.reasons)), original_sha256=original, status=HELD,
                 delivered_sha256=put_blob(conn, delivered) if delivered is not None else None,
+                tenant=envelope.tenant,
             ))
             for part in held:
                 conn.execute(insert(quarantine_parts).values(
@@ -166,6 +170,8 @@ class SqlQuarantine:
             query = query.where(t.reasons.contains(json.dumps(q.reason), autoescape=True))
         if q.status:
             query = query.where(t.status == q.status)
+        if q.tenant:
+            query = query.where(t.tenant == q.tenant)
         if q.since:
             query = query.where(t.created_at >= q.since)
         if q.until:
@@ -240,15 +246,43 @@ class SqlQuarantine:
         return bool(gone)
 
     def purge(self, now: datetime | None = None,
-              audit: AuditHook | None = None) -> list[str]:
-        """Delete every entry whose retention has expired (each with its audit row);
-        returns their ids."""
+              audit: Callable[[str], AuditHook] | None = None) -> list[str]:
+        """Delete every entry whose retention has expired, each with its audit row made by
+        `audit(entry_id)` (the row names the entry it removed); returns their ids."""
         cutoff = now or self._clock()
         with self._engine.connect() as conn:
             ids = list(conn.execute(
                 select(quarantine_entries.c.id).where(quarantine_entries.c.expires_at <= cutoff)
             ).scalars())
-        return [entry_id for entry_id in ids if self.delete(entry_id, audit)]
+        return [entry_id for entry_id in ids
+                if self.delete(entry_id, audit(entry_id) if audit else None)]
+
+    def claim_purge(self, node: str, interval_seconds: float) -> bool:
+        """Claim this interval's scheduled purge for `node`; False when another node (or
+        this one) already ran it less than `interval_seconds` ago.
+
+        A conditional UPDATE that moves `next_at` forward: on PostgreSQL a second node's
+        UPDATE waits for the first's commit and then finds `next_at` in the future, on
+        SQLite the write lock orders them; either way one claim per interval succeeds.
+        The first claim ever inserts the row, and a concurrent first insert loses on the
+        primary key. A purge that fails after its claim waits for the next interval, as
+        it would on one node."""
+        now = self._clock()
+        lease = task_leases.c
+        values = {"node": node[:128], "claimed_at": now,
+                  "next_at": now + timedelta(seconds=interval_seconds)}
+        try:
+            with write(self._engine) as conn:
+                if conn.execute(update(task_leases).where(
+                        lease.task == PURGE_TASK, lease.next_at <= now).values(**values)
+                                ).rowcount:
+                    return True
+                if conn.execute(select(lease.task).where(lease.task == PURGE_TASK)).first():
+                    return False
+                conn.execute(insert(task_leases).values(task=PURGE_TASK, **values))
+                return True
+        except IntegrityError:
+            return False
 
     def add_request(self, entry_id: str, actor: str, remote: str, reason: str,
                     audit: AuditHook | None = None,

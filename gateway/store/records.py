@@ -54,6 +54,8 @@ class QuarantineEntry:
     released_by: str | None
     release_queue_id: str | None
     password_failures: int
+    #: The tenant it was held for (None: the default tenant).
+    tenant: str | None = None
     parts: tuple[QuarantinePart, ...] = ()
     requests: tuple[ReleaseRequest, ...] = ()
 
@@ -67,6 +69,8 @@ class QuarantineQuery:
     status: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    #: Only this tenant's entries (a tenant's staff); None: all.
+    tenant: str | None = None
     limit: int = 50
     offset: int = 0
 
@@ -85,6 +89,7 @@ def entry_of(row: Any) -> QuarantineEntry:
         reasons=tuple(json.loads(row["reasons"])), original_sha256=row["original_sha256"],
         status=row["status"], released_at=row["released_at"], released_by=row["released_by"],
         release_queue_id=row["release_queue_id"], password_failures=row["password_failures"],
+        tenant=row["tenant"],
     )
 
 

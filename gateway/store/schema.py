@@ -76,6 +76,10 @@ messages = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("status_detail", Text, nullable=False, server_default=""),
     Column("status_at", UtcDateTime(), nullable=True),
+    #: The tenant the message (or this copy of it) is for; NULL: the default tenant.
+    Column("tenant", String(32), nullable=True, index=True),
+    #: The queue id the client's message got when it was split into one copy per tenant.
+    Column("split_of", String(64), nullable=True),
 )
 
 #: Originals, stored once per content (sha256), shared by entries and parts.
@@ -110,7 +114,8 @@ quarantine_entries = Table(
     Column("password_failures", Integer, nullable=False, server_default="0"),
     #: What the recipient was delivered instead (the rebuilt message: notice, text, page
     #: images), for the console's preview; NULL for entries held before migration 0005.
-    Column("delivered_sha256", String(64), ForeignKey("blobs.sha256"), nullable=True),
+    Column("delivered_sha256", String(64), nullable=True),  # a blob (see migration 0005)
+    Column("tenant", String(32), nullable=True, index=True),
 )
 
 quarantine_parts = Table(
@@ -181,6 +186,8 @@ audit_log = Table(
     Column("target", String(128), nullable=False, server_default=""),
     Column("remote", String(64), nullable=False, server_default=""),
     Column("detail", Text, nullable=False, server_default="{}"),
+    #: The tenant whose data the action touched (NULL: the default tenant's, or none).
+    Column("tenant", String(32), nullable=True, index=True),
 )
 
 api_tokens = Table(
@@ -192,6 +199,8 @@ api_tokens = Table(
     Column("token_sha256", String(64), nullable=False, unique=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime(), nullable=True),
+    #: A tenant's token sees and acts on that tenant's data only; NULL: every tenant's.
+    Column("tenant", String(32), nullable=True),
 )
 
 Index("ix_release_requests_entry_status", release_requests.c.entry_id, release_requests.c.status)
@@ -210,6 +219,8 @@ console_users = Table(
     Column("last_login_at", UtcDateTime(), nullable=True),
     Column("failed_logins", Integer, nullable=False, server_default="0"),
     Column("locked_until", UtcDateTime(), nullable=True),
+    #: As for tokens: a tenant's staff, or (NULL) the prefecture's.
+    Column("tenant", String(32), nullable=True),
 )
 
 #: Console sessions, kept in the database so that any node (and a restarted one) knows
@@ -230,3 +241,16 @@ console_sessions = Table(
 #: alone (migration 0004; `gateway.store.messages.SqlMessageLog.activity`).
 Index("ix_messages_received_verdict_status", messages.c.received_at, messages.c.verdict,
       messages.c.status)
+
+#: Scheduled tasks every node runs on a timer but only one node should carry out per
+#: interval (migration 0006): the retention purge. A node runs the task when its
+#: conditional UPDATE of `next_at` (still in the past) succeeds; the others see the new
+#: `next_at` and skip (`gateway.store.quarantine.SqlQuarantine.claim_purge`).
+task_leases = Table(
+    "task_leases",
+    metadata,
+    Column("task", String(32), primary_key=True),
+    Column("node", String(128), nullable=False, server_default=""),
+    Column("claimed_at", UtcDateTime(), nullable=False),
+    Column("next_at", UtcDateTime(), nullable=False),
+)

@@ -17,14 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # batch mode: SQLite adds a column with a foreign key only by rebuilding the table.
-    with op.batch_alter_table("quarantine_entries") as batch:
-        batch.add_column(sa.Column("delivered_sha256", sa.String(64), nullable=True))
-        batch.create_foreign_key("fk_quarantine_entries_delivered", "blobs",
-                                 ["delivered_sha256"], ["sha256"])
+    # No foreign key to blobs (the original has one): on SQLite a key can be added only by
+    # rebuilding the table, and the rebuild's DROP TABLE cascades to the release requests.
+    # `delete_orphans` keeps the blob while an entry names it.
+    op.add_column("quarantine_entries",
+                  sa.Column("delivered_sha256", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("quarantine_entries") as batch:
-        batch.drop_constraint("fk_quarantine_entries_delivered", type_="foreignkey")
-        batch.drop_column("delivered_sha256")
+    op.drop_column("quarantine_entries", "delivered_sha256")
