@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 
 from prometheus_client import (
@@ -81,6 +81,13 @@ class Metrics:
         self._conversion = Histogram(
             "mugaika_conversion_duration_seconds", "Time one converter took for one part.",
             ["converter"], buckets=_SECONDS_BUCKETS, registry=r)
+        # Per tenant (issue 19): a counter of its own, so that the long-standing
+        # mugaika_messages_total keeps its labels; the tenant label takes only configured
+        # ids ("default" for the global domains, "other" for anything else).
+        self._tenant_messages = Counter(
+            "mugaika_tenant_messages", "Messages by tenant and outcome.",
+            ["tenant", "outcome"], registry=r)
+        self._tenants: frozenset[str] = frozenset({"default"})
         self._delivery_delay = Histogram(
             "mugaika_delivery_delay_seconds", "From acceptance to downstream delivery.",
             buckets=_DELAY_BUCKETS, registry=r)
@@ -97,6 +104,18 @@ class Metrics:
         if child is None:
             raise ValueError(f"unknown outcome {outcome!r}")
         child.inc(count)
+
+    def set_tenants(self, tenants: Iterable[str]) -> None:
+        """The tenant ids the tenant label may take (the configuration's)."""
+        self._tenants = frozenset({"default", *tenants})
+
+    def tenant_message(self, tenant: str | None, outcome: str) -> None:
+        """Count an outcome (delivered, bounced, deferred, quarantined) for a tenant."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        label = tenant or "default"
+        self._tenant_messages.labels(label if label in self._tenants else "other",
+                                     outcome).inc()
 
     def failed(self, reason: str) -> None:
         """A message kept in failed/ by the gateway; an unknown reason is a bug."""

@@ -18,6 +18,7 @@ caps through shared memory (`ingress.ConnectionLimiter`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import multiprocessing
 import multiprocessing.connection
@@ -36,7 +37,7 @@ from gateway import loop
 from gateway.logs import configure_logging
 from gateway.metrics import MULTIPROC_ENV
 from gateway.relay.ingress import forget, limit_table
-from gateway.settings import Settings, load_settings
+from gateway.settings import LOAD_ERRORS, Settings, load_settings, with_reloadable
 
 log = structlog.get_logger("mugaika.processes")
 
@@ -131,7 +132,13 @@ class Group:
     def start(self, slot: int) -> None:
         args = (self.member_settings, slot, os.getpid(), self.limits)
         member = self.context.Process(target=_member, args=args, name=f"mugaika-{slot}")
-        member.start()
+        # Started with SIGHUP blocked, so that a reload forwarded while it imports waits
+        # for its handler (`gateway.reload.watch`) instead of killing it.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            member.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
         self.members[slot] = member
         self.started[slot] = time.monotonic()
 
@@ -166,7 +173,11 @@ class Group:
         self.stopping = True
 
     def _reload(self, signum: int, frame: object) -> None:
-        """Each member reads the file again itself (`gateway.reload`)."""
+        """Each member reads the file again itself (`gateway.reload`); the supervisor
+        too, so that a member started again later starts with what the others have."""
+        with contextlib.suppress(*LOAD_ERRORS):  # the members say why it failed
+            self.settings = with_reloadable(self.settings, load_settings())
+            self.member_settings = slot_settings(self.settings)
         for member in self.members.values():
             if member.is_alive() and member.pid is not None:
                 os.kill(member.pid, signal.SIGHUP)

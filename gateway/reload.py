@@ -1,7 +1,7 @@
 """`SIGHUP` (`systemctl reload mugaika`): apply a changed configuration file's tenants.
 
 What a reload applies: the tenants (their domains, downstreams and policies), the global
-treatments and the global accepted domains. Everything else (ports, data directory,
+treatments, first-contact rule and accepted domains. Everything else (ports, data directory,
 database, workers) needs a restart, and a reload that changes it says so in the log.
 SMTP sessions and mail in flight are not touched: a message already accepted is handled
 under the tenants it was accepted with; forwarders of tenants whose downstream did not
@@ -19,20 +19,15 @@ import signal
 from collections.abc import Mapping
 
 import structlog
-from pydantic import ValidationError
-from tomli import TOMLDecodeError
 
 from gateway.queue.outlets import Forwarder
 from gateway.queue.worker import Worker
 from gateway.relay.egress import forwarder_from_settings
 from gateway.relay.ingress import IngressHandler
-from gateway.settings import Settings, load_settings
+from gateway.settings import LOAD_ERRORS, RELOADABLE, Settings, load_settings, with_reloadable
 from gateway.tenancy import Tenancy
 
 log = structlog.get_logger("mugaika.reload")
-#: The settings a reload applies; any other difference is reported, not applied.
-RELOADABLE = ("tenants", "accepted_domains", "treatment_pdf", "treatment_office",
-              "treatment_image", "treatment_archive", "treatment_text", "treatment_unknown")
 #: Set per member of a group (`gateway.processes.slot_settings`), not by the file.
 PER_MEMBER = ("converter_workers",)
 #: Seconds before a forwarder no longer used is closed (its deliveries have ended).
@@ -51,13 +46,13 @@ class Reloader:
         """Read the file again and apply it; False (and the old one kept) when it fails."""
         try:
             fresh = await asyncio.to_thread(load_settings)
-        except (ValidationError, TOMLDecodeError, FileNotFoundError, ValueError) as exc:
+        except LOAD_ERRORS as exc:
             log.error("config_reload_refused", error=str(exc)[:2000])
             return False
         ignored = [name for name in type(fresh).model_fields if name not in RELOADABLE
                    and name not in PER_MEMBER
                    and getattr(fresh, name) != getattr(self.settings, name)]
-        merged = self.settings.model_copy(update={k: getattr(fresh, k) for k in RELOADABLE})
+        merged = with_reloadable(self.settings, fresh)
         tenancy = Tenancy(merged)
         routes = self._routes(merged, tenancy)
         self.handler.use(tenancy)
@@ -95,6 +90,9 @@ def watch(reloader: Reloader) -> None:
             await reloader.reload()
 
     loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(once()))
+    # A member of a group starts with SIGHUP blocked (`gateway.processes.Group.start`):
+    # one sent while it was still starting is delivered now, to this handler.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _close_later(forwarders: list[Forwarder]) -> None:

@@ -15,7 +15,15 @@ from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import tomli
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -63,17 +71,18 @@ class TenantPolicy(BaseModel):
     templates_dir: Path | None = None
     release_requires_approval: bool | None = None
     retention_days: int | None = Field(default=None, ge=1, le=3650)
-    #: The first-contact rule (m-FILTER's 90-day rule): not applied yet, accepted so that
-    #: a configuration written for it loads (docs/tenants.md).
-    first_contact_days: int = Field(default=0, ge=0, le=3650)
-    first_contact_exempt: tuple[str, ...] = ()
+    #: The first-contact rule for this tenant (None: the global one).
+    first_contact_days: int | None = Field(default=None, ge=0, le=3650)
+    first_contact_exempt: tuple[str, ...] | None = None
 
     def overrides(self) -> dict[str, object]:
         """The `Settings` fields this policy sets."""
         names = {"subject_tag": "subject_tag", "language": "language",
                  "notice_contact": "notice_contact", "templates_dir": "templates_dir",
                  "release_requires_approval": "release_requires_approval",
-                 "retention_days": "quarantine_retention_days"}
+                 "retention_days": "quarantine_retention_days",
+                 "first_contact_days": "first_contact_days",
+                 "first_contact_exempt": "first_contact_exempt"}
         found: dict[str, object] = {f"treatment_{k}": getattr(self, k) for k in KINDS}
         found.update({field: getattr(self, key) for key, field in names.items()})
         return {k: v for k, v in found.items() if v is not None}
@@ -242,6 +251,10 @@ class Settings(BaseSettings):
     treatment_archive: Treatment = "render"
     treatment_text: Treatment = "render"
     treatment_unknown: Treatment = "render"
+    #: The first-contact rule (m-FILTER's 90-day rule): mail from a sender address not seen
+    #: in this many days (0: off) has every attachment held; exempt: partner domains.
+    first_contact_days: int = Field(default=0, ge=0, le=3650)
+    first_contact_exempt: CommaList = Field(default_factory=list)
     #: `[[tenants]]` tables of the TOML file; none: one implicit tenant, these settings.
     tenants: tuple[Tenant, ...] = ()
 
@@ -261,7 +274,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
-    @field_validator("accepted_domains", mode="before")
+    @field_validator("accepted_domains", "first_contact_exempt", mode="before")
     @classmethod
     def _split_domains(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -316,6 +329,20 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     return Settings.model_construct(read.model_fields_set, **dict(read))
 
 
+#: The settings a reload (SIGHUP, `gateway.reload`) applies; any other difference in the
+#: file needs a restart.
+RELOADABLE = ("tenants", "accepted_domains", "treatment_pdf", "treatment_office",
+              "treatment_image", "treatment_archive", "treatment_text", "treatment_unknown",
+              "first_contact_days", "first_contact_exempt")
+#: What a configuration file that does not load raises.
+LOAD_ERRORS = (ValidationError, tomli.TOMLDecodeError, FileNotFoundError, ValueError)
+
+
+def with_reloadable(current: Settings, fresh: Settings) -> Settings:
+    """`current` with the reloadable settings taken from `fresh`."""
+    return current.model_copy(update={name: getattr(fresh, name) for name in RELOADABLE})
+
+
 def describe(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain values with secrets masked (`check-config`), and
     each tenant's effective policy (`tenants`: what its mail is handled under)."""
@@ -333,7 +360,8 @@ def describe(settings: Settings) -> dict[str, Any]:
 
 #: What `check-config` prints of a tenant's effective settings.
 POLICY_FIELDS = ("treatment_pdf", "treatment_office", "treatment_image", "treatment_archive",
-                 "treatment_text", "treatment_unknown", "subject_tag", "language",
+                 "treatment_text", "treatment_unknown", "first_contact_days",
+                 "first_contact_exempt", "subject_tag", "language",
                  "notice_contact", "templates_dir", "release_requires_approval",
                  "quarantine_retention_days", "downstream_host", "downstream_port",
                  "downstream_starttls", "downstream_verify_cert")

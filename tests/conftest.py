@@ -221,6 +221,12 @@ def journaled_bytes(spool: Path) -> int:
     return sum(p.stat().st_size for p in spool.glob("journal*/*.log"))
 
 
+def spool_files(spool: Path) -> list[Path]:
+    """Messages still waiting in the spool, whichever area they wait in."""
+    areas = ["incoming", "deferred", "hold", *(p.name for p in spool.glob("active*"))]
+    return [p for area in areas for p in (spool / area).iterdir()]
+
+
 def plain_message(subject: str = "test", body: str = "hello", to: str = "staff@example.lg.jp",
                   sender: str = "alice@example.com") -> bytes:
     msg = EmailMessage()

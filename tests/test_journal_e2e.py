@@ -13,9 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-from tests.conftest import Gateway, Sink, free_port, journaled_bytes, plain_message
+from tests.conftest import Gateway, Sink, free_port, journaled_bytes, plain_message, spool_files
 
 COUNT = 5
 
@@ -45,11 +44,6 @@ def silent_downstream(port: int) -> Iterator[None]:
         thread.join(5)
 
 
-def _spool_files(spool: Path) -> list[Path]:
-    areas = ["incoming", "deferred", "hold", *(p.name for p in spool.glob("active*"))]
-    return [p for area in areas for p in (spool / area).iterdir()]
-
-
 def test_journaled_mail_survives_kill_9_and_arrives_once(
         make_gateway: Callable[..., Gateway]) -> None:
     port = free_port()
@@ -61,7 +55,7 @@ def test_journaled_mail_survives_kill_9_and_arrives_once(
                 client.sendmail("alice@example.com", ["staff@example.lg.jp"],
                                 plain_message(subject=f"journal {n}", body=f"飛行中の{n}通目"))
         assert journaled_bytes(spool) > 0
-        assert _spool_files(spool) == [], "in flight: in the journal, in no spool file"
+        assert spool_files(spool) == [], "in flight: in the journal, in no spool file"
         gw.kill()
     sink = Sink(port).start()
     try:
@@ -71,6 +65,6 @@ def test_journaled_mail_survives_kill_9_and_arrives_once(
         assert all("通目" in r.message.get_content() for r in got)
         time.sleep(1.5)
         assert len(sink.received) == COUNT, "each message delivered once"
-        assert _spool_files(spool) == [] and journaled_bytes(spool) == 0
+        assert spool_files(spool) == [] and journaled_bytes(spool) == 0
     finally:
         sink.stop()

@@ -12,6 +12,7 @@ import re
 import smtplib
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import httpx
@@ -75,9 +76,14 @@ def test_group_shares_port_and_counts_and_survives_a_dead_member(
               and len(_members(gw)) == 2, 30, "the dead member was started again")
     _wait_for(lambda: len(_serving(gw)) == 3, 30, "the new member serves")
     _send(gw, 20, 10)
-    got = sink.wait(30, timeout=60)
-    assert sorted(m.message["Subject"] for m in got) == sorted(
-        f"[無害化] group {n}" for n in range(30)), "every message delivered, once"
+    expected = {f"[無害化] group {n}" for n in range(30)}
+    _wait_for(lambda: {m.message["Subject"] for m in sink.received} == expected, 60,
+              "every message delivered")
+    times = Counter(m.message["Subject"] for m in sink.received)
+    # A member killed between a delivery and dropping its spool copy delivers that message
+    # again after its restart (README: at least once); mail sent after it is back, once.
+    assert all(times[f"[無害化] group {n}"] == 1 for n in range(20, 30)), times
+    assert sum(times.values()) - len(expected) <= 2, times
     assert "member_died" in gw.log_text()
     lines = [json.loads(line) for line in gw.log_text().splitlines() if line.startswith("{")]
     assert {0, 1} <= {line.get("member") for line in lines}, "lines say who wrote them"

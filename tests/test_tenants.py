@@ -13,12 +13,15 @@ import json
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.queue.envelope import Envelope
 from gateway.queue.spool import Spool
@@ -107,8 +110,8 @@ def test_no_tenants_is_exactly_the_old_gateway(tmp_path: Path) -> None:
 
 def mail_with_pdf(to: list[str]) -> bytes:
     msg = EmailMessage()
-    msg["From"], msg["To"], msg["Subject"] = "kensyo@pref.example.jp", ", ".join(to), "通知"
-    msg["Message-ID"] = "<tenants-1@pref.example.jp>"
+    msg["From"], msg["To"], msg["Subject"] = "kensyo@partner.example.jp", ", ".join(to), "通知"
+    msg["Message-ID"] = "<tenants-1@partner.example.jp>"
     msg.set_content("各市町村の担当者様\n資料を送付します。\n")
     msg.add_attachment(japanese_pdf(1), maintype="application", subtype="pdf",
                        filename="資料.pdf")
@@ -137,7 +140,7 @@ def test_one_message_to_three_tenants_leaves_as_three_copies(
                  "b@city.gose.example.lg.jp", "c@city.gose.example.lg.jp"]
         with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as client:
             client.ehlo()
-            client.mail("kensyo@pref.example.jp")
+            client.mail("kensyo@partner.example.jp")
             for rcpt in rcpts:
                 assert client.rcpt(rcpt)[0] == 250
             code, reply = client.data(mail_with_pdf(rcpts))
@@ -148,14 +151,34 @@ def test_one_message_to_three_tenants_leaves_as_three_copies(
         assert default.rcpt_tos == ["staff@example.lg.jp"]
         assert k.rcpt_tos == ["a@city.katsuragi.example.lg.jp"]
         assert sorted(g.rcpt_tos) == ["b@city.gose.example.lg.jp", "c@city.gose.example.lg.jp"]
-        # Katsuragi gets the PDF rebuilt from its page images; Gose's policy holds it.
+        # Katsuragi gets the PDF rebuilt from its page images (the sender is a partner, exempt
+        # from its first-contact rule); Gose's policy holds it.
         assert "application/pdf" in parts(k) and str(k.message["Subject"]) == "[無害化] 通知"
         assert "application/pdf" not in parts(g)
         assert str(g.message["Subject"]) == "[外部メール] 通知"
         assert "組織の方針により" in text(g)
+        counts = _tenant_counts(gw)
+        assert {tenant: counts.get((tenant, "delivered")) for tenant in ("default", "katsuragi", "gose")} == {
+            "default": 1.0, "katsuragi": 1.0, "gose": 1.0}, counts
+        assert counts.get(("gose", "quarantined")) == 1.0, counts
     finally:
         katsuragi.stop()
         gose.stop()
+
+
+def _tenant_counts(gw: Gateway) -> dict[tuple[str, str], float]:
+    """mugaika_tenant_messages_total by (tenant, outcome), from the group's /metrics."""
+    deadline = time.monotonic() + 20
+    while True:  # the delivered counts follow the sink's 250 by a moment
+        text = httpx.get(f"http://127.0.0.1:{gw.api_port}/metrics", timeout=10).text
+        counts = {(s.labels["tenant"], s.labels["outcome"]): s.value
+                  for family in text_string_to_metric_families(text)
+                  if family.name == "mugaika_tenant_messages"
+                  for s in family.samples if s.name.endswith("_total")}
+        delivered = [k for k in counts if k[1] == "delivered"]
+        if len(delivered) >= 3 or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.2)
 
 
 def test_a_split_is_spooled_all_or_none(tmp_path: Path) -> None:
@@ -224,8 +247,6 @@ def test_content_kinds(detected: str, kind: str) -> None:
 
 
 def _log_has(gw: Gateway, text: str, count: int = 1, timeout: float = 30) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while gw.log_text().count(text) < count:
         assert time.monotonic() < deadline, f"{text!r} x{count} not in the log"
@@ -267,3 +288,51 @@ def test_sighup_applies_a_new_tenant_and_refuses_a_broken_file(
     finally:
         katsuragi.stop()
         gose.stop()
+
+
+def test_a_reload_sent_while_the_members_start_kills_none_of_them(
+        tmp_path: Path, sink: Sink) -> None:
+    """`systemctl reload` right after `start`: a member still importing used to die of the
+    forwarded SIGHUP (its default action). Now it waits, blocked, for the handler."""
+    import signal
+
+    config = write_config(tmp_path, sink.port, sink.port)
+    gw = Gateway(tmp_path / "gw", sink.port, MUGAIKA_CONFIG=str(config), MUGAIKA_PROCESSES="2")
+    gw.data_dir.mkdir(parents=True)
+    with open(gw.log, "ab") as logfile:
+        gw.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], cwd=ROOT,
+                                   env=gw.env, stdout=logfile, stderr=subprocess.STDOUT)
+    try:
+        _log_has(gw, "group_prepared")  # the supervisor's handler is in place
+        for _ in range(10):  # while the members import (a second or two)
+            gw.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)
+        _log_has(gw, '"serving"', 2)
+        _log_has(gw, "config_reloaded", 2)
+        time.sleep(1)
+        assert "member_died" not in gw.log_text()
+    finally:
+        gw.stop()
+
+
+def test_first_contact_holds_attachments_of_a_new_sender_only(
+        make_gateway: Callable[..., Gateway], sink: Sink) -> None:
+    """m-FILTER's 90-day rule: the first mail of a sender has its PDF held (the notice says
+    why); the next one, and a partner's first one, arrive rendered."""
+    gw = make_gateway(sink.port, MUGAIKA_FIRST_CONTACT_DAYS="90",
+                      MUGAIKA_FIRST_CONTACT_EXEMPT="partner.example.jp")
+
+    def send(sender: str, count: int) -> Any:
+        raw = mail_with_pdf(["staff@example.lg.jp"]).replace(
+            b"kensyo@partner.example.jp", sender.encode())
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=60) as client:
+            client.sendmail(sender, ["staff@example.lg.jp"], raw)
+        return sink.wait(count, timeout=90)[count - 1]
+
+    first = send("new@unknown.example.com", 1)
+    assert "application/pdf" not in parts(first)
+    assert "初めて受信する送信元" in text(first)
+    second = send("new@unknown.example.com", 2)
+    assert "application/pdf" in parts(second)
+    partner = send("tanto@mail.partner.example.jp", 3)
+    assert "application/pdf" in parts(partner)

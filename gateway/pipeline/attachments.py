@@ -342,8 +342,9 @@ def _treatment(detected_type: str, settings: Settings | None) -> str:
 def _by_policy(item: _Part, found: Classification, treatment: str) -> AttachmentOutcome:
     """The tenant's (or the global) policy says this kind is not rendered: removed from
     what is delivered, the original held like any other (`quarantine`: the notice says it
-    can be asked for; `remove`: it says the kind is not accepted)."""
-    code = f"policy_{treatment}"
+    can be asked for; `remove`: it says the kind is not accepted; `first_contact`: the
+    first-contact rule held it, `gateway.queue.worker.first_contact`)."""
+    code = "first_contact" if treatment == "first_contact" else f"policy_{treatment}"
     action = Action(
         part=item.part, filename=found.clean_name if item.untrusted_name else None,
         declared_type=item.declared, detected_type=found.detected_type,

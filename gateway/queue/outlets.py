@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
 from gateway.pipeline.attachments import HeldOriginal
@@ -60,6 +61,12 @@ class MessageLog(Protocol):
 
     def flush(self) -> None:
         """Wait until every row recorded so far is in the database."""
+        ...
+
+    def sender_seen(self, sender: str, tenant: str | None, since: datetime,
+                    before: str) -> bool:
+        """Whether the tenant received mail from `sender` since `since` (`before`: the
+        message asking, which does not count)."""
         ...
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from email.header import Header
 from typing import NamedTuple, TypeVar
 
@@ -52,13 +53,14 @@ from gateway.tenancy import Tenancy
 log = structlog.get_logger("mugaika.worker")
 
 
-def count_report(metrics: Metrics, report: Report) -> None:
+def count_report(metrics: Metrics, report: Report, tenant: str | None = None) -> None:
     """After sanitizing: each part by detected type and action; "quarantined" when the
     original went to the quarantine (the whole message or any part of it)."""
     for action in report.actions:
         metrics.attachment(action.detected_type, action.action.value)
     if report.verdict is Verdict.QUARANTINED or any(a.quarantined for a in report.actions):
         metrics.message("quarantined")
+        metrics.tenant_message(tenant, "quarantined")
 
 SCAN_SECONDS = 1.0
 #: Tries of an entry that keeps hitting a bug (an exception anywhere in sanitizing,
@@ -219,6 +221,33 @@ def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentCo
     return HandedOn(output_entry(entry, processed.output), processed.report)
 
 
+#: What the first-contact rule does (m-FILTER's 90-day rule): every attachment held, the
+#: notice saying why. Not a treatment an operator can choose (it is set here, past
+#: validation): it exists only for this rule.
+FIRST_CONTACT = {f"treatment_{kind}": "first_contact"
+                 for kind in ("pdf", "office", "image", "archive", "text", "unknown")}
+
+
+def first_contact(entry: Entry, settings: Settings, stores: Stores) -> bool:
+    """Whether the rule holds this message's attachments: on for its tenant, a sender not
+    exempt, and no mail from it in the last `first_contact_days` days. A database that
+    does not answer counts as first contact: the stricter policy, never a blocked worker."""
+    env = entry.envelope
+    sender = env.mail_from.lower()
+    if not settings.first_contact_days or not sender:  # off, or a bounce
+        return False
+    domain = sender.rpartition("@")[2]
+    if any(domain == d or domain.endswith("." + d) for d in settings.first_contact_exempt):
+        return False
+    since = datetime.now(UTC) - timedelta(days=settings.first_contact_days)
+    try:  # the entry's own row (an earlier try of it) does not count
+        return not stores.messages.sender_seen(env.mail_from, env.tenant, since,
+                                               entry.queue_id)
+    except Exception:  # the database away: stricter, not stuck
+        log.warning("first_contact_unknown", sender=env.mail_from)
+        return True
+
+
 def keeps_original(processed: Processed) -> bool:
     """Whether the quarantine keeps (part of) the original: a database and file write."""
     return bool(processed.held) or processed.report.verdict is Verdict.QUARANTINED
@@ -253,6 +282,7 @@ class Worker:
         self.settings = settings
         self.tenancy = tenancy or Tenancy(settings)
         self.routes = dict(routes or {})
+        metrics.set_tenants(t.id for t in settings.tenants)
         self.attachments = attachments
         self.spool = spool
         self.stores = stores
@@ -463,6 +493,9 @@ class Worker:
             await self._sanitize(entry)
             return
         settings, templates = self._policy(entry)
+        if settings.first_contact_days:  # asks the database: not on the loop
+            await self._sanitize(entry)
+            return
         begun = begin_here(entry, settings, templates)
         if isinstance(begun, Processed) and not keeps_original(begun):
             handed = sanitize_claimed(entry, settings, self.attachments, templates,
@@ -474,15 +507,25 @@ class Worker:
     async def _sanitize(self, entry: Entry, begun: Processed | Opened | None = None) -> None:
         """Sanitize `entry` in a sanitize thread, then deliver its output."""
         settings, templates = self._policy(entry)
-        handed = await self._in_thread(sanitize_claimed, entry, settings,
-                                       self.attachments, templates, self.stores, begun)
+        handed = await self._in_thread(self._sanitize_claimed, entry, settings, templates,
+                                       begun)
         await self._handed_on(entry, handed)
 
     def use(self, tenancy: Tenancy, routes: Mapping[str, Forwarder]) -> None:
         """The tenants (and their forwarders) for mail handled from now on (`SIGHUP`)."""
+        self.metrics.set_tenants(t.id for t in tenancy.settings.tenants)
         self.tenancy = tenancy
         self.routes = dict(routes)
         self._tenant_templates = {}
+
+    def _sanitize_claimed(self, entry: Entry, settings: Settings, templates: NoticeTemplates,
+                          begun: Processed | Opened | None) -> HandedOn:
+        """`sanitize_claimed` in a sanitize thread, under the first-contact rule."""
+        if first_contact(entry, settings, self.stores):
+            settings = settings.model_copy(update=FIRST_CONTACT)
+            begun = None  # begun under the ordinary policy
+        return sanitize_claimed(entry, settings, self.attachments, templates, self.stores,
+                                begun)
 
     def _policy(self, entry: Entry) -> tuple[Settings, NoticeTemplates]:
         """The settings and notice wording of the entry's tenant (`gateway.tenancy`)."""
@@ -495,7 +538,7 @@ class Worker:
         return settings, self._tenant_templates[tenant]
 
     async def _handed_on(self, entry: Entry, handed: HandedOn) -> None:
-        count_report(self.metrics, handed.report)
+        count_report(self.metrics, handed.report, entry.envelope.tenant)
         log.info("sanitized", queue_id=entry.queue_id, out=handed.output.queue_id,
                  verdict=handed.report.verdict.value, parts=len(handed.report.actions))
         await self._deliver(handed.output, spooled=False)
@@ -544,6 +587,7 @@ class Worker:
         self._settle_later(Settle(entry.queue_id, origin, status, state.attempts,
                                   _summary(result), spooled))
         self.metrics.message(status)
+        self.metrics.tenant_message(env.tenant, status)
         if not result.permanent:
             self.metrics.observe_delivery(env.received_at, time.time())
         log.info(status, queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
@@ -558,6 +602,7 @@ class Worker:
         await self._io(self.stores.messages.record_delivery, origin, "deferred",
                        state.attempts, state.last_error)
         self.metrics.message("deferred")
+        self.metrics.tenant_message(entry.envelope.tenant, "deferred")
         log.info("deferred", queue_id=origin, entry=entry.queue_id, attempts=state.attempts,
                  retry_in=round(delay), reply=state.last_error)
 

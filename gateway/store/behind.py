@@ -32,8 +32,9 @@ log = structlog.get_logger("mugaika.store")
 #: Queued rows beyond which `put` waits for the writer (the database is down or slow).
 MAX_PENDING = 50_000
 #: How long the writer lets rows gather after the first one: one wake-up and one
-#: transaction for all of them instead of a GIL hand-over per row (a reader's `flush()`
-#: waits at most this much longer).
+#: transaction for all of them instead of a GIL hand-over per row. A `flush()` cuts it
+#: short: the worker waits for its rows before it drops delivered spool files, and a
+#: process killed in that wait delivers those messages again.
 LINGER_SECONDS = 0.05
 #: Retry delays after a failed batch, seconds (the last one repeats).
 RETRY_DELAYS = (0.1, 0.5, 2.0, 5.0)
@@ -56,6 +57,7 @@ class WriteBehind:
         self._queued = 0
         self._written = 0
         self._closed = False
+        self._hurry = False  # someone waits in flush(): write without lingering
         self._thread: threading.Thread | None = None
 
     def put(self, name: str, row: dict[str, Any]) -> None:
@@ -75,6 +77,9 @@ class WriteBehind:
         """Wait until every row queued before this call is in the database."""
         with self._cv:
             target = self._queued
+            if self._written < target:
+                self._hurry = True
+                self._cv.notify_all()
             self._cv.wait_for(lambda: self._written >= target or self._thread is None)
 
     def close(self) -> None:
@@ -91,11 +96,8 @@ class WriteBehind:
                 self._cv.wait_for(lambda: bool(self._rows) or self._closed)
                 if not self._rows:
                     return
-                closed = self._closed
-            if not closed:
-                time.sleep(LINGER_SECONDS)
-            with self._cv:
-                batch, self._rows = self._rows, []
+                self._cv.wait_for(lambda: self._hurry or self._closed, LINGER_SECONDS)
+                batch, self._rows, self._hurry = self._rows, [], False
             self._write(batch)
             with self._cv:
                 self._written += len(batch)

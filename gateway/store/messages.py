@@ -190,6 +190,18 @@ class SqlMessageLog:
         items = tuple(_record(r._mapping) for r in rows)
         return Page(items, total, q.limit, q.offset)
 
+    def sender_seen(self, sender: str, tenant: str | None, since: datetime,
+                    before: str) -> bool:
+        """Whether `tenant` received mail from `sender` since `since`, other than the
+        message `before` (the first-contact rule). Compared as received (the index on
+        mail_from serves it; a sender changing the case of its address is new once)."""
+        query = (select(messages.c.queue_id)
+                 .where(messages.c.mail_from == sender[:512],
+                        _since(since, tenant), messages.c.queue_id != before)
+                 .limit(1))
+        with self._engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def activity(self, since: datetime, tenant: str | None = None) -> dict[str, int]:
         """Counts of messages received since `since`, by verdict and by status (the
         console's dashboard): keys `received`, `verdict.<v>`, `status.<s>`.
