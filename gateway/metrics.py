@@ -151,6 +151,23 @@ class Metrics:
         self.scraped.gauges["mugaika_quarantine_bytes"] = (
             "Bytes of originals in quarantine.", size)
 
+    def watch_tenant_quarantine(self, read: Callable[[], dict[str, tuple[float, float]]]
+                                ) -> None:
+        """Per tenant (entries, bytes) of the quarantine, read at scrape time; tenants not
+        configured are summed under "other"."""
+        def by_label(index: int) -> Callable[[], dict[str, float]]:
+            def values() -> dict[str, float]:
+                out: dict[str, float] = {}
+                for tenant, pair in read().items():
+                    label = tenant if tenant in self._tenants else "other"
+                    out[label] = out.get(label, 0.0) + pair[index]
+                return out
+            return values
+        self.scraped.labelled["mugaika_tenant_quarantine_entries"] = (
+            "Messages in quarantine, by tenant.", by_label(0))
+        self.scraped.labelled["mugaika_tenant_quarantine_bytes"] = (
+            "Sizes of the quarantined messages, by tenant.", by_label(1))
+
     # --- exposition ---------------------------------------------------------------------
     content_type = CONTENT_TYPE_LATEST
 
@@ -171,10 +188,17 @@ class _Scraped(Collector):
         self.version = version
         #: name -> (help, read the value)
         self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        #: name -> (help, read the values by tenant)
+        self.labelled: dict[str, tuple[str, Callable[[], dict[str, float]]]] = {}
 
     def collect(self) -> Iterator[Metric]:
         for name, (text, read) in self.gauges.items():
             yield GaugeMetricFamily(name, text, value=read())
+        for name, (text, read_all) in self.labelled.items():
+            family = GaugeMetricFamily(name, text, labels=["tenant"])
+            for tenant, value in sorted(read_all().items()):
+                family.add_metric([tenant], value)
+            yield family
         info = InfoMetricFamily("mugaika_build", "Version of the running gateway.")
         info.add_metric([], {"version": self.version, "python": platform.python_version()})
         yield info

@@ -65,6 +65,8 @@ class TenantPolicy(BaseModel):
     archive: Treatment | None = None
     text: Treatment | None = None
     unknown: Treatment | None = None
+    links: Literal["defang", "remove", "keep"] | None = None
+    ppap: Literal["hold", "refuse"] | None = None
     subject_tag: str | None = Field(default=None, max_length=64)
     language: Literal["ja", "en"] | None = None
     notice_contact: str | None = Field(default=None, max_length=200)
@@ -77,7 +79,7 @@ class TenantPolicy(BaseModel):
 
     def overrides(self) -> dict[str, object]:
         """The `Settings` fields this policy sets."""
-        names = {"subject_tag": "subject_tag", "language": "language",
+        names = {"links": "links", "ppap": "ppap", "subject_tag": "subject_tag", "language": "language",
                  "notice_contact": "notice_contact", "templates_dir": "templates_dir",
                  "release_requires_approval": "release_requires_approval",
                  "retention_days": "quarantine_retention_days",
@@ -186,7 +188,9 @@ class Settings(BaseSettings):
     # --- policy ---------------------------------------------------------------------
     language: Literal["ja", "en"] = "ja"
     subject_tag: str = "[無害化]"
-    defang_links: bool = True
+    #: Links in the text: `defang` (hxxp://, shown, never clickable), `remove` (replaced by
+    #: [リンク削除]) or `keep` (as written; a client may make them clickable).
+    links: Literal["defang", "remove", "keep"] = "defang"
     prefer_html: bool = False
     output_charset: Literal["utf-8", "iso-2022-jp"] = "utf-8"
     max_mime_depth: int = 20
@@ -218,6 +222,9 @@ class Settings(BaseSettings):
     forward_output: Literal["eml", "inline"] = Field(
         default="eml", description="forwarded mail as a sanitized .eml, or inlined as text")
     forward_max_depth: int = Field(default=3, description="mail-in-mail levels sanitized")
+    #: Encrypted attachments (PPAP): `hold` them (the recipient or an operator releases them
+    #: with the password) or `refuse` them (held for the record, never released by password).
+    ppap: Literal["hold", "refuse"] = "hold"
     #: PPAP release: wrong passwords allowed per quarantine entry before it is locked.
     ppap_max_password_attempts: int = Field(default=5, ge=1)
     #: Interval of the server's scheduled quarantine purge (expired entries), in seconds.
@@ -333,7 +340,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
 #: file needs a restart.
 RELOADABLE = ("tenants", "accepted_domains", "treatment_pdf", "treatment_office",
               "treatment_image", "treatment_archive", "treatment_text", "treatment_unknown",
-              "first_contact_days", "first_contact_exempt")
+              "first_contact_days", "first_contact_exempt", "links", "ppap")
 #: What a configuration file that does not load raises.
 LOAD_ERRORS = (ValidationError, tomli.TOMLDecodeError, FileNotFoundError, ValueError)
 

@@ -28,6 +28,7 @@ from gateway.custody.quarantine import (
     replace_parts,
 )
 from gateway.custody.stores import SqlStores
+from gateway.pipeline.notice import render_notice
 from gateway.settings import Settings
 from tests.api_helpers import Api, build_api
 from tests.store_helpers import envelope_for, hold_message
@@ -193,3 +194,22 @@ def _attachment(raw: bytes) -> bytes:
     payload = part.get_payload(decode=True)
     assert isinstance(payload, bytes)
     return payload
+
+
+def test_under_ppap_refuse_the_right_password_opens_nothing(
+        stores: SqlStores, settings: Settings) -> None:
+    """PPAP 廃止: the encrypted ZIP is held for the record, the notice says passwords are
+    not taken, and a sender's accomplice who knows the password cannot release it."""
+    refusing = settings.model_copy(update={"ppap": "refuse"})
+    result = hold_message(stores, refusing, "P2", _mail_with_zip(),
+                          envelope_for(sender="kyoku@partner.co.jp"))
+    [held] = [a for a in result.report.actions if a.filename == "yosan.zip"]
+    assert held.quarantined and not held.releasable and held.code == "ppap_refused"
+    assert "パスワード付きファイルは組織の方針により受け取りません" in render_notice(
+        result.report, refusing)
+    api = build_api(stores, refusing, decrypt=zip_decrypter)
+    with api.client:
+        response = api.client.post("/api/quarantine/P2/release", headers=api.as_("operator"),
+                                   json={"password": PASSWORD})
+    assert response.status_code == 409, response.json()
+    assert api.spool.put_calls == []

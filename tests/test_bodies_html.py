@@ -40,9 +40,19 @@ def test_links_show_their_real_target_defanged() -> None:
 
 
 def test_defang_can_be_turned_off() -> None:
-    text = delivered_text(html_mail('<a href="http://example.com/x">見る</a>'),
-                          defang_links=False)
+    text = delivered_text(html_mail('<a href="http://example.com/x">見る</a>'), links="keep")
     assert "見る <http://example.com/x>" in text
+
+
+def test_links_can_be_removed_from_html_and_plain_text() -> None:
+    text = delivered_text(html_mail(
+        '<p>申請は<a href="https://evil.example.net/login?id=1">こちら</a>から。'
+        '控え：HTTPS://evil.example.net/x、ftp://files.example.net/a</p>'), links="remove")
+    body = text.split("――")[-1]
+    assert "こちら <[リンク削除]>から。" in body
+    assert "控え：[リンク削除]、[リンク削除]" in body
+    assert "evil.example.net" not in body and "hxxp" not in body
+    assert "本文中のリンク（URL）は組織の方針により削除しています。" in text
 
 
 def test_mismatched_link_is_flagged_in_notice_and_report() -> None:

@@ -146,3 +146,27 @@ def test_the_prefecture_sees_every_tenant_in_the_console(scoped: Api) -> None:
     assert "Q-gose" in page and "Q-nara" in page
     assert client.get("/console/quarantine/Q-nara").status_code == 200
     assert client.get("/console/admin").status_code == 200
+
+
+def test_the_copies_of_a_split_message_are_linked_and_scoped(scoped: Api) -> None:
+    """One received message for gose and nara: the prefecture finds both copies by the
+    received id (API and the detail page); gose's staff find their copy and never nara's."""
+    for tenant in ("gose", "nara"):
+        env = replace(envelope_for(rcpts=(f"kacho@city.{tenant}.example.lg.jp",)),
+                      extra={"tenant": tenant, "split_of": "R-1"})
+        scoped.stores.messages.record_received(f"S-{tenant}", env, 100)
+    client = scoped.client
+    everyone = client.get("/api/messages", params={"split_of": "R-1"},
+                          headers=scoped.as_("admin")).json()["items"]
+    assert {(m["queue_id"], m["tenant"], m["split_of"]) for m in everyone} == {
+        ("S-gose", "gose", "R-1"), ("S-nara", "nara", "R-1")}
+    own = client.get("/api/messages", params={"split_of": "R-1"},
+                     headers=scoped.as_("gose-auditor")).json()["items"]
+    assert [m["queue_id"] for m in own] == ["S-gose"]
+    sign_in(client, "pref-admin")
+    page = client.get("/console/messages/S-gose").text
+    assert "御所市" in page and "R-1" in page and 'href="/console/messages/S-nara"' in page
+    client.cookies.clear()
+    sign_in(client, "gose-auditor")
+    page = client.get("/console/messages/S-gose").text
+    assert "R-1" in page and "S-nara" not in page

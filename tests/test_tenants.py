@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.queue.envelope import Envelope
@@ -47,7 +48,7 @@ id = "gose"
 name = "御所市"
 domains = ["city.gose.example.lg.jp"]
 downstream = { host = "127.0.0.1", port = {gose_port} }
-policy = { pdf = "quarantine", subject_tag = "[外部メール]" }
+policy = { pdf = "quarantine", subject_tag = "[外部メール]", links = "remove" }
 """
 
 
@@ -112,7 +113,7 @@ def mail_with_pdf(to: list[str]) -> bytes:
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = "kensyo@partner.example.jp", ", ".join(to), "通知"
     msg["Message-ID"] = "<tenants-1@partner.example.jp>"
-    msg.set_content("各市町村の担当者様\n資料を送付します。\n")
+    msg.set_content("各市町村の担当者様\n資料を送付します。\n控え: https://files.partner.example.jp/a\n")
     msg.add_attachment(japanese_pdf(1), maintype="application", subtype="pdf",
                        filename="資料.pdf")
     return msg.as_bytes()
@@ -157,24 +158,32 @@ def test_one_message_to_three_tenants_leaves_as_three_copies(
         assert "application/pdf" not in parts(g)
         assert str(g.message["Subject"]) == "[外部メール] 通知"
         assert "組織の方針により" in text(g)
+        assert "控え: hxxps://files.partner.example.jp/a" in text(k)
+        assert "控え: [リンク削除]" in text(g) and "files.partner" not in text(g)
         counts = _tenant_counts(gw)
         assert {tenant: counts.get((tenant, "delivered")) for tenant in ("default", "katsuragi", "gose")} == {
             "default": 1.0, "katsuragi": 1.0, "gose": 1.0}, counts
         assert counts.get(("gose", "quarantined")) == 1.0, counts
+        held = _families(gw)["mugaika_tenant_quarantine_entries"]
+        assert {s.labels["tenant"]: s.value for s in held.samples} == {
+            "default": 1.0, "katsuragi": 1.0, "gose": 1.0}  # each copy's original
     finally:
         katsuragi.stop()
         gose.stop()
+
+
+def _families(gw: Gateway) -> dict[str, Metric]:
+    text = httpx.get(f"http://127.0.0.1:{gw.api_port}/metrics", timeout=10).text
+    return {family.name: family for family in text_string_to_metric_families(text)}
 
 
 def _tenant_counts(gw: Gateway) -> dict[tuple[str, str], float]:
     """mugaika_tenant_messages_total by (tenant, outcome), from the group's /metrics."""
     deadline = time.monotonic() + 20
     while True:  # the delivered counts follow the sink's 250 by a moment
-        text = httpx.get(f"http://127.0.0.1:{gw.api_port}/metrics", timeout=10).text
+        family = _families(gw).get("mugaika_tenant_messages")
         counts = {(s.labels["tenant"], s.labels["outcome"]): s.value
-                  for family in text_string_to_metric_families(text)
-                  if family.name == "mugaika_tenant_messages"
-                  for s in family.samples if s.name.endswith("_total")}
+                  for s in (family.samples if family else []) if s.name.endswith("_total")}
         delivered = [k for k in counts if k[1] == "delivered"]
         if len(delivered) >= 3 or time.monotonic() > deadline:
             return counts

@@ -74,6 +74,10 @@ def create_app(
                          checks if checks is not None else default_checks(settings, stores, spool))
     metrics.watch_quarantine(lambda: stores.quarantine.stats().entries,
                              lambda: stores.quarantine.stats().bytes)
+    metrics.set_tenants(t.id for t in settings.tenants)
+    metrics.watch_tenant_quarantine(lambda: {
+        t: (float(s.entries), float(s.bytes))
+        for t, s in stores.quarantine.stats_by_tenant().items()})
     metrics.watch_spool(lambda: sum(n for area, n in spool.depth().items() if area != "failed"),
                         lambda: spool.oldest_age(time.time()))
 

@@ -34,11 +34,12 @@ def search_messages(
     until: Annotated[UtcTime | None, Query(description="Received before")] = None,
     verdict: Verdict | None = None,
     status: DeliveryStatus | None = None,
+    split_of: Annotated[EntryId | None, Query(description="the copies of one received message")] = None,
 ) -> MessagePage:
     found = ctx.stores.messages.search(MessageQuery(
         sender=sender, recipient=recipient, subject=subject, since=since, until=until,
         verdict=verdict.value if verdict else None, status=status, tenant=actor.tenant,
-        limit=page.limit, offset=page.offset,
+        split_of=split_of, limit=page.limit, offset=page.offset,
     ))
     return MessagePage(items=[MessageOut.of(r) for r in found.items], total=found.total,
                        limit=found.limit, offset=found.offset)

@@ -97,6 +97,10 @@ class MessageOut(BaseModel):
     attempts: int
     status_detail: str
     status_at: datetime | None
+    #: The tenant the message (this copy of it) is for; None: the default tenant.
+    tenant: str | None = None
+    #: For a copy made for one tenant: the id of the message the client sent.
+    split_of: str | None = None
 
     @classmethod
     def of(cls, r: MessageRecord) -> MessageOut:
@@ -105,6 +109,7 @@ class MessageOut(BaseModel):
             recipients=list(r.recipients), client_addr=r.client_addr, size=r.size,
             subject=r.subject, verdict=r.verdict, processed_at=r.processed_at, status=r.status,
             attempts=r.attempts, status_detail=r.status_detail, status_at=r.status_at,
+            tenant=r.tenant, split_of=r.split_of,
         )
 
 

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse
 
 from gateway.console.web import Page, Refused, SignedIn
 from gateway.custody.tokens import Permission
-from gateway.store.messages import MessageQuery
+from gateway.store.messages import MessageQuery, MessageRecord
 
 router = APIRouter()
 PAGE_SIZE = 50
@@ -60,7 +60,17 @@ def detail(page: Reader, queue_id: str) -> HTMLResponse:
         raise Refused(404, "error.not_found")
     return page.render("message.html", m=record, report=record.report or {},
                        headers=_held_headers(page, record.queue_id), verdicts=VERDICTS,
-                       statuses=STATUSES)
+                       statuses=STATUSES, copies=_copies(page, record),
+                       tenant_names={t.id: t.name for t in page.ctx.settings.tenants})
+
+
+def _copies(page: Page, record: MessageRecord) -> tuple[MessageRecord, ...]:
+    """The other copies of a message split for several tenants, those this user sees."""
+    if record.split_of is None:
+        return ()
+    found = page.ctx.stores.messages.search(MessageQuery(
+        split_of=record.split_of, tenant=page.actor.tenant, limit=100))
+    return tuple(c for c in found.items if c.queue_id != record.queue_id)
 
 
 def _held_headers(page: Page, queue_id: str) -> str | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from converters.archive_pack import pack_renderings
 from converters.base import Conversion, Converter, Rendering
-from converters.errors import ConversionError, LimitExceeded, SandboxFailure
+from converters.errors import ConversionError, Encrypted, LimitExceeded, SandboxFailure
 from converters.limits import ConversionPolicy, Limits
 from converters.names import clean_name, stem
 from converters.office_pool import OfficeConfig, OfficePool
@@ -154,6 +154,19 @@ def _office_converter(office: OfficePool, pool: SandboxPool, policy: ConversionP
     )
 
 
+class PpapRefused(ConversionError):
+    """An encrypted file under `MUGAIKA_PPAP=refuse`: held, but no password releases it."""
+
+    code = "ppap_refused"
+    message = "password-protected files are not accepted by policy (PPAP)"
+
+
+def _under_ppap_policy(err: ConversionError, settings: Settings | None) -> ConversionError:
+    if err.code == Encrypted.code and settings is not None and settings.ppap == "refuse":
+        return PpapRefused(err.detail)
+    return err
+
+
 @dataclass(frozen=True)
 class _Part:
     """One file to handle: a top-level attachment or a container member."""
@@ -217,7 +230,7 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
     try:
         conversion, renderings = _convert(item, found, ctx)
     except ConversionError as err:
-        return _removed(item, found, err)
+        return _removed(item, found, _under_ppap_policy(err, walk.settings))
     except Exception:  # a bug must not deliver the file: map it to a closed failure
         return _removed(item, found, SandboxFailure("internal error"))
     outputs = tuple(_unique(_in_folder(r, item.folder), budget.names) for r in renderings)
@@ -328,7 +341,8 @@ def _not_rendered(item: _Part, found: Classification,
                   settings: Settings | None) -> AttachmentOutcome | None:
     """Refused by detection (blocked, no converter) or by the policy; None: render it."""
     if found.refusal is not None or found.converter is None:
-        return _removed(item, found, found.refusal or SandboxFailure("no converter"))
+        refusal = found.refusal or SandboxFailure("no converter")
+        return _removed(item, found, _under_ppap_policy(refusal, settings))
     treatment = _treatment(found.detected_type, settings)
     return None if treatment == "render" else _by_policy(item, found, treatment)
 

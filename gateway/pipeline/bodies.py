@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from converters.charset import decode_bytes
-from converters.html import decode_html, defang_urls, html_to_text
+from converters.html import decode_html, defang_urls, html_to_text, remove_urls
 from gateway.pipeline.parse import Leaf
 from gateway.pipeline.report import Action, ActionKind, LinkWarning
 from gateway.settings import Settings
@@ -28,6 +28,7 @@ _BODY_TYPES = ("text/plain", "text/html")
 #: C0/C1 controls except tab and line feed: invisible in a mail client, useful to nobody.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _IMAGE_LABEL = {"ja": "画像", "en": "image"}
+_LINK_REMOVED_LABEL = {"ja": "[リンク削除]", "en": "[link removed]"}
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,16 @@ def _attachments(leaves: tuple[Leaf, ...], body_parts: set[str]
     return tuple(out), cid_names
 
 
-def clean_text(text: str, defang: bool) -> str:
-    """Line ends to LF, invisible controls out, links defanged by policy."""
+def clean_text(text: str, settings: Settings) -> str:
+    """Line ends to LF, invisible controls out, links defanged, removed or kept by the
+    link policy (`MUGAIKA_LINKS`)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROLS.sub("", text)
-    return defang_urls(text) if defang else text
+    if settings.links == "defang":
+        return defang_urls(text)
+    if settings.links == "remove":
+        return remove_urls(text, _LINK_REMOVED_LABEL.get(settings.language, "[link removed]"))
+    return text
 
 
 def _plain(leaf: Leaf, settings: Settings, actions: list[Action]) -> str:
@@ -128,7 +134,7 @@ def _plain(leaf: Leaf, settings: Settings, actions: list[Action]) -> str:
     params = dict(leaf.params)
     if params.get("format", "").lower() == "flowed":
         text = unflow(text.replace("\r\n", "\n"), params.get("delsp", "").lower() == "yes")
-    return clean_text(text, settings.defang_links)
+    return clean_text(text, settings)
 
 
 def unflow(text: str, delsp: bool) -> str:
@@ -163,7 +169,7 @@ def _quoted(depth: int, content: str) -> str:
 def _html(leaf: Leaf, settings: Settings, cid_names: dict[str, str],
           actions: list[Action], warnings: list[LinkWarning], defects: list[str]) -> str:
     rendered = html_to_text(decode_html(leaf.payload, leaf.charset),
-                            defang=settings.defang_links, cid_names=cid_names,
+                            defang=False, cid_names=cid_names,
                             image_label=_IMAGE_LABEL.get(settings.language, "image"))
     warnings.extend(LinkWarning(text, target) for text, target in rendered.mismatched_links)
     notes = []
@@ -176,7 +182,7 @@ def _html(leaf: Leaf, settings: Settings, cid_names: dict[str, str],
         defects.append("html_nesting_too_deep")
     actions.append(_action(leaf, ActionKind.CONVERTED, "html_to_text",
                            "HTML body converted to plain text", notes=tuple(notes)))
-    return clean_text(rendered.text, defang=False)
+    return clean_text(rendered.text, settings)
 
 
 def _action(leaf: Leaf, kind: ActionKind, code: str, reason: str,

@@ -97,7 +97,7 @@ def render_notice(report: Report, settings: Settings,
     if report.verdict is Verdict.QUARANTINED:
         lines.append(t.line("quarantined", reason=t.reason(report.reason, report.reason)))
         lines.append(t.line("held_whole"))
-    lines.extend(_body_lines(report, t, settings.defang_links))
+    lines.extend(_body_lines(report, t, settings.links))
     for action in report.actions:
         lines.extend(_attachment_lines(action, report.queue_id, t))
     url = release_link(settings, report.queue_id) if _holds_original(report) else None
@@ -105,7 +105,7 @@ def render_notice(report: Report, settings: Settings,
         lines.append(t.line("release_link", url=url))
     if report.link_warnings:
         lines.append(t.line("link_warning_head"))
-        show = defang_urls if settings.defang_links else str
+        show = str if settings.links == "keep" else defang_urls
         lines.extend(t.line("link_warning", text=show(w.text), target=show(w.target))
                      for w in report.link_warnings[:20])
     notable = sorted(NOTABLE_DEFECTS.intersection(report.defects))
@@ -120,15 +120,15 @@ def _holds_original(report: Report) -> bool:
     return report.verdict is Verdict.QUARANTINED or any(a.quarantined for a in report.actions)
 
 
-def _body_lines(report: Report, t: NoticeTemplates, defang: bool) -> list[str]:
+def _body_lines(report: Report, t: NoticeTemplates, links: str) -> list[str]:
     codes = {a.code for a in report.actions}
     lines = []
     if "html_to_text" in codes:
         lines.append(t.line("html_converted"))
         if "html_nesting_too_deep" in report.defects:
             lines.append(t.line("html_nesting"))
-        if defang:
-            lines.append(t.line("links_defanged"))
+        if links != "keep":
+            lines.append(t.line(f"links_{links}d"))  # links_defanged, links_removed
     elif "alternative_unused" in codes:
         lines.append(t.line("html_dropped"))
     return lines

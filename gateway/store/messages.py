@@ -67,6 +67,8 @@ class MessageQuery:
     status: str | None = None
     #: Only this tenant's messages (a tenant's staff); None: all.
     tenant: str | None = None
+    #: The copies made of one received message for its tenants (`split_of` = its id).
+    split_of: str | None = None
     limit: int = 50
     offset: int = 0
 
@@ -183,6 +185,8 @@ class SqlMessageLog:
             query = query.where(messages.c.status == q.status)
         if q.tenant:
             query = query.where(messages.c.tenant == q.tenant)
+        if q.split_of:
+            query = query.where(messages.c.split_of == q.split_of)
         order = (messages.c.received_at.desc(), messages.c.queue_id.desc())
         self.flush()
         with self._engine.connect() as conn:

@@ -79,7 +79,7 @@ messages = Table(
     #: The tenant the message (or this copy of it) is for; NULL: the default tenant.
     Column("tenant", String(32), nullable=True, index=True),
     #: The queue id the client's message got when it was split into one copy per tenant.
-    Column("split_of", String(64), nullable=True),
+    Column("split_of", String(64), nullable=True, index=True),
 )
 
 #: Originals, stored once per content (sha256), shared by entries and parts.

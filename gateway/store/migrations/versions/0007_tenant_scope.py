@@ -28,9 +28,11 @@ def upgrade() -> None:
     for table in _INDEXED:
         op.create_index(f"ix_{table}_tenant", table, ["tenant"])
     op.add_column("messages", sa.Column("split_of", sa.String(64), nullable=True))
+    op.create_index("ix_messages_split_of", "messages", ["split_of"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_split_of", table_name="messages")
     op.drop_column("messages", "split_of")
     for table in _INDEXED:
         op.drop_index(f"ix_{table}_tenant", table_name=table)
