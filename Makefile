@@ -6,20 +6,22 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 # Debian packages the gateway needs at run time (libmagic, LibreOffice without GUI, Japanese
-# fonts, the sandbox, poppler for tests, Unicode's carrier-emoji table) and the tools the
+# fonts, the sandbox, poppler for tests, Unicode's carrier-emoji table, tesseract OCR with the
+# Japanese horizontal and vertical models: docs/ocr.md) and the tools the
 # tests drive (swaks; postfix: private Postfix peers in front and behind, its sendmail and
 # smtp-source, tests/test_postfix_peers.py and `make bench`). The install preseeds postfix's
 # debconf question with "No configuration": no main.cf is written, so no system Postfix
 # starts on port 25 and the install asks nothing (the tests run private instances).
 DEB_PACKAGES := libmagic1 bubblewrap libseccomp2 swaks libarchive13 postfix \
 	libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui python3-uno \
-	fonts-ipaexfont fonts-noto-cjk poppler-utils p7zip-full lhasa unicode-data chromium
+	fonts-ipaexfont fonts-noto-cjk poppler-utils p7zip-full lhasa unicode-data chromium \
+	tesseract-ocr tesseract-ocr-jpn tesseract-ocr-jpn-vert
 
 .PHONY: setup run test lint typecheck pytest bench clean fuzz
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

@@ -22,7 +22,7 @@ from typing import IO, Any, Protocol
 
 from converters.base import Conversion, Member, Rendering
 from converters.errors import ConversionError, SandboxFailure, from_code
-from converters.limits import ConversionPolicy, Limits
+from converters.limits import ConversionPolicy, Limits, OcrPolicy
 from converters.pixels import Pixels, checked, describe, max_bytes
 
 _LEN = struct.Struct(">I")
@@ -120,7 +120,7 @@ def policy_to_json(policy: ConversionPolicy) -> dict[str, Any]:
 def policy_from_json(data: dict[str, Any]) -> ConversionPolicy:
     fields = dict(data)
     limits = Limits(**fields.pop("limits"))
-    return ConversionPolicy(limits=limits, **fields)
+    return ConversionPolicy(limits=limits, ocr=OcrPolicy(**fields.pop("ocr")), **fields)
 
 
 Frame = tuple[dict[str, Any], tuple[bytes, ...]]

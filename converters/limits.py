@@ -27,6 +27,29 @@ class Limits:
     archive_max_ratio: int = 100
 
 
+#: How OCR's report notes begin (`converters.ocr` writes them, the gateway's notice reads
+#: them without importing the OCR stage and its PDF parser).
+OCR_NOTE_RAN = "ocr: "
+OCR_NOTE_CUT = "ocr cut short: "
+
+
+@dataclass(frozen=True)
+class OcrPolicy:
+    """Text recognition for pages without a usable text layer (issue 20, docs/ocr.md)."""
+
+    enabled: bool = True
+    #: Also write the recognized words into the image-only PDF as invisible text.
+    text_layer: bool = False
+    #: Wall clock for one page; a page that takes longer keeps its image, without text.
+    page_seconds: float = 20.0
+    #: tesseract's models, tried in this order (horizontal and vertical Japanese, English).
+    languages: str = "jpn+jpn_vert+eng"
+
+
+#: What happens to links kept in a cleaned file (`MUGAIKA_LINKS`).
+LinkPolicy = Literal["defang", "remove", "keep"]
+
+
 @dataclass(frozen=True)
 class ConversionPolicy:
     """What the operator chose for renderings; the converters read nothing else."""
@@ -36,3 +59,6 @@ class ConversionPolicy:
     pdf_output: Literal["pdf", "png", "jpeg"] = "pdf"
     extract_text: bool = True
     gif_first_frame: bool = True
+    ocr: OcrPolicy = OcrPolicy()
+    #: The link policy (`MUGAIKA_LINKS`) for hyperlinks kept in cleaned files (CDR).
+    links: LinkPolicy = "defang"

@@ -75,6 +75,11 @@ EXPORT_FILTERS = (
     ("com.sun.star.text.TextDocument", "writer", "writer_pdf_Export"),
 )
 
+#: Clean-and-keep-editable (issue 20): legacy and OpenDocument files are first saved as
+#: OOXML by LibreOffice, then cleaned like any OOXML file (converters/cdr_ooxml.py).
+OOXML_FILTERS = {"writer": "MS Word 2007 XML", "calc": "Calc MS Excel 2007 XML",
+                 "impress": "Impress MS PowerPoint 2007 XML"}
+
 
 def _props(**values: object) -> tuple[PropertyValue, ...]:
     return tuple(PropertyValue(Name=k, Value=v) for k, v in values.items())
@@ -148,7 +153,7 @@ def _check_alive(proc: subprocess.Popen[bytes], exc: Exception) -> None:
 
 
 def convert(proc: subprocess.Popen[bytes], desktop: object, src_path: str, dst_path: str,
-            max_pages: int) -> dict[str, object]:
+            max_pages: int, target: str = "pdf") -> dict[str, object]:
     src = uno.systemPathToFileUrl(src_path)
     dst = uno.systemPathToFileUrl(dst_path)
     load = _props(Hidden=True, ReadOnly=True, MacroExecutionMode=NEVER_EXECUTE,
@@ -164,6 +169,11 @@ def convert(proc: subprocess.Popen[bytes], desktop: object, src_path: str, dst_p
     try:
         kind, export = _kind(doc)
         sheets, hidden = _sheets(doc) if kind == "calc" else ([], [])
+        if target == "ooxml":
+            if kind not in OOXML_FILTERS:
+                return {"ok": False, "error": "unsupported"}
+            doc.storeToURL(dst, _props(FilterName=OOXML_FILTERS[kind]))
+            return {"ok": True, "kind": kind, "sheets": sheets, "hidden_sheets": hidden}
         filter_data = uno.Any("[]com.sun.star.beans.PropertyValue", _props(
             # One page more than is rendered: its presence tells the caller "there is more".
             PageRange=f"1-{max_pages + 1}", ExportNotes=False, ExportLinksRelativeFsys=False,
@@ -191,7 +201,8 @@ def convert_document(proc: subprocess.Popen[bytes], desktop: object,
             f.write(document)
         pages = request.get("max_pages")
         max_pages = pages if isinstance(pages, int) else 50
-        reply = convert(proc, desktop, src, dst, max_pages)
+        target = "ooxml" if request.get("target") == "ooxml" else "pdf"
+        reply = convert(proc, desktop, src, dst, max_pages, target)
         if not reply["ok"]:
             return reply, b""
         if not os.path.isfile(dst):

@@ -204,13 +204,15 @@ class OfficeInstance:
         readable, _, _ = select.select([self._stdout], [], [], 0)
         return not readable
 
-    def convert(self, untrusted: bytes, suffix: str, max_pages: int, max_pdf_bytes: int
-                ) -> tuple[bytes, dict[str, Any]]:
-        """Convert one document: InstanceDied on a crash, timeout or broken protocol (the
-        caller restarts), LimitExceeded when the PDF is larger than `max_pdf_bytes`."""
+    def convert(self, untrusted: bytes, suffix: str, max_pages: int, max_pdf_bytes: int,
+                target: str = "pdf") -> tuple[bytes, dict[str, Any]]:
+        """Convert one document to PDF (or, `target="ooxml"`, save it as OOXML):
+        InstanceDied on a crash, timeout or broken protocol (the caller restarts),
+        LimitExceeded when the result is larger than `max_pdf_bytes`."""
         self.documents += 1
         deadline = time.monotonic() + self.config.timeout_seconds
-        request = {"suffix": suffix, "max_pages": max_pages, "size": len(untrusted)}
+        request = {"suffix": suffix, "max_pages": max_pages, "size": len(untrusted),
+                   "target": target}
         self._send(request, untrusted, deadline)
         reply = self._read_header(deadline)
         size = reply.get("size", 0)
@@ -284,7 +286,7 @@ class OfficePool:
 
     def convert(
         self, untrusted: bytes, suffix: str, max_pages: int,
-        max_pdf_bytes: int = DEFAULT_MAX_PDF_BYTES,
+        max_pdf_bytes: int = DEFAULT_MAX_PDF_BYTES, target: str = "pdf",
     ) -> tuple[bytes, dict[str, Any]]:
         """PDF bytes and the bridge's reply; raise Timeout/SandboxFailure after one retry,
         LimitExceeded at once for a PDF over `max_pdf_bytes` (a retry would make it again)."""
@@ -292,7 +294,7 @@ class OfficePool:
         for _attempt in range(2):
             instance = self._acquire()
             try:
-                result = instance.convert(untrusted, suffix, max_pages, max_pdf_bytes)
+                result = instance.convert(untrusted, suffix, max_pages, max_pdf_bytes, target)
             except InstanceDied as exc:
                 last = exc
                 self._discard(instance)

@@ -18,6 +18,7 @@ from converters.base import Conversion, Rendering
 from converters.encode import Encoded, encode, look, to_grey4, to_jpeg
 from converters.errors import SandboxFailure
 from converters.limits import ConversionPolicy
+from converters.pdftext import PlacedWord
 from converters.pdfwrite import Page, write_pdf
 from converters.pixels import Pixels, clean_text
 
@@ -52,6 +53,14 @@ class _Encoded:
     height_pt: float
     picture: bool
     text: str
+    words: tuple[PlacedWord, ...] = ()
+
+
+def placed_words(pixels: Pixels) -> tuple[PlacedWord, ...]:
+    """OCR's word boxes, from the page's pixels to its points."""
+    sx, sy = pixels.width_pt / pixels.width, pixels.height_pt / pixels.height
+    return tuple(PlacedWord(w.text, w.left * sx, w.top * sy, w.width * sx, w.height * sy,
+                            w.vertical) for w in pixels.words)
 
 
 class Packager:
@@ -80,8 +89,10 @@ class Packager:
         self._images.append(self._encoder.submit(self._encode, pixels))
 
     def _encode(self, pixels: Pixels) -> _Encoded:
+        layer = self.policy.ocr.text_layer and self.policy.pdf_output == "pdf"
         return _Encoded(encode_pixels(pixels, self.policy), pixels.width_pt, pixels.height_pt,
-                        pixels.picture, pixels.text)
+                        pixels.picture, pixels.text,
+                        placed_words(pixels) if layer and not pixels.picture else ())
 
     def finish(self, conversion: Conversion) -> tuple[Rendering, ...]:
         """The files for `conversion`: its images (those not added yet are added now) and
@@ -91,7 +102,8 @@ class Packager:
         images = [future.result() for future in self._images]
         pages = [e for e in images if not e.picture]
         pictures = [e for e in images if e.picture]
-        files = [*self._document(pages), *self._numbered(pictures), *self._page_text(pages)]
+        files = [*self._document(pages), *self._numbered(pictures), *self._page_text(pages),
+                 *self._picture_text(pictures)]
         return (*files, *(self._text(r) for r in conversion.outputs))
 
     def _page_text(self, pages: list[_Encoded]) -> list[Rendering]:
@@ -103,11 +115,22 @@ class Packager:
             text.write(f"--- page {n} ---\n{page.text.strip()}\n\n")
         return [Rendering(f"{self.stem}.txt", "text/plain", text.getvalue().encode("utf-8"))]
 
+    def _picture_text(self, pictures: list[_Encoded]) -> list[Rendering]:
+        """Text OCR read in pictures (photos of documents), when there is any."""
+        if not self.policy.extract_text or not any(p.text.strip() for p in pictures):
+            return []
+        if len(pictures) == 1:
+            text = pictures[0].text.strip() + "\n"
+        else:
+            text = "".join(f"--- image {n} ---\n{p.text.strip()}\n\n"
+                           for n, p in enumerate(pictures, 1))
+        return [Rendering(f"{self.stem}.txt", "text/plain", text.encode("utf-8"))]
+
     def _document(self, pages: list[_Encoded]) -> list[Rendering]:
         if not pages:
             return []
         if self.policy.pdf_output == "pdf":
-            pdf = write_pdf([Page(p.image, p.width_pt, p.height_pt) for p in pages])
+            pdf = write_pdf([Page(p.image, p.width_pt, p.height_pt, p.words) for p in pages])
             return [Rendering(f"{self.stem}.pdf", "application/pdf", pdf)]
         return self._numbered(pages, always=True)
 

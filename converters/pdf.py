@@ -54,6 +54,9 @@ MIN_PAGES_PER_PROCESS = 2
 PREVIEW_PIXELS = 60_000
 #: How deep into nested form XObjects to look for images.
 IMAGE_SEARCH_DEPTH = 3
+#: Between a page's text and the link targets listed after it (`converters.ocr` looks
+#: for it: the links are not the page's text).
+LINKS_MARK = "\n\n[links]\n"
 
 
 def open_document(untrusted: bytes) -> pdfium.PdfDocument:
@@ -89,7 +92,7 @@ def render_page(doc: pdfium.PdfDocument, index: int, policy: ConversionPolicy) -
         text = page.get_textpage().get_text_bounded().replace("\r\n", "\n").replace("\r", "\n")
         links = pdfscan.link_targets(doc, page)
         if links:
-            text = text.rstrip() + "\n\n[links]\n" + "\n".join(links)
+            text = text.rstrip() + LINKS_MARK + "\n".join(links)
     return Pixels(mode, width, height, data, width_pt, height_pt, text=text)
 
 

@@ -43,7 +43,7 @@ MAX_INFLATED = 64 * 1024 * 1024
 MAX_SCANNED = 256 * 1024 * 1024
 
 
-def _names_in(data: bytes) -> set[str]:
+def names_in(data: bytes) -> set[str]:
     return {_NAMES[_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), name)]
             for name in _NAME.findall(data)}
 
@@ -67,9 +67,9 @@ def _object_streams(untrusted: bytes) -> list[bytes]:
 
 def active_features(untrusted: bytes) -> tuple[str, ...]:
     """Features named anywhere in the file or its object streams (may over-report)."""
-    found = _names_in(untrusted[:MAX_SCANNED])
+    found = names_in(untrusted[:MAX_SCANNED])
     for stream in _object_streams(untrusted):
-        found |= _names_in(stream)
+        found |= names_in(stream)
     return tuple(sorted(found))
 
 

@@ -4,7 +4,9 @@ We write the file ourselves rather than with Pillow's PDF plugin because Pillow
 re-encodes every page as JPEG (text pages blur) or as ASCII hex (twice the size). Here a
 JPEG is embedded as is (DCTDecode) and a PNG's IDAT stream is embedded as is
 (FlateDecode with the PNG predictor), so no page is encoded twice. The output has no
-fonts, no annotations, no actions, no metadata: only pixels.
+fonts, no annotations, no actions, no metadata: only pixels, and, when asked for, the
+words OCR recognized as invisible text (render mode 3) over them, so that the document
+can be searched and copied from (`converters.pdftext`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 
 from converters.encode import Encoded
+from converters.pdftext import FONT_OBJECTS, PlacedWord, astral_codes, font_objects, text_layer
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOURS = {0: ("/DeviceGray", 1), 2: ("/DeviceRGB", 3), 3: ("/Indexed", 1)}
@@ -27,6 +30,8 @@ class Page:
     image: Encoded
     width_pt: float
     height_pt: float
+    #: Invisible text over the image (OCR), boxes in points from the page's top left.
+    words: tuple[PlacedWord, ...] = ()
 
 
 def _png_chunks(data: bytes) -> dict[bytes, bytes]:
@@ -102,6 +107,19 @@ def _placement(page: Page) -> str:
             f"{left * w:.6f} {(1 - bottom) * h:.6f} cm /Im0 Do Q")
 
 
+def _contents(page: Page, astral: dict[str, int]) -> tuple[bytes, bytes]:
+    """The page's content stream: the image, then its invisible text (deflated: a dense
+    page's words are some 60 KB of operators)."""
+    if not page.words:
+        return b"", _placement(page).encode()
+    stream = (_placement(page) + "\n" + text_layer(page.words, page.height_pt, astral)).encode()
+    return b"/Filter /FlateDecode", zlib.compress(stream, 6)
+
+
+def pages_words(pages: list[Page]) -> list[PlacedWord]:
+    return [word for page in pages for word in page.words]
+
+
 def write_pdf(pages: list[Page]) -> bytes:
     """An image-only PDF, one page per image, images scaled to fill each page."""
     out = io.BytesIO()
@@ -120,14 +138,23 @@ def write_pdf(pages: list[Page]) -> bytes:
     kids = " ".join(f"{3 + 3 * i} 0 R" for i in range(len(pages)))
     obj(b"<< /Type /Catalog /Pages 2 0 R >>")
     obj(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    fonts_no = 3 + 3 * len(pages)  # the text layer's fonts follow the pages, once
+    text = any(page.words for page in pages)
+    astral = astral_codes(pages_words(pages))
+    fonts = (f"/Font << /F1 {fonts_no} 0 R /F2 {fonts_no + 1} 0 R >> " if text else "")
     for i, page in enumerate(pages):
         page_no, content_no, image_no = 3 + 3 * i, 4 + 3 * i, 5 + 3 * i
         w, h = round(page.width_pt, 3), round(page.height_pt, 3)
         assert len(offsets) + 1 == page_no
         obj(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] /Resources "
-            f"<< /XObject << /Im0 {image_no} 0 R >> >> /Contents {content_no} 0 R >>".encode())
-        obj(b"", _placement(page).encode())
+            f"<< {fonts}/XObject << /Im0 {image_no} 0 R >> >> /Contents {content_no} 0 R >>"
+            .encode())
+        obj(*_contents(page, astral))
         obj(*_image_object(page.image))
+    if text:
+        for body, stream in font_objects(fonts_no, astral):
+            obj(body, stream)
+        assert len(offsets) == fonts_no - 1 + FONT_OBJECTS
     xref = out.tell()
     out.write(f"xref\n0 {len(offsets) + 1}\n0000000000 65535 f \n".encode())
     for offset in offsets:

@@ -25,8 +25,27 @@ from converters.limits import Limits
 MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4}
 #: The largest page a PDF can describe (PDF 1.7 annex C: 14,400 user units = 200 inches).
 MAX_PAGE_POINTS = 14_400.0
+#: Recognized words one page may carry (a dense A4 page has about 2,000), and their length.
+MAX_WORDS = 20_000
+MAX_WORD_CHARS = 100
 #: C0 and C1 controls but tab, LF and CR; a form feed becomes a line break first.
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
+#: What a word may not hold: line breaks, controls, and lone surrogates (JSON can carry
+#: them, UTF-8 cannot encode them).
+_NOT_IN_WORDS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Word:
+    """A recognized word and its box in the page's pixels (OCR, `converters.ocr`);
+    `vertical`: written top to bottom (縦書き)."""
+
+    text: str
+    left: int
+    top: int
+    width: int
+    height: int
+    vertical: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,8 @@ class Pixels:
     photo: bool = False
     #: The page's text layer (the gateway writes one text file from a document's pages).
     text: str = ""
+    #: Words recognized on the page with their boxes, for a searchable text layer.
+    words: tuple[Word, ...] = ()
 
     def image(self) -> Image.Image:
         """The pixels as a Pillow image, without a copy."""
@@ -65,9 +86,13 @@ def from_image(img: Image.Image, width_pt: float | None = None, height_pt: float
 def describe(pixels: Pixels) -> dict[str, Any]:
     """The frame header that announces `pixels` (their bytes, then the text as UTF-8,
     follow as its two blobs)."""
-    return {"mode": pixels.mode, "width": pixels.width, "height": pixels.height,
-            "width_pt": pixels.width_pt, "height_pt": pixels.height_pt,
-            "picture": pixels.picture, "photo": pixels.photo}
+    header: dict[str, Any] = {"mode": pixels.mode, "width": pixels.width, "height": pixels.height,
+              "width_pt": pixels.width_pt, "height_pt": pixels.height_pt,
+              "picture": pixels.picture, "photo": pixels.photo}
+    if pixels.words:
+        header["words"] = [[w.text, w.left, w.top, w.width, w.height, w.vertical]
+                           for w in pixels.words]
+    return header
 
 
 def max_bytes(limits: Limits) -> int:
@@ -102,5 +127,25 @@ def checked(untrusted: dict[str, Any], data: bytes, text: bytes, limits: Limits)
         raise SandboxFailure("pixel count does not match the size")
     if not all(math.isfinite(v) and 0 < v <= MAX_PAGE_POINTS for v in (width_pt, height_pt)):
         raise SandboxFailure("page size beyond the limits")
+    words = checked_words(untrusted.get("words", []), width, height)
     return Pixels(mode, width, height, data, width_pt, height_pt, picture, photo,
-                  clean_text(text))
+                  clean_text(text), words)
+
+
+def checked_words(untrusted: Any, width: int, height: int) -> tuple[Word, ...]:
+    """Words whose boxes lie inside the page and whose text is short and clean, or
+    `SandboxFailure`: the gateway writes them into a PDF (`converters.pdfwrite`)."""
+    if not isinstance(untrusted, list) or len(untrusted) > MAX_WORDS:
+        raise SandboxFailure("malformed words")
+    words = []
+    for item in untrusted:
+        if not (isinstance(item, list) and len(item) == 6 and isinstance(item[0], str)
+                and all(type(v) is int for v in item[1:5]) and isinstance(item[5], bool)):
+            raise SandboxFailure("malformed word")
+        text, left, top, w, h, vertical = item
+        text = _NOT_IN_WORDS.sub("", text).strip()
+        if (not text or len(text) > MAX_WORD_CHARS or min(left, top) < 0 or min(w, h) <= 0
+                or left + w > width or top + h > height):
+            raise SandboxFailure("word beyond the page")
+        words.append(Word(text, left, top, w, h, vertical))
+    return tuple(words)

@@ -65,6 +65,14 @@ ARCHIVE_TYPES = (
     "application/x-lha",
 )
 OUTLOOK_TYPES = ("application/vnd.ms-outlook", "application/vnd.ms-tnef")
+#: What clean-and-keep-editable may deliver (issue 20), MIME type → extension: the gateway
+#: names the cleaned file from this, never from what the sandbox said.
+CLEANED_TYPES = {
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": "xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": "pptx",
+    "application/pdf": "pdf",
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,10 @@ CONVERTERS: tuple[Registration, ...] = (
     Registration("office", "converters.office_scan:OfficeScanConverter", OFFICE_TYPES),
     Registration("archive", "converters.archive:ArchiveConverter", ARCHIVE_TYPES),
     Registration("outlook", "converters.outlook:OutlookConverter", OUTLOOK_TYPES),
+    # Clean-and-keep-editable (issue 20): chosen by policy, never by type; two keys, each
+    # in its own sandboxed child (converters/cdr.py).
+    Registration("cdr", "converters.cdr:CdrConverter", ()),
+    Registration("cdr_check", "converters.cdr:CdrCheckConverter", ()),
 )
 
 #: Content kinds that are removed whatever they are called (original quarantined).
@@ -149,10 +161,18 @@ def detect_type(untrusted: bytes) -> str:
     if head.startswith(b"vhdxfile"):
         return "application/x-vhdx"
     detected = str(magic.from_buffer(head, mime=True)).lower()
-    if detected == "application/zip":
-        if b"META-INF/MANIFEST.MF" in head:
-            return "application/java-archive"
-        # libmagic knows OOXML only when [Content_Types].xml is the first entry.
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(untrusted, detected)
+    return _ALIASES.get(detected, detected)
+
+
+def _zip_kind(untrusted: bytes, detected: str) -> str:
+    """A ZIP's kind. libmagic knows OOXML only when [Content_Types].xml is the first entry,
+    and calls a ZIP octet-stream when its first entry is a folder, or when it starts like
+    OOXML but the main part is not the third entry (oletools' test files)."""
+    if detected == "application/zip" and b"META-INF/MANIFEST.MF" in untrusted[:DETECT_PREFIX]:
+        return "application/java-archive"
+    if detected in ("application/zip", "application/octet-stream"):
         return refine_zip_type(untrusted) or detected
     return _ALIASES.get(detected, detected)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import re
 import resource
@@ -63,6 +64,8 @@ from converters.framing import (
     write_frame,
 )
 from converters.limits import ConversionPolicy
+from converters.ocr import OcrStage
+from converters.ocr import wanted as ocr_wanted
 from converters.registry import load_converter
 
 #: Largest attachment the gateway will ever send; the SMTP size cap is far below it.
@@ -101,8 +104,11 @@ def _frames(converter: Converter, data: bytes, filename: str, policy: Conversion
     the way (also after some images) ends the answer with an error frame."""
     try:
         conversion = converter.convert(data, filename, policy)
-        for pixels in conversion.images:
+        ocr = OcrStage(policy) if ocr_wanted(policy) else None
+        for pixels in conversion.images if ocr is None else ocr.run(conversion.images):
             yield pixels_frame(pixels)
+        if ocr is not None:  # known only now that every page went through
+            conversion = dataclasses.replace(conversion, notes=conversion.notes + ocr.notes())
         last = conversion_to_frame(conversion)
         if sum(len(r.data) for r in conversion.outputs) > policy.limits.max_output_bytes:
             raise LimitExceeded("renderings exceed max_output_bytes")

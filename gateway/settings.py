@@ -42,6 +42,9 @@ DEFAULT_TENANT = "default"
 #: What to do with an attachment of a content kind: today's rendering as pages (the
 #: default), remove it, or remove it and hold it for release.
 Treatment = Literal["render", "remove", "quarantine"]
+#: PDF and Office may also be cleaned and kept editable (issue 20, docs/cdr.md): `cdr`
+#: delivers the cleaned file only, `both` the cleaned file and the page images.
+EditableTreatment = Literal["render", "remove", "quarantine", "cdr", "both"]
 KINDS = ("pdf", "office", "image", "archive", "text", "unknown")
 
 
@@ -59,8 +62,8 @@ class TenantPolicy(BaseModel):
     """A tenant's departures from the global policy; None keeps the global value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    pdf: Treatment | None = None
-    office: Treatment | None = None
+    pdf: EditableTreatment | None = None
+    office: EditableTreatment | None = None
     image: Treatment | None = None
     archive: Treatment | None = None
     text: Treatment | None = None
@@ -199,6 +202,15 @@ class Settings(BaseSettings):
     pdf_max_pages: int = 50
     pdf_output: Literal["pdf", "png", "jpeg"] = "pdf"
     pdf_extract_text: bool = True
+    # issue 20: OCR (docs/ocr.md)
+    #: Recognize text on pages without a text layer (scans, photos), in the sandbox.
+    ocr: bool = True
+    #: Also put the recognized words into the image-only PDF as invisible, searchable text.
+    ocr_text_layer: bool = False
+    #: Wall clock for one page's recognition; the page keeps its image, the note says so.
+    ocr_page_seconds: float = Field(default=20.0, gt=0)
+    #: tesseract models, joined by + (Debian: tesseract-ocr-<name>).
+    ocr_languages: str = Field(default="jpn+jpn_vert+eng", pattern=r"^[a-z_]+(\+[a-z_]+)*$")
     archive_max_depth: int = 3
     archive_max_members: int = 1000
     archive_max_total_bytes: int = 200 * MiB
@@ -252,8 +264,8 @@ class Settings(BaseSettings):
 
     # issue 19: tenants (docs/tenants.md); each treatment is the default for its content
     # kind, which a tenant's policy may change: render as pages, remove, or quarantine
-    treatment_pdf: Treatment = "render"
-    treatment_office: Treatment = "render"
+    treatment_pdf: EditableTreatment = "render"
+    treatment_office: EditableTreatment = "render"
     treatment_image: Treatment = "render"
     treatment_archive: Treatment = "render"
     treatment_text: Treatment = "render"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from converters.archive_pack import pack_renderings
 from converters.base import Conversion, Converter, Rendering
 from converters.errors import ConversionError, Encrypted, LimitExceeded, SandboxFailure
-from converters.limits import ConversionPolicy, Limits
+from converters.limits import ConversionPolicy, Limits, OcrPolicy
 from converters.names import clean_name, stem
 from converters.office_pool import OfficeConfig, OfficePool
 from converters.package import Packager
@@ -33,6 +33,7 @@ from converters.registry import (
     checked_type,
 )
 from converters.sandbox import SandboxConfig, SandboxPool, decide_sandboxing
+from gateway.pipeline.cdr import clean_and_check
 from gateway.pipeline.parse import Leaf
 from gateway.pipeline.report import Action, ActionKind
 from gateway.settings import Settings
@@ -84,7 +85,10 @@ def policy_from_settings(settings: Settings) -> ConversionPolicy:
         archive_max_ratio=settings.archive_max_ratio,
     )
     return ConversionPolicy(limits=limits, dpi=settings.pdf_dpi, pdf_output=settings.pdf_output,
-                            extract_text=settings.pdf_extract_text)
+                            extract_text=settings.pdf_extract_text, links=settings.links,
+                            ocr=OcrPolicy(enabled=settings.ocr, text_layer=settings.ocr_text_layer,
+                                          page_seconds=settings.ocr_page_seconds,
+                                          languages=settings.ocr_languages))
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,7 @@ def sanitize_attachment(leaf: Leaf, ctx: AttachmentContext, queue_id: str = "",
 
 
 def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
-    ctx, budget = walk.ctx, walk.budget
+    ctx = walk.ctx
     try:
         found = ctx.registry.classify(item.untrusted, item.untrusted_name, item.declared,
                                       ctx.detect)
@@ -227,19 +231,62 @@ def _handle(item: _Part, walk: _Walk, depth: int) -> AttachmentOutcome:
     refused = _not_rendered(item, found, walk.settings)
     if refused is not None:
         return refused
+    treatment = _treatment(found.detected_type, walk.settings)
+    if treatment in EDITABLE:
+        return _kept_editable(item, found, walk, depth, treatment)
+    return _rendered(item, found, walk, depth)
+
+
+def _kept_editable(item: _Part, found: Classification, walk: _Walk, depth: int,
+                   treatment: str) -> AttachmentOutcome:
+    """The cleaned file (and, for `both`, the page images); page images alone, with the
+    reason, when it cannot be cleaned or does not pass the second key."""
+    links = walk.settings.links if walk.settings is not None else "defang"
+    try:
+        cleaned = clean_and_check(item.untrusted, found.clean_name, walk.ctx.pool,
+                                  walk.ctx.policy, links, walk.ctx.office)
+    except ConversionError as err:
+        if err.code == Encrypted.code:
+            return _removed(item, found, _under_ppap_policy(err, walk.settings))
+        return _rendered(item, found, walk, depth, notes=(f"cdr_fallback={err.code}",))
+    kept = _unique(_in_folder(cleaned.rendering, item.folder), walk.budget.names)
+    notes = ("cdr_resaved",) * cleaned.resaved + tuple(
+        f"cdr_removed={kind}:{count}" for kind, count in cleaned.removed)
+    if treatment == "both":
+        both = _rendered(item, found, walk, depth, notes=notes, first=(kept,))
+        if both.actions[0].action is ActionKind.CONVERTED:
+            return both
+        notes += (f"render_failed={both.actions[0].code}",)
+    action = Action(
+        part=item.part, filename=found.clean_name, declared_type=item.declared,
+        detected_type=found.detected_type, action=ActionKind.CONVERTED,
+        reason="active content removed, kept editable", outputs=(kept.filename,), code="cdr",
+        quarantined=True, notes=found.notes + notes)
+    held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
+                        "converted")
+    return AttachmentOutcome((action,), (kept,), (held,))
+
+
+def _rendered(item: _Part, found: Classification, walk: _Walk, depth: int,
+              notes: tuple[str, ...] = (), first: tuple[Rendering, ...] = ()
+              ) -> AttachmentOutcome:
+    """Page images (today's treatment), after `first` (a cleaned file, for `both`)."""
+    ctx, budget = walk.ctx, walk.budget
     try:
         conversion, renderings = _convert(item, found, ctx)
     except ConversionError as err:
         return _removed(item, found, _under_ppap_policy(err, walk.settings))
     except Exception:  # a bug must not deliver the file: map it to a closed failure
         return _removed(item, found, SandboxFailure("internal error"))
-    outputs = tuple(_unique(_in_folder(r, item.folder), budget.names) for r in renderings)
+    outputs = first + tuple(_unique(_in_folder(r, item.folder), budget.names)
+                            for r in renderings)
     action = Action(
         part=item.part, filename=found.clean_name, declared_type=item.declared,
         detected_type=found.detected_type, action=ActionKind.CONVERTED,
         reason=f"converted by {found.converter}", outputs=tuple(r.filename for r in outputs),
+        code="cdr_both" if first else "",
         quarantined=True, findings=conversion.findings,
-        notes=found.notes + conversion.notes, pages=conversion.pages,
+        notes=found.notes + notes + conversion.notes, pages=conversion.pages,
     )
     held = HeldOriginal(item.part, item.untrusted_name, found.detected_type, item.untrusted,
                         "converted")
@@ -344,7 +391,13 @@ def _not_rendered(item: _Part, found: Classification,
         refusal = found.refusal or SandboxFailure("no converter")
         return _removed(item, found, _under_ppap_policy(refusal, settings))
     treatment = _treatment(found.detected_type, settings)
-    return None if treatment == "render" else _by_policy(item, found, treatment)
+    return None if treatment in RENDERED else _by_policy(item, found, treatment)
+
+
+#: The treatments that deliver a cleaned, editable file (issue 20, gateway/pipeline/cdr.py).
+EDITABLE = ("cdr", "both")
+#: The treatments that convert (the others remove or hold).
+RENDERED = ("render", *EDITABLE)
 
 
 def _treatment(detected_type: str, settings: Settings | None) -> str:

@@ -19,6 +19,8 @@ from string import Template
 from typing import Any
 
 from converters.html import defang_urls
+from converters.limits import OCR_NOTE_CUT as OCR_CUT
+from converters.limits import OCR_NOTE_RAN as OCR_RAN
 from gateway.pipeline.release_links import release_link
 from gateway.pipeline.report import Action, ActionKind, Report, Verdict
 from gateway.settings import Settings
@@ -30,6 +32,8 @@ NOTABLE_DEFECTS = frozenset({
     "transfer_encoding_unknown", "charset_duplicate", "content-transfer-encoding_duplicate",
     "bare_cr", "body_charset_undecodable",
 })
+#: The page numbers in an OCR note ("pages 1, 2, 3 ...").
+_OCR_PAGES = re.compile(r"pages? ([0-9, ]*[0-9])")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -39,6 +43,8 @@ class NoticeTemplates:
 
     texts: dict[str, str]
     reasons: dict[str, str]
+    #: What clean-and-keep-editable removed, by kind ($n: how many).
+    cleaned: dict[str, str] = field(default_factory=dict)
     #: Values every line may use ($contact, $qid), set per message.
     common: dict[str, str] = field(default_factory=dict)
 
@@ -68,7 +74,8 @@ def load_templates(settings: Settings) -> NoticeTemplates:
             data = _merge(data, custom)
     texts = {k: str(v) for k, v in data.items() if not isinstance(v, dict)}
     reasons = {k: str(v) for k, v in data.get("reasons", {}).items()}
-    return NoticeTemplates(texts, reasons)
+    cleaned = {k: str(v) for k, v in data.get("cleaned", {}).items()}
+    return NoticeTemplates(texts, reasons, cleaned)
 
 
 def _merge(base: dict[str, Any], custom: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +141,22 @@ def _body_lines(report: Report, t: NoticeTemplates, links: str) -> list[str]:
     return lines
 
 
+def _cdr_lines(action: Action, t: NoticeTemplates) -> list[str]:
+    """What clean-and-keep-editable removed, or why it fell back to page images."""
+    lines = []
+    for note in action.notes:
+        key, _, value = note.partition("=")
+        if key == "cdr_removed":
+            kind, _, count = value.partition(":")
+            text = t.cleaned.get(kind, t.cleaned.get("other", ""))
+            lines.append(t.line("cdr_removed", what=Template(text).safe_substitute(n=count)))
+        elif key == "cdr_resaved":
+            lines.append(t.line("cdr_resaved"))
+        elif key == "cdr_fallback":
+            lines.append(t.line("cdr_fallback", reason=t.reason(value, value)))
+    return lines
+
+
 def _attachment_lines(action: Action, queue_id: str, t: NoticeTemplates) -> list[str]:
     if action.code in ("html_to_text", "alternative_unused") or action.action is ActionKind.KEPT:
         return []
@@ -141,10 +164,26 @@ def _attachment_lines(action: Action, queue_id: str, t: NoticeTemplates) -> list
     if action.action is ActionKind.CONVERTED:
         outputs = ", ".join(action.outputs) or action.detected_type
         key = "converted_pages" if action.pages else "converted"
+        key = {"cdr": "cdr_kept", "cdr_both": "cdr_both"}.get(action.code, key)
         lines = [t.line(key, name=name, outputs=outputs, pages=action.pages)]
+        lines += _cdr_lines(action, t)
+        lines += _ocr_lines(action, t)
     else:
         reason = t.reason(action.code, action.reason)
         lines = [t.line("removed", name=name, reason=reason)]
     if action.quarantined:
         lines.append(t.line("held", qid=queue_id, part=action.part))
+    return lines
+
+
+def _ocr_lines(action: Action, t: NoticeTemplates) -> list[str]:
+    """Say when text was recognized (OCR) and when recognition was cut short, with the
+    pages (issue 20: the reader should know the text is machine-read)."""
+    lines = []
+    for note in action.notes:
+        for prefix, key in ((OCR_CUT, "ocr_cut"), (OCR_RAN, "ocr_done")):
+            if note.startswith(prefix):
+                found = _OCR_PAGES.search(note)
+                lines.append(t.line(key, which=found[1] if found else ""))
+                break
     return lines

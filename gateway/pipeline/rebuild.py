@@ -19,6 +19,7 @@ import re
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.utils import format_datetime, formatdate, make_msgid, parsedate_to_datetime
 
+from converters.registry import CLEANED_TYPES
 from gateway.pipeline import mimewrite
 from gateway.pipeline.headers import decode_words
 from gateway.pipeline.message import Sanitized
@@ -66,7 +67,9 @@ SAFE_OUTPUT_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp",
                      "application/pdf", "text/plain", "text/csv",
                      # our own containers: a rebuilt forwarded mail (gateway.pipeline.forwarded) and
                      # a ZIP of renderings (archive_output = "zip", converters.archive_pack)
-                     "message/rfc822", "application/zip")
+                     "message/rfc822", "application/zip",
+                     # cleaned Office files that passed both keys (issue 20, docs/cdr.md)
+                     *CLEANED_TYPES)
 
 #: Control characters, and lone surrogates: the parser's stand-ins for undecodable 8-bit
 #: header bytes, which no charset can write (UnicodeEncodeError in rebuild, found by fuzz/,
