@@ -35,6 +35,9 @@ OUTCOMES = frozenset({"received", "delivered", "quarantined", "rejected", "defer
 #: Why the gateway put a message into failed/ (bounces are the `bounced` outcome).
 FAILED_REASONS = frozenset({"internal_error"})
 ACTIONS = frozenset({"kept", "converted", "removed"})
+#: RFC 8601 results a label may take (anything else is "other").
+AUTH_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror",
+                          "permerror", "policy"})
 #: Converter and kind labels: short lowercase tokens; at most this many distinct values each.
 MAX_LABEL_VALUES = 40
 _TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.+/-]{0,79}$")  # "pdf", "application/pdf"
@@ -88,6 +91,9 @@ class Metrics:
             "mugaika_tenant_messages", "Messages by tenant and outcome.",
             ["tenant", "outcome"], registry=r)
         self._tenants: frozenset[str] = frozenset({"default"})
+        # issue 21: one count per check and result of each inbound message.
+        self._auth = Counter("mugaika_auth_results", "Sender authentication results.",
+                             ["check", "result"], registry=r)
         self._delivery_delay = Histogram(
             "mugaika_delivery_delay_seconds", "From acceptance to downstream delivery.",
             buckets=_DELAY_BUCKETS, registry=r)
@@ -116,6 +122,14 @@ class Metrics:
         label = tenant or "default"
         self._tenant_messages.labels(label if label in self._tenants else "other",
                                      outcome).inc()
+
+    def authentication(self, spf: str, dkim: tuple[tuple[str, str], ...], dmarc: str,
+                       arc: str) -> None:
+        """Count one message's results (DKIM: its worst signature, or none)."""
+        worst = "none" if not dkim else ("pass" if all(r == "pass" for r, _ in dkim)
+                                         else next(r for r, _ in dkim if r != "pass"))
+        for check, result in (("spf", spf), ("dkim", worst), ("dmarc", dmarc), ("arc", arc)):
+            self._auth.labels(check, result if result in AUTH_RESULTS else "other").inc()
 
     def failed(self, reason: str) -> None:
         """A message kept in failed/ by the gateway; an unknown reason is a bug."""

@@ -274,6 +274,26 @@ class Settings(BaseSettings):
     #: in this many days (0: off) has every attachment held; exempt: partner domains.
     first_contact_days: int = Field(default=0, ge=0, le=3650)
     first_contact_exempt: CommaList = Field(default_factory=list)
+
+    # issue 21: sender authentication before the rebuild (docs/sender-auth.md)
+    #: SPF, DKIM, DMARC and ARC on the original; off: no checks, no header, no policy.
+    auth_checks: bool = True
+    #: DNS servers for the checks: `host` or `host:port`, comma separated; none: the system's.
+    dns_servers: CommaList = Field(default_factory=list)
+    dns_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    #: DMARC `fail` where the sender's domain publishes p=quarantine or p=reject:
+    #: `quarantine` the whole message (releasable as usual), `tag` it, or `none`.
+    dmarc_fail_action: Literal["quarantine", "tag", "none"] = "quarantine"
+    #: Mail from outside whose From: uses one of our own domains (or shows one of our
+    #: addresses in its display name) without passing DMARC: `quarantine` or `tag`.
+    spoof_action: Literal["quarantine", "tag"] = "quarantine"
+    #: Put before the subject of mail that failed authentication and is delivered (`tag`).
+    auth_fail_subject_tag: str = Field(default="[なりすまし注意]", max_length=64)
+    #: ARC-seal the rebuilt message (RFC 8617) so that the LGWAN-side server can trust the
+    #: Authentication-Results it carries: a PEM private key file, selector and domain.
+    arc_seal_key: Path | None = None
+    arc_seal_selector: str = Field(default="", max_length=63)
+    arc_seal_domain: str = Field(default="", max_length=253)
     #: `[[tenants]]` tables of the TOML file; none: one implicit tenant, these settings.
     tenants: tuple[Tenant, ...] = ()
 
@@ -282,6 +302,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _tenants_apart(self) -> Settings:
         check_tenants(self.tenants, self.accepted_domains)
+        return self
+
+    @model_validator(mode="after")
+    def _arc_seal_whole(self) -> Settings:
+        """A sealing key needs its selector and domain (and must be readable)."""
+        if self.arc_seal_key is not None:
+            if not (self.arc_seal_selector and self.arc_seal_domain):
+                raise ValueError("arc_seal_key needs arc_seal_selector and arc_seal_domain")
+            if not self.arc_seal_key.is_file():
+                raise ValueError(f"arc_seal_key {self.arc_seal_key} is not a file")
         return self
 
     @field_validator("digest_timezone")
@@ -293,7 +323,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 
-    @field_validator("accepted_domains", "first_contact_exempt", mode="before")
+    @field_validator("accepted_domains", "first_contact_exempt", "dns_servers", mode="before")
     @classmethod
     def _split_domains(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -24,6 +24,7 @@ from converters.base import Conversion, Rendering
 from converters.limits import ConversionPolicy
 from converters.pdfscan import active_features
 from converters.registry import CONVERTERS, Registration, Registry
+from gateway.loadtest.samples import write_corpus
 from gateway.pipeline.attachments import AttachmentContext
 from gateway.pipeline.message import Sanitized
 from gateway.pipeline.notice import render_notice
@@ -206,3 +207,26 @@ def test_a_hijacked_cleaner_gets_nothing_editable_delivered(
     assert set(files) - {"申請書.txt"} == {"申請書.pdf"}
     assert b"vbaProject" not in b"".join(files.values()) and b"MZ" != files["申請書.pdf"][:2]
     assert "injected" not in render_notice(out.report, settings)
+
+
+CORPUS = ("pdf-javascript", "pdf-japanese-5p", "docx-japanese", "xlsx-two-sheets",
+          "pptx-japanese", "docm-macro", "rtf-object")
+
+
+def test_the_sample_corpus_documents_arrive_editable_and_clean(
+        tmp_path: Path, settings: Settings, ctx: AttachmentContext) -> None:
+    """The `mugaika samples` mails with Office and PDF attachments, whole, under `cdr`:
+    each document arrives editable, scans clean and renders in LibreOffice again."""
+    manifest = write_corpus(tmp_path, set(CORPUS))
+    render = settings.model_copy(update={"treatment_office": "render", "treatment_pdf": "render"})
+    delivered = {}
+    for entry in manifest["samples"]:
+        out = sanitize((tmp_path / entry["file"]).read_bytes(), "S1", settings, ctx)
+        assert [a.code for a in out.report.actions if a.filename] == ["cdr"], entry["name"]
+        delivered.update(attachments(out, settings))
+    assert len(delivered) == len(CORPUS)
+    for name, data in delivered.items():
+        assert scans_clean(name, data) == [], name
+        [again] = [a for a in sanitize(mail_with(data, name), "S2", render, ctx).report.actions
+                   if a.filename == name]
+        assert again.action is ActionKind.CONVERTED and again.pages >= 1, (name, again)

@@ -8,6 +8,7 @@ in the same worker, for another mail, is unaffected.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
 import subprocess
@@ -20,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from converters import cgroup
-from converters.errors import SandboxFailure
-from converters.limits import ConversionPolicy, Limits, MiB
+from converters.errors import ConversionError, SandboxFailure
+from converters.limits import ConversionPolicy, Limits, MiB, OcrPolicy
 from converters.package import Packager
 from converters.sandbox import PROJECT_ROOT, SandboxConfig, SandboxPool
 from gateway.pipeline.attachments import AttachmentContext
@@ -32,7 +33,10 @@ from gateway.settings import Settings
 from tests.convert_helpers import hostile_registry, japanese_pdf, mail
 
 TARGETS = hostile_registry().targets()
-QUICK = ConversionPolicy(limits=Limits(wall_seconds=10, cpu_seconds=5, memory_bytes=256 * MiB))
+#: OCR off: the hostile converter's forged pixels must reach the gateway's own check (with
+#: OCR on, the child's OCR stage trips over them first and the answer is an error anyway).
+QUICK = ConversionPolicy(limits=Limits(wall_seconds=10, cpu_seconds=5, memory_bytes=256 * MiB),
+                         ocr=OcrPolicy(enabled=False))
 SETTINGS = Settings(converter_timeout_seconds=10, converter_memory_bytes=256 * MiB, workers=1)
 
 
@@ -120,6 +124,18 @@ def test_a_forged_rendering_is_refused(pool: SandboxPool, verb: str) -> None:
     pixels and text may come back, and the files delivered are written by the gateway."""
     with pytest.raises(SandboxFailure, match=r"not text|not UTF-8"):
         _packaged(pool, verb)
+    _next_conversion_is_clean(pool)
+
+
+@pytest.mark.parametrize("verb", ["huge-pixels", "short-pixels"])
+def test_forged_pixels_with_ocr_on_end_as_an_error_not_a_file(pool: SandboxPool,
+                                                              verb: str) -> None:
+    """With OCR on, the OCR stage in the same child reads the pixels first and fails on
+    them: the answer is an error, nothing is delivered, the next conversion is clean."""
+    with_ocr = dataclasses.replace(QUICK, ocr=OcrPolicy(enabled=True))
+    with pytest.raises(ConversionError), Packager("attack", with_ocr) as packager:
+        packager.finish(pool.convert("hostile", verb.encode(), "attack.txt", with_ocr,
+                                     packager.add))
     _next_conversion_is_clean(pool)
 
 

@@ -28,11 +28,13 @@ def encoded(text: str) -> str:
 def test_only_allow_listed_headers_survive() -> None:
     raw = message([*base_headers(), ("Received", "from evil"), ("X-Spam", "no"),
                    ("Return-Path", "<x@y>"), ("DKIM-Signature", "v=1"), ("Bcc", "a@b"),
-                   ("Disposition-Notification-To", "track@evil.example")], b"body")
+                   ("Disposition-Notification-To", "track@evil.example"),
+                   # a forged verdict in our own name (issue 21): never copied
+                   ("Authentication-Results", "mugaika.localdomain; dmarc=pass")], b"body")
     names = {n.lower() for n in header_names(deliver(raw)[1])}
     assert names == {"from", "to", "subject", "date", "message-id", "mime-version",
                      "content-type", "content-transfer-encoding", "x-mugaika-verdict",
-                     "x-mugaika-actions", "x-mugaika-queue-id"}
+                     "x-mugaika-actions", "x-mugaika-queue-id", "x-mugaika-sanitized"}
 
 
 @pytest.mark.parametrize("field", ["Subject", "From", "Message-ID", "In-Reply-To"])

@@ -35,11 +35,13 @@ def search_messages(
     verdict: Verdict | None = None,
     status: DeliveryStatus | None = None,
     split_of: Annotated[EntryId | None, Query(description="the copies of one received message")] = None,
+    auth: Annotated[SearchText | None,
+                    Query(description='Part of the authentication summary: "dmarc=fail"')] = None,
 ) -> MessagePage:
     found = ctx.stores.messages.search(MessageQuery(
         sender=sender, recipient=recipient, subject=subject, since=since, until=until,
         verdict=verdict.value if verdict else None, status=status, tenant=actor.tenant,
-        split_of=split_of, limit=page.limit, offset=page.offset,
+        split_of=split_of, auth=auth, limit=page.limit, offset=page.offset,
     ))
     return MessagePage(items=[MessageOut.of(r) for r in found.items], total=found.total,
                        limit=found.limit, offset=found.offset)

@@ -101,6 +101,8 @@ class MessageOut(BaseModel):
     tenant: str | None = None
     #: For a copy made for one tenant: the id of the message the client sent.
     split_of: str | None = None
+    #: Sender authentication on the original, e.g. "spf=pass dkim=pass dmarc=pass arc=none".
+    auth: str | None = None
 
     @classmethod
     def of(cls, r: MessageRecord) -> MessageOut:
@@ -109,7 +111,7 @@ class MessageOut(BaseModel):
             recipients=list(r.recipients), client_addr=r.client_addr, size=r.size,
             subject=r.subject, verdict=r.verdict, processed_at=r.processed_at, status=r.status,
             attempts=r.attempts, status_detail=r.status_detail, status_at=r.status_at,
-            tenant=r.tenant, split_of=r.split_of,
+            tenant=r.tenant, split_of=r.split_of, auth=r.auth,
         )
 
 

@@ -20,27 +20,30 @@ Reader = Annotated[Page, Depends(SignedIn(Permission.READ))]
 Text = Annotated[str | None, Query(max_length=200)]
 VERDICTS = ("clean", "sanitized", "quarantined")
 STATUSES = ("queued", "delivered", "deferred", "bounced", "quarantined")
+#: Sender authentication filters offered (issue 21): a part of the log's summary.
+AUTH_FILTERS = ("dmarc=fail", "dmarc=pass", "dkim=fail", "spf=fail", "dmarc=temperror")
 
 
 @router.get("/messages", response_class=HTMLResponse)
 def search(page: Reader, sender: Text = None, recipient: Text = None, subject: Text = None,
            since: Annotated[date | None, Query()] = None,
            until: Annotated[date | None, Query()] = None,
-           verdict: Text = None, status: Text = None,
+           verdict: Text = None, status: Text = None, auth: Text = None,
            p: Annotated[int, Query(ge=0, le=100_000)] = 0) -> HTMLResponse:
     query = MessageQuery(
         sender=sender or None, recipient=recipient or None, subject=subject or None,
         since=_day(since), until=_day(until, 1),
         verdict=verdict if verdict in VERDICTS else None,
         status=status if status in STATUSES else None, tenant=page.actor.tenant,
-        limit=PAGE_SIZE, offset=p * PAGE_SIZE)
+        auth=auth if auth in AUTH_FILTERS else None, limit=PAGE_SIZE, offset=p * PAGE_SIZE)
     found = page.ctx.stores.messages.search(query)
     filters = {"sender": sender or "", "recipient": recipient or "", "subject": subject or "",
                "since": since.isoformat() if since else "",
                "until": until.isoformat() if until else "",
-               "verdict": query.verdict or "", "status": query.status or ""}
+               "verdict": query.verdict or "", "status": query.status or "",
+               "auth": query.auth or ""}
     return page.render("messages.html", found=found, filters=filters, p=p, size=PAGE_SIZE,
-                       verdicts=VERDICTS, statuses=STATUSES)
+                       verdicts=VERDICTS, statuses=STATUSES, auth_filters=AUTH_FILTERS)
 
 
 def _day(day: date | None, plus: int = 0) -> datetime | None:

@@ -59,6 +59,14 @@ def open_message(untrusted: bytes, queue_id: str, settings: Settings) -> Opened:
     return Opened(untrusted, queue_id, parsed, body)
 
 
+def held_whole(opened: Opened, reason: str) -> Sanitized:
+    """The whole message held (nothing of it delivered but the notice), for `reason`."""
+    report = Report(opened.queue_id, Verdict.QUARANTINED, defects=opened.parsed.defects,
+                    reason=reason)
+    whole = HeldOriginal("0", None, "message/rfc822", opened.untrusted, reason)
+    return Sanitized(opened.parsed, report, "", held=(whole,))
+
+
 def convert(opened: Opened, settings: Settings, ctx: AttachmentContext | None,
             nested: NestedMail) -> Sanitized:
     """Convert the attachments of an opened message and say what was done.
@@ -69,10 +77,7 @@ def convert(opened: Opened, settings: Settings, ctx: AttachmentContext | None,
     """
     parsed, body, queue_id = opened.parsed, opened.body, opened.queue_id
     if body is None:
-        reason = parsed.too_complex
-        report = Report(queue_id, Verdict.QUARANTINED, defects=parsed.defects, reason=reason)
-        whole = HeldOriginal("0", None, "message/rfc822", opened.untrusted, reason)
-        return Sanitized(parsed, report, "", held=(whole,))
+        return held_whole(opened, parsed.too_complex)
     actions: list[Action] = list(body.actions)
     outputs: list[Rendering] = []
     held: list[HeldOriginal] = []

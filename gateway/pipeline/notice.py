@@ -96,11 +96,13 @@ def _safe(value: str, limit: int = 200) -> str:
 def render_notice(report: Report, settings: Settings,
                   templates: NoticeTemplates | None = None) -> str:
     """Plain text, one line per fate; empty when nothing was changed."""
-    if report.verdict is Verdict.CLEAN and not report.link_warnings:
+    warnings = _auth_reasons(report)
+    if report.verdict is Verdict.CLEAN and not report.link_warnings and not warnings:
         return ""
     t = dataclasses.replace(templates or load_templates(settings), common={
         "contact": _safe(settings.notice_contact), "qid": _safe(report.queue_id)})
     lines = [t.line("head")]
+    lines.extend(t.line(f"auth_{reason}") for reason in warnings)
     if report.verdict is Verdict.QUARANTINED:
         lines.append(t.line("quarantined", reason=t.reason(report.reason, report.reason)))
         lines.append(t.line("held_whole"))
@@ -121,6 +123,14 @@ def render_notice(report: Report, settings: Settings,
     lines.append(t.line("contact", contact=settings.notice_contact))
     lines.append(t.line("separator"))
     return "\n".join(line for line in lines if line)
+
+
+def _auth_reasons(report: Report) -> list[str]:
+    """Why sender authentication warns the reader (`gateway.pipeline.auth_policy`)."""
+    auth = report.extra.get("auth")
+    reasons = auth.get("reasons") if isinstance(auth, dict) else None
+    return [str(r) for r in reasons if r in ("dmarc_fail", "spoofed_own_domain")] \
+        if isinstance(reasons, list) else []
 
 
 def _holds_original(report: Report) -> bool:

@@ -25,6 +25,7 @@ from gateway.pipeline.headers import decode_words
 from gateway.pipeline.message import Sanitized
 from gateway.pipeline.mimewrite import is_crlf
 from gateway.pipeline.notice import NoticeTemplates, render_notice
+from gateway.pipeline.sanitized_header import sanitized_tokens
 from gateway.settings import Settings
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Reply-To")
@@ -35,7 +36,8 @@ ALLOWED_HEADERS = (
 #: What a rebuilt message may carry: the allow-list, MIME structure, and our own fields.
 OUTPUT_HEADERS = frozenset(
     h.lower() for h in (*ALLOWED_HEADERS, "MIME-Version", "Content-Type",
-                        "Content-Transfer-Encoding", "Content-Disposition")
+                        "Content-Transfer-Encoding", "Content-Disposition",
+                        "Authentication-Results")
 )
 
 
@@ -117,6 +119,8 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
         if ids:
             fields.append(mimewrite.fold(name, ids))
     fields.append(f"X-Mugaika-Verdict: {s.report.verdict.value}\r\n")
+    fields.append(mimewrite.fold("X-Mugaika-Sanitized", sanitized_tokens(s.report, s.body)))
+    fields.append(_authentication_results(s))
     actions = actions_summary(s) or (
         f"0=quarantined/{clean(s.report.reason)[:60]}" if s.report.reason else "none")
     fields.append(mimewrite.fold("X-Mugaika-Actions", actions.split(" ")))
@@ -127,6 +131,16 @@ def rebuild(s: Sanitized, settings: Settings, templates: NoticeTemplates | None 
     data = mimewrite.message("".join(fields), parts)
     assert_safe_headers(data)
     return data
+
+
+def _authentication_results(s: Sanitized) -> str:
+    """RFC 8601's header with the checks made on the original (`gateway.pipeline.sender_auth`);
+    the original's own Authentication-Results are never copied (nor anything else not on
+    the allow-list), so none can claim our authserv-id."""
+    auth = s.report.extra.get("auth")
+    value = clean(str(auth.get("header", ""))) if isinstance(auth, dict) else ""
+    value = value.encode("ascii", "replace").decode("ascii")[:2000]
+    return mimewrite.fold("Authentication-Results", value.split(" ")) if value else ""
 
 
 def _attachments(s: Sanitized) -> list[mimewrite.Part]:

@@ -72,6 +72,17 @@ class Report:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
 
 
+def auth_summary(report: Report) -> str | None:
+    """`spf=pass dkim=pass dmarc=pass arc=none` of the sender authentication the report
+    carries (issue 21; DKIM: each signature's result), or None when none ran."""
+    auth = report.extra.get("auth")
+    if not isinstance(auth, dict):
+        return None
+    dkim = ",".join(str(d[0]) for d in auth.get("dkim") or [] if isinstance(d, list | tuple))
+    return (f"spf={auth.get('spf')} dkim={dkim or 'none'} dmarc={auth.get('dmarc')} "
+            f"arc={auth.get('arc')}")[:200]
+
+
 def verdict_for(actions: tuple[Action, ...]) -> Verdict:
     """CLEAN when every part was kept as it was, SANITIZED otherwise."""
     if all(a.action is ActionKind.KEPT for a in actions):

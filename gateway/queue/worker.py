@@ -28,14 +28,17 @@ from typing import NamedTuple, TypeVar
 import structlog
 
 from gateway.metrics import Metrics
+from gateway.pipeline.arc_seal import seal
 from gateway.pipeline.attachments import AttachmentContext, HeldOriginal
+from gateway.pipeline.auth_policy import Judgement, judge, tagged, with_results
 from gateway.pipeline.dsn import build_dsn
-from gateway.pipeline.message import Opened, Sanitized, open_message
+from gateway.pipeline.message import Opened, Sanitized, held_whole, open_message
 from gateway.pipeline.notice import NoticeTemplates, load_templates
 from gateway.pipeline.parse import ParsedMessage
 from gateway.pipeline.rebuild import rebuild
 from gateway.pipeline.report import Report, Verdict
 from gateway.pipeline.sanitize import finish
+from gateway.pipeline.sender_auth import AuthResults, Resolver, authenticate
 from gateway.queue.durable import out_of_space
 from gateway.queue.envelope import Envelope
 from gateway.queue.outlets import (
@@ -121,16 +124,23 @@ class Processed:
 
 def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
                    templates: NoticeTemplates | None = None,
-                   opened: Opened | None = None) -> Processed:
-    """Sanitize and rebuild one message (from `opened`, when `begin_here` began it). Runs
-    in a worker thread; no I/O of its own but the converters'.
+                   opened: Opened | None = None, auth: AuthResults | None = None) -> Processed:
+    """Sanitize and rebuild one message (from `opened`, when `begin_here` began it), under
+    what sender authentication (`auth`, when it ran) decided. Runs in a worker thread; no
+    I/O of its own but the converters'.
 
     A bug anywhere in the pipeline must not lose the message or leak a traceback: the
     message is then held whole and the recipient gets a notice instead.
     """
     try:
         opened = opened or open_message(entry.data, entry.queue_id, settings)
-        return _rebuilt(entry, finish(opened, settings, attachments), settings, templates)
+        judgement = judge(auth, opened.parsed.header("From"), settings) if auth else Judgement()
+        result = (held_whole(opened, judgement.reasons[0]) if judgement.action == "quarantine"
+                  else finish(opened, settings, attachments))
+        if auth is not None:
+            result = with_results(result, auth, judgement, settings)
+            settings = tagged(settings, judgement)
+        return _rebuilt(entry, result, settings, templates)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         return _pipeline_error(entry, settings, templates)
 
@@ -151,7 +161,7 @@ def begin_here(entry: Entry, settings: Settings,
 
 def _rebuilt(entry: Entry, result: Sanitized, settings: Settings,
              templates: NoticeTemplates | None) -> Processed:
-    output = _own_trace(entry.data) + rebuild(result, settings, templates)
+    output = _own_trace(entry.data) + seal(rebuild(result, settings, templates), settings)
     return Processed(output, result.report, result.parsed.header("Subject"), result.held)
 
 
@@ -203,7 +213,8 @@ def spool_output(spool: Spool, output: Entry) -> Entry:
 
 def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
                      templates: NoticeTemplates, stores: Stores,
-                     begun: Processed | Opened | None = None) -> HandedOn:
+                     begun: Processed | Opened | None = None,
+                     auth: AuthResults | None = None) -> HandedOn:
     """Sanitize a claimed entry (or go on from what `begin_here` did), log it, and hand
     on its output in memory.
 
@@ -216,7 +227,7 @@ def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentCo
     elif isinstance(begun, Processed):
         processed = begun
     else:
-        processed = sanitize_stage(entry, settings, attachments, templates, begun)
+        processed = sanitize_stage(entry, settings, attachments, templates, begun, auth)
     record_stage(entry, processed, stores)
     return HandedOn(output_entry(entry, processed.output), processed.report)
 
@@ -283,6 +294,8 @@ class Worker:
         self.tenancy = tenancy or Tenancy(settings)
         self.routes = dict(routes or {})
         metrics.set_tenants(t.id for t in settings.tenants)
+        #: Sender authentication's DNS (its cache shared by the sanitize threads).
+        self.resolver = Resolver(settings.dns_servers, settings.dns_timeout_seconds)
         self.attachments = attachments
         self.spool = spool
         self.stores = stores
@@ -493,7 +506,7 @@ class Worker:
             await self._sanitize(entry)
             return
         settings, templates = self._policy(entry)
-        if settings.first_contact_days:  # asks the database: not on the loop
+        if settings.first_contact_days or settings.auth_checks:  # DNS, database: not here
             await self._sanitize(entry)
             return
         begun = begin_here(entry, settings, templates)
@@ -520,12 +533,25 @@ class Worker:
 
     def _sanitize_claimed(self, entry: Entry, settings: Settings, templates: NoticeTemplates,
                           begun: Processed | Opened | None) -> HandedOn:
-        """`sanitize_claimed` in a sanitize thread, under the first-contact rule."""
+        """`sanitize_claimed` in a sanitize thread, under the first-contact rule and sender
+        authentication."""
         if first_contact(entry, settings, self.stores):
             settings = settings.model_copy(update=FIRST_CONTACT)
             begun = None  # begun under the ordinary policy
+        auth = self._authenticate(entry, settings)
         return sanitize_claimed(entry, settings, self.attachments, templates, self.stores,
-                                begun)
+                                begun, auth)
+
+    def _authenticate(self, entry: Entry, settings: Settings) -> AuthResults | None:
+        """SPF, DKIM, DMARC and ARC on the original as it came from the Internet; not for
+        mail the gateway made or re-injected itself (a PPAP release's decrypted copy)."""
+        env = entry.envelope
+        if not settings.auth_checks or env.kind != "inbound" or "ppap_release_of" in env.extra:
+            return None
+        auth = authenticate(entry.data, env.mail_from, env.helo, env.client_addr,
+                            self.resolver)
+        self.metrics.authentication(auth.spf, auth.dkim, auth.dmarc, auth.arc)
+        return auth
 
     def _policy(self, entry: Entry) -> tuple[Settings, NoticeTemplates]:
         """The settings and notice wording of the entry's tenant (`gateway.tenancy`)."""

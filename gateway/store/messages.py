@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, cast, func, select, 
 from sqlalchemy import Integer as SqlInteger
 from sqlalchemy.dialects import postgresql, sqlite
 
-from gateway.pipeline.report import Report, Verdict
+from gateway.pipeline.report import Report, Verdict, auth_summary
 from gateway.queue.envelope import Envelope
 from gateway.queue.outlets import DeliveryStatus
 from gateway.store.behind import Row, WriteBehind
@@ -52,6 +52,7 @@ class MessageRecord:
     report: dict[str, Any] | None
     tenant: str | None = None
     split_of: str | None = None
+    auth: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class MessageQuery:
     tenant: str | None = None
     #: The copies made of one received message for its tenants (`split_of` = its id).
     split_of: str | None = None
+    #: Part of the authentication summary, e.g. "dmarc=fail" (issue 21).
+    auth: str | None = None
     limit: int = 50
     offset: int = 0
 
@@ -123,6 +126,7 @@ class SqlMessageLog:
             "b_verdict": report.verdict.value,
             "b_processed_at": self._clock(),
             "b_report_json": dumps(report),
+            "b_auth": auth_summary(report),
         })
 
     def record_delivery(
@@ -187,6 +191,8 @@ class SqlMessageLog:
             query = query.where(messages.c.tenant == q.tenant)
         if q.split_of:
             query = query.where(messages.c.split_of == q.split_of)
+        if q.auth:
+            query = query.where(messages.c.auth.icontains(q.auth, autoescape=True))
         order = (messages.c.received_at.desc(), messages.c.queue_id.desc())
         self.flush()
         with self._engine.connect() as conn:
@@ -267,7 +273,8 @@ def _statements(dialect: str) -> dict[str, Any]:
         update(messages)
         .where(messages.c.queue_id == bindparam("b_queue_id"))
         .values(subject=bindparam("b_subject"), verdict=bindparam("b_verdict"),
-                processed_at=bindparam("b_processed_at"), report_json=bindparam("b_report_json"))
+                processed_at=bindparam("b_processed_at"), report_json=bindparam("b_report_json"),
+                auth=bindparam("b_auth"))
     )
     return {"received": _upsert(dialect, _RECEIVED), "processed": processed,
             "delivery": _upsert(dialect, _DELIVERY)}
@@ -303,4 +310,5 @@ def _record(row: Any) -> MessageRecord:
         report=report,
         tenant=row["tenant"],
         split_of=row["split_of"],
+        auth=row["auth"],
     )

@@ -80,6 +80,8 @@ messages = Table(
     Column("tenant", String(32), nullable=True, index=True),
     #: The queue id the client's message got when it was split into one copy per tenant.
     Column("split_of", String(64), nullable=True, index=True),
+    #: Sender authentication on the original: "spf=pass dkim=pass dmarc=pass arc=none".
+    Column("auth", String(200), nullable=True),
 )
 
 #: Originals, stored once per content (sha256), shared by entries and parts.
