@@ -21,7 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-MODULES = ("text", "pdf", "office", "cdr", "ocr", "gateway", "memory", "console", "cluster")
+MODULES = ("text", "pdf", "office", "cdr", "ocr", "auth", "gateway", "memory", "console",
+           "cluster")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -13,6 +13,7 @@ tests' own DKIM mail are here too (`new_rsa_key`, `signed`, `publish`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -123,20 +124,28 @@ def _serve(zone: ZoneServer) -> list[DNSServer]:
     raise RuntimeError("no free port for both UDP and TCP")
 
 
-@pytest.fixture(scope="module")
-def _dns_module() -> Iterator[ZoneServer]:
-    zone = ZoneServer()
+@contextlib.contextmanager
+def serving(zone: ZoneServer) -> Iterator[ZoneServer]:
+    """`zone` answered on 127.0.0.1 (UDP and TCP) until the block ends (tests, bench)."""
     servers = _serve(zone)
     threads = [threading.Thread(target=s.server.serve_forever, kwargs={"poll_interval": 0.05},
                                 daemon=True) for s in servers]
     for t in threads:
         t.start()
-    yield zone
-    for s in servers:
-        s.server.shutdown()
-        s.server.server_close()
-    for t in threads:
-        t.join(timeout=5)
+    try:
+        yield zone
+    finally:
+        for s in servers:
+            s.server.shutdown()
+            s.server.server_close()
+        for t in threads:
+            t.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def _dns_module() -> Iterator[ZoneServer]:
+    with serving(ZoneServer()) as zone:
+        yield zone
 
 
 @pytest.fixture

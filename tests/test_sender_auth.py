@@ -527,3 +527,21 @@ def test_hostile_message_verdicts(dns_server: ZoneServer, resolver: Resolver, rs
     assert check(messages["two From"], resolver).dmarc == "permerror"
     assert check(messages["broken ARC"], resolver).arc == "fail"
 
+
+
+def test_the_faster_integer_conversions_give_dkimpys_bytes() -> None:
+    """sender_auth replaces dkimpy's byte-by-byte int2str/str2int; the originals (kept
+    here) and the replacements agree on zero, small, large and padded values."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("dkim.crypto")
+    assert spec is not None and spec.loader is not None
+    original = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(original)
+    import dkim.crypto
+
+    for n, length in ((0, -1), (1, -1), (255, -1), (256, -1), (2**2047 + 12345, -1),
+                      (7, 4), (2**100, 256)):
+        assert bytes(dkim.crypto.int2str(n, length)) == bytes(original.int2str(n, length))
+        data = bytes(original.int2str(n, length))
+        assert dkim.crypto.str2int(data) == original.str2int(data)

@@ -33,6 +33,7 @@ import authres
 import authres.arc
 import authres.dmarc
 import dkim
+import dkim.crypto
 import dkim.util
 import spf
 from publicsuffixlist import PublicSuffixList
@@ -65,6 +66,7 @@ DNS_BUDGET_TIMEOUTS = 4
 MAX_HEADER_VALUE = 900
 MIN_RSA_BITS = 1024  # RFC 8301
 
+
 SPF_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"})
 DKIM_RESULTS = frozenset({"pass", "fail", "neutral", "none", "temperror", "permerror", "policy"})
 DMARC_RESULTS = frozenset({"pass", "fail", "none", "temperror", "permerror"})
@@ -76,6 +78,26 @@ _DOMAIN = re.compile(rf"(?=[a-z0-9_.-]{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\Z")
 _DMARC1 = re.compile(rb"v[ \t]*=[ \t]*DMARC1[ \t]*(;|\Z)")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 #: dkimpy logs untrusted header text at error level; our verdict says it all.
+def _int2str(n: int, length: int = -1) -> bytes:
+    """dkimpy's `crypto.int2str` (big-endian, at least one byte, exactly `length` when
+    given), by `int.to_bytes` instead of a Python loop per byte."""
+    size = (n.bit_length() + 7) // 8 or 1
+    return n.to_bytes(length if length >= 0 else size, "big")
+
+
+def _str2int(data: bytes) -> int:
+    return int.from_bytes(data, "big")
+
+
+# dkimpy's RSA turns its 256-byte integers into bytes and back one byte at a time in
+# Python: a fifth of a signed message's checks (bench/bench_auth.py). Same results
+# (tests/test_sender_auth.py checks them against dkimpy's own).
+dkim.crypto.int2str, dkim.crypto.str2int = _int2str, _str2int
+# Its ASN.1 parse of a public key, once per key instead of once per message (a tenth of
+# a signed message's checks; the key record itself is cached with its DNS TTL).
+dkim.parse_public_key = functools.lru_cache(maxsize=256)(dkim.parse_public_key)
+
+_HAS_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 _QUIET = logging.Logger("mugaika.sender_auth.dkimpy", logging.CRITICAL + 1)
 
 
@@ -168,7 +190,21 @@ def authenticate(raw: bytes, mail_from: str, helo: str, client_ip: str,
 
 def _spf(mail_from: str, helo: str, client_ip: str,
          lookups: Lookups) -> tuple[str, str, str]:
-    """(result, domain checked, "mailfrom" or "helo")."""
+    """(result, domain checked, "mailfrom" or "helo"), from the resolver's `spf_results`
+    when the same client, sender and HELO were checked in the last minute (pyspf's
+    evaluation was a third of a message's checks; a temperror is never kept)."""
+    key = (client_ip, mail_from.lower(), helo.lower())
+    cached = lookups.resolver.spf_results.get(key)
+    if cached is not None:
+        return cached
+    found = _spf_checked(mail_from, helo, client_ip, lookups)
+    if found[0] != "temperror":
+        lookups.resolver.spf_results.put(key, found)
+    return found
+
+
+def _spf_checked(mail_from: str, helo: str, client_ip: str,
+                 lookups: Lookups) -> tuple[str, str, str]:
     scope = "mailfrom" if mail_from else "helo"
     ip = _client_address(client_ip)
     if ip is None:
@@ -249,6 +285,8 @@ def _dkim(raw: bytes, from_domain: str, lookups: Lookups) -> tuple[tuple[str, st
     signature"), as is a malformed signature or key; a signature that does not verify
     (changed body or headers, another key) is `fail`.
     """
+    if not _HAS_SIGNATURE.search(_whole_header_section(raw)):
+        return ()  # dkimpy would split the whole message first (0.15 ms a message)
     try:
         signer = dkim.DKIM(raw, logger=_QUIET, minkey=MIN_RSA_BITS, timeout=lookups.resolver.timeout)
     except Exception:  # dkimpy cannot split the header section: no signature is readable
