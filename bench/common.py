@@ -78,8 +78,10 @@ def child(args: list[str], port: int, env: dict[str, str] | None = None,
 
 
 @contextmanager
-def gateway(sink_port: int, data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A real `python -m gateway serve` delivering to 127.0.0.1:`sink_port`."""
+def gateway(sink_port: int, data_dir: Path,
+            **extra_env: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """A real `python -m gateway serve` delivering to 127.0.0.1:`sink_port` (`extra_env`:
+    more MUGAIKA_* settings)."""
     port, api_port = free_port(), free_port()
     while api_port == port:  # the kernel may hand out a port twice
         api_port = free_port()
@@ -88,7 +90,7 @@ def gateway(sink_port: int, data_dir: Path) -> Iterator[tuple[subprocess.Popen[b
         "MUGAIKA_DATA_DIR": str(data_dir), "MUGAIKA_ACCEPTED_DOMAINS": "example.lg.jp",
         "MUGAIKA_DOWNSTREAM_HOST": "127.0.0.1", "MUGAIKA_DOWNSTREAM_PORT": str(sink_port),
         "MUGAIKA_DOWNSTREAM_STARTTLS": "off", "MUGAIKA_RETRY_FIRST_SECONDS": "1",
-        "MUGAIKA_MAX_CONNECTIONS_PER_CLIENT": str(CONCURRENCY * 2),
+        "MUGAIKA_MAX_CONNECTIONS_PER_CLIENT": str(CONCURRENCY * 2), **extra_env,
     }
     with child(["-m", "gateway", "serve"], port, env, data_dir / "gateway.log") as proc:
         yield proc, port

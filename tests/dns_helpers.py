@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,10 +184,12 @@ def new_ed25519_key() -> Key:
                b"ed25519-sha256")
 
 
-def signed(raw: bytes, key: Key, domain: str = "example.jp", selector: str = "s1") -> bytes:
-    """`raw` with a DKIM-Signature of `domain` on top (From, To, Subject, Date, Message-ID)."""
+def signed(raw: bytes, key: Key, domain: str = "example.jp", selector: str = "s1",
+           headers: Sequence[bytes] = SIGNED) -> bytes:
+    """`raw` with a DKIM-Signature of `domain` on top (by default over From, To, Subject,
+    Date and Message-ID)."""
     return dkim.sign(raw, selector.encode(), domain.encode(), key.private,
-                     include_headers=SIGNED, signature_algorithm=key.algorithm) + raw
+                     include_headers=list(headers), signature_algorithm=key.algorithm) + raw
 
 
 def publish(zone: ZoneServer, key: Key, domain: str = "example.jp", selector: str = "s1") -> None:
