@@ -16,7 +16,6 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,7 @@ from bench.common import quick, result
 from gateway.pipeline.attachments import AttachmentContext
 from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
-
-
-def _mail(name: str, data: bytes) -> bytes:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = "a@example.com", "b@example.lg.jp", "bench"
-    m.set_content("本文")
-    m.add_attachment(data, maintype="application", subtype="octet-stream", filename=name)
-    return m.as_bytes()
+from tests.convert_helpers import mail
 
 
 def _seconds(raw: bytes, settings: Settings, ctx: AttachmentContext, expect: str) -> float:
@@ -53,7 +45,8 @@ def run() -> dict[str, Any]:
         render = Settings(data_dir=Path(tmp), workers=2)
         cdr = render.model_copy(update={"treatment_office": "cdr", "treatment_pdf": "cdr"})
         with AttachmentContext.from_settings(render) as ctx:
-            mails = {name: _mail(name, data) for name, data in docs.items()}
+            mails = {name: mail([(name, "application/octet-stream", data)])
+                     for name, data in docs.items()}
             for raw in mails.values():  # warm-up: pools started, LibreOffice loaded
                 _seconds(raw, render, ctx, "")
                 _seconds(raw, cdr, ctx, "cdr")

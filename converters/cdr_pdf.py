@@ -97,7 +97,8 @@ def _clean_names(pdf: pikepdf.Pdf, removed: Counter[str]) -> None:
 
 def _keep_only(target: pikepdf.Object, allowed: frozenset[str],
                removed: Counter[str]) -> None:
-    for key in [str(k) for k in target.keys() if str(k) not in allowed]:  # noqa: SIM118
+    keys = [str(k) for k in list(target.keys())]  # a copy: entries go while we walk
+    for key in [k for k in keys if k not in allowed]:
         del target[key]
         removed[_KINDS.get(key, "other-entry")] += 1
 

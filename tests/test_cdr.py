@@ -13,7 +13,6 @@ import io
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from gateway.pipeline.rebuild import rebuild
 from gateway.pipeline.report import ActionKind
 from gateway.pipeline.sanitize import sanitize
 from gateway.settings import Settings
-from tests.convert_helpers import pdf_with_javascript
+from tests.convert_helpers import mail, pdf_with_javascript
 from tests.office_helpers import docm_with_vba
 
 pytestmark = pytest.mark.slow
@@ -53,11 +52,7 @@ def ctx(settings: Settings) -> Iterator[AttachmentContext]:
 
 
 def mail_with(data: bytes, filename: str) -> bytes:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = "sender@example.com", "staff@example.lg.jp", "資料"
-    m.set_content("資料を送付します。")
-    m.add_attachment(data, maintype="application", subtype="octet-stream", filename=filename)
-    return m.as_bytes()
+    return mail([(filename, "application/octet-stream", data)])
 
 
 def attachments(out: Sanitized, settings: Settings) -> dict[str, bytes]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -193,22 +194,9 @@ def _pdftotext(pdf: bytes) -> str:
 
 
 def _descendant_names(pid: int) -> list[str]:
-    """Command names of every process below `pid` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, _, rest = stat.partition("(")[2].rpartition(")")
-        names[int(entry.name)] = name
-        parents.setdefault(int(rest.split()[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(names[child])
-            todo.append(child)
-    return found
+    """Command names of every process below `pid`."""
+    names = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            names.append(child.name())
+    return names

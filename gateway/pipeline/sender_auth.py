@@ -181,7 +181,7 @@ def authenticate(raw: bytes, mail_from: str, helo: str, client_ip: str,
         signatures = _unread_signatures(whole)
         arc = "fail" if re.search(rb"(?im)^arc-seal[ \t]*:", whole) else "none"
     else:
-        signatures = _dkim(raw, from_domain, lookups)
+        signatures = _dkim(raw, head, from_domain, lookups)
         arc = _arc(raw, head, lookups)
     dmarc, policy = _dmarc(from_domain, spf_result, spf_domain, signatures, lookups)
     return AuthResults(spf_result, spf_domain, signatures, dmarc, policy, from_domain, arc,
@@ -278,19 +278,20 @@ class _Signature:
     prepared: Any = None  # dkimpy's verify_headerprep() result; None: malformed (permerror)
 
 
-def _dkim(raw: bytes, from_domain: str, lookups: Lookups) -> tuple[tuple[str, str], ...]:
+def _dkim(raw: bytes, head: bytes, from_domain: str,
+          lookups: Lookups) -> tuple[tuple[str, str], ...]:
     """(result, d=) for each signature checked, those aligned with From first.
 
     A missing key record is `permerror` (RFC 6376 6.1.2: PERMFAIL, "no key for
     signature"), as is a malformed signature or key; a signature that does not verify
     (changed body or headers, another key) is `fail`.
     """
-    if not _HAS_SIGNATURE.search(_whole_header_section(raw)):
+    if not _HAS_SIGNATURE.search(head):
         return ()  # dkimpy would split the whole message first (0.15 ms a message)
     try:
         signer = dkim.DKIM(raw, logger=_QUIET, minkey=MIN_RSA_BITS, timeout=lookups.resolver.timeout)
     except Exception:  # dkimpy cannot split the header section: no signature is readable
-        return _unread_signatures(_whole_header_section(raw))
+        return _unread_signatures(head)
     count = sum(1 for name, _ in signer.headers if name.lower() == b"dkim-signature")
     read = [_read_signature(signer, i) for i in range(min(count, MAX_SIGNATURES_READ))]
     read.sort(key=lambda s: not (from_domain and _aligned(s.domain, from_domain, "r")))
