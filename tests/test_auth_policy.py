@@ -23,9 +23,10 @@ SETTINGS = Settings(accepted_domains=["city.example.lg.jp"],
 
 
 def results(dmarc: str = "pass", policy: str = "reject", spf: str = "pass",
-            dkim: tuple[tuple[str, str], ...] = (("pass", "partner.example.jp"),)) -> AuthResults:
+            dkim: tuple[tuple[str, str], ...] = (("pass", "partner.example.jp"),),
+            from_domain: str = "partner.example.jp") -> AuthResults:
     return AuthResults(spf=spf, spf_domain="partner.example.jp", dkim=dkim, dmarc=dmarc,
-                       dmarc_policy=policy, from_domain="partner.example.jp", arc="none")
+                       dmarc_policy=policy, from_domain=from_domain, arc="none")
 
 
 @pytest.mark.parametrize(("auth", "from_header", "expected"), [
@@ -40,7 +41,12 @@ def results(dmarc: str = "pass", policy: str = "reject", spf: str = "pass",
     (results("none", ""), '"mayor@city.example.lg.jp" <x@evil.example>',
      Judgement("quarantine", (SPOOFED,))),  # our address shown in the display name
     (results("temperror", ""), "mayor@city.example.lg.jp", Judgement("quarantine", (SPOOFED,))),
-    (results("pass"), "mayor@city.example.lg.jp", Judgement()),  # our own, authenticated
+    (results("pass", from_domain="city.example.lg.jp"), "mayor@city.example.lg.jp",
+     Judgement()),  # our own, authenticated
+    # a partner's (or an attacker's) mail that passes DMARC for its own domain but shows
+    # our address in its display name: passing for another domain clears nothing
+    (results("pass"), '"mayor@city.example.lg.jp" <tanto@partner.example.jp>',
+     Judgement("quarantine", (SPOOFED,))),
     (results("none", ""), "x@notcity.example.lg.jp", Judgement()),  # not a subdomain of ours
 ])
 def test_the_policy_table(auth: AuthResults, from_header: str, expected: Judgement) -> None:

@@ -16,6 +16,8 @@ import dns.message
 import dns.query
 import pytest
 
+from gateway.pipeline.auth_policy import SPOOFED, Judgement, judge
+from gateway.pipeline.parse import parse
 from gateway.pipeline.sender_auth import (
     DNS_BUDGET_TIMEOUTS,
     MAX_HEADER_VALUE,
@@ -24,7 +26,9 @@ from gateway.pipeline.sender_auth import (
     Resolver,
     TempError,
     authenticate,
+    authenticate_cached,
 )
+from gateway.settings import Settings
 from tests.dns_helpers import Key, new_ed25519_key, new_rsa_key, publish, signed
 
 if TYPE_CHECKING:
@@ -381,6 +385,65 @@ def test_warm_cache_asks_nothing(dns_server: ZoneServer, resolver: Resolver, rsa
     assert asked >= 3 and len(dns_server.queries) == asked
 
 
+def test_cache_only_checks_never_ask_the_network(dns_server: ZoneServer, resolver: Resolver,
+                                                 rsa_key: Key) -> None:
+    """What the event loop runs (`authenticate_cached`): with a cold cache it gives up
+    (None) without one query and keeps nothing of its partial results; once the cache is
+    warm it gives exactly what the full checks give, still without a query."""
+    publish(dns_server, rsa_key)
+    dns_server.add("example.jp", "TXT", "v=spf1 ip4:192.0.2.10 -all")
+    dns_server.add("_dmarc.example.jp", "TXT", "v=DMARC1; p=reject")
+    raw = signed(mail(), rsa_key)
+    assert authenticate_cached(raw, "alice@example.jp", "mx.example.jp", CLIENT, resolver) is None
+    assert dns_server.queries == []
+    full = check(raw, resolver)
+    assert (full.spf, full.dkim, full.dmarc) == ("pass", (("pass", "example.jp"),), "pass")
+    asked = len(dns_server.queries)
+    assert authenticate_cached(raw, "alice@example.jp", "mx.example.jp", CLIENT, resolver) == full
+    tampered = raw.replace("会議資料".encode(), "請求書類".encode())
+    assert authenticate_cached(tampered, "alice@example.jp", "mx.example.jp", CLIENT,
+                               resolver) == check(tampered, resolver)
+    assert len(dns_server.queries) == asked
+
+
+def test_the_loop_leaves_costly_messages_to_a_thread(dns_server: ZoneServer,
+                                                      resolver: Resolver, rsa_key: Key) -> None:
+    """An ARC chain, or more than LOOP_MAX_SIGNATURES signatures (each hashes the body
+    again): `authenticate_cached` declines even with every record cached."""
+    publish(dns_server, rsa_key)
+    sealed = _arc_sealed(dns_server, rsa_key)
+    assert check(sealed, resolver).arc == "pass"
+    assert authenticate_cached(sealed, "alice@example.jp", "mx.example.jp", CLIENT,
+                               resolver) is None
+    two = signed(signed(mail(), rsa_key), rsa_key)
+    three = signed(two, rsa_key)
+    assert check(three, resolver).dkim == (("pass", "example.jp"),) * 3
+    assert authenticate_cached(three, "alice@example.jp", "mx.example.jp", CLIENT,
+                               resolver) is None
+    assert authenticate_cached(two, "alice@example.jp", "mx.example.jp", CLIENT,
+                               resolver) == check(two, resolver)
+
+
+def test_from_read_as_the_rebuild_reads_it(dns_server: ZoneServer, resolver: Resolver,
+                                           rsa_key: Key) -> None:
+    """The attacker signs mail for a domain of their own, which passes DMARC, and puts a
+    second From: above it that the stdlib parser skips (`From :`, obsolete syntax) but
+    the pipeline's reader (and mail clients) show. DMARC now reads From: with the
+    pipeline's reader: two From fields, no DMARC pass, and the spoof is held."""
+    publish(dns_server, rsa_key, "evil.example")
+    dns_server.add("evil.example", "TXT", "v=spf1 ip4:192.0.2.10 -all")
+    dns_server.add("_dmarc.evil.example", "TXT", "v=DMARC1; p=reject")
+    raw = signed(mail("x <x@evil.example>"), rsa_key, "evil.example")
+    raw = b"From : \xe5\xb8\x82\xe9\x95\xb7 <mayor@city.example.lg.jp>\r\n" + raw
+    result = check(raw, resolver, mail_from="x@evil.example")
+    assert result.dkim == (("pass", "evil.example"),)  # the signature itself is fine
+    assert (result.from_domain, result.dmarc) == ("", "permerror")
+    shown = parse(raw).header("From")
+    assert shown is not None and "mayor@city.example.lg.jp" in shown
+    ours = Settings(accepted_domains=["city.example.lg.jp"])
+    assert judge(result, shown, ours) == Judgement("quarantine", (SPOOFED,))
+
+
 @pytest.mark.parametrize(("server", "expected"), [
     ("192.0.2.53", ("192.0.2.53", 53)), ("192.0.2.53:5353", ("192.0.2.53", 5353)),
     ("2001:db8::53", ("2001:db8::53", 53)), ("[2001:db8::53]:5353", ("2001:db8::53", 5353)),
@@ -526,22 +589,3 @@ def test_hostile_message_verdicts(dns_server: ZoneServer, resolver: Resolver, rs
     assert ("pass", "example.jp") in many.dkim
     assert check(messages["two From"], resolver).dmarc == "permerror"
     assert check(messages["broken ARC"], resolver).arc == "fail"
-
-
-
-def test_the_faster_integer_conversions_give_dkimpys_bytes() -> None:
-    """sender_auth replaces dkimpy's byte-by-byte int2str/str2int; the originals (kept
-    here) and the replacements agree on zero, small, large and padded values."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("dkim.crypto")
-    assert spec is not None and spec.loader is not None
-    original = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(original)
-    import dkim.crypto
-
-    for n, length in ((0, -1), (1, -1), (255, -1), (256, -1), (2**2047 + 12345, -1),
-                      (7, 4), (2**100, 256)):
-        assert bytes(dkim.crypto.int2str(n, length)) == bytes(original.int2str(n, length))
-        data = bytes(original.int2str(n, length))
-        assert dkim.crypto.str2int(data) == original.str2int(data)

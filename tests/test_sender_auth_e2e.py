@@ -123,6 +123,19 @@ def test_real_partner_forgeries_and_a_silent_dns(
     assert {str(m["subject"]) for m in failed} == {"forged", "spoof"}
     assert all("dmarc=fail" in str(m["auth"]) for m in failed)
 
+    # Again, with the records cached: now checked on the event loop (from the cache
+    # alone), the same verdicts.
+    _send(gw, f"tanto@{PARTNER}", signed(_mail(f"担当 <tanto@{PARTNER}>", "real2"), key, PARTNER))
+    _send(gw, "bounce@elsewhere.example", forged.replace(b"forged", b"forged2"))
+    _send(gw, "x@evil.example", _mail("市長 <mayor@example.lg.jp>", "spoof2"))
+    again = _by_subject(sink, 7)
+    assert again["real2"]["X-Mugaika-Verdict"] == "clean"
+    assert "dkim=pass" in again["real2"]["Authentication-Results"]
+    assert "dmarc=pass" in again["real2"]["Authentication-Results"]
+    for subject in ("forged2", "spoof2"):
+        assert again[subject]["X-Mugaika-Verdict"] == "quarantined"
+        assert "dmarc=fail" in again[subject]["Authentication-Results"]
+
 
 def test_an_arc_chain_is_read_and_the_rebuilt_message_is_sealed(
         tmp_path: Path, make_gateway: Callable[..., Gateway], sink: Sink,

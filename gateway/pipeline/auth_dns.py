@@ -101,6 +101,10 @@ class Resolver:
         self._answers.put(key, found, min(ttl, MAX_CACHE_SECONDS))
         return found
 
+    def cached(self, name: str, rdtype: str) -> list[dns.rdata.Rdata] | None:
+        """The `rdtype` records at `name` if our cache has them (unexpired), else None."""
+        return self._answers.get((name.lower().rstrip("."), rdtype))
+
     def _lookup(self, name: str, rdtype: str,
                 lifetime: float | None) -> tuple[list[dns.rdata.Rdata], float]:
         """(records, seconds they may be kept)."""
@@ -158,9 +162,16 @@ class Lookups:
     resolver: Resolver
     deadline: float
     failed: set[tuple[str, str]] = field(default_factory=set)
+    #: Answer from the cache only, never from the network (the event loop's checks):
+    #: a miss fails the lookup as a TempError and sets `missed`, whatever the library
+    #: that asked does with the error; the caller then throws the results away.
+    cache_only: bool = False
+    missed: bool = False
 
     def records(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         key = (name.lower().rstrip("."), rdtype)
+        if self.cache_only:
+            return self._from_cache(name, rdtype)
         remaining = self.deadline - time.monotonic()
         if key in self.failed or remaining <= 0:
             raise TempError(f"{rdtype} lookup skipped: budget spent or the name failed before")
@@ -169,6 +180,13 @@ class Lookups:
         except TempError:
             self.failed.add(key)
             raise
+
+    def _from_cache(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
+        found = self.resolver.cached(name, rdtype)
+        if found is None:
+            self.missed = True
+            raise TempError(f"{rdtype} not in the cache")
+        return found
 
     def txt(self, name: str) -> list[bytes]:
         return [b"".join(getattr(r, "strings", ())) for r in self.records(name, "TXT")]

@@ -7,7 +7,8 @@ gateway does about it, in one place:
   `dmarc_fail_action` (quarantine the whole message by default, or tag it);
 - mail from the Internet whose From: uses one of our own domains (any tenant's, or a
   subdomain of one), or whose display name shows one of our addresses, without passing
-  DMARC: the `spoof_action` (quarantine by default, or tag), "なりすましの疑い";
+  DMARC for one of our domains: the `spoof_action` (quarantine by default, or tag),
+  "なりすましの疑い";
 - a DNS failure (`temperror`) is never a reason on its own.
 
 A quarantined message is held whole and released through the normal flow; a tagged one
@@ -17,7 +18,7 @@ is delivered with `auth_fail_subject_tag` before its subject and a line in the n
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from email.utils import getaddresses
 
 from gateway.pipeline.message import Sanitized
@@ -44,7 +45,11 @@ def judge(auth: AuthResults, from_header: str | None, settings: Settings) -> Jud
     if (auth.dmarc == "fail" and auth.dmarc_policy in ("quarantine", "reject")
             and settings.dmarc_fail_action != "none"):
         found.append((settings.dmarc_fail_action, DMARC_FAIL))
-    if auth.dmarc != "pass" and _claims_own_domain(from_header or "", own_domains(settings)):
+    own = own_domains(settings)
+    # DMARC clears a claim to be us only when it passed for one of our own domains: a
+    # partner's passing mail whose display name shows our address is still a spoof.
+    ours_passed = auth.dmarc == "pass" and _within(auth.from_domain, own)
+    if not ours_passed and _claims_own_domain(from_header or "", own):
         found.append((settings.spoof_action, SPOOFED))
     if not found:
         return Judgement()
@@ -79,7 +84,7 @@ def with_results(result: Sanitized, auth: AuthResults, judgement: Judgement,
     message gets (`Authentication-Results`, our hostname as authserv-id) and what the
     policy did."""
     extra = {**result.report.extra, "auth": {
-        **asdict(auth), "header": auth.header_value(settings.hostname),
+        **vars(auth), "header": auth.header_value(settings.hostname),
         "action": judgement.action, "reasons": list(judgement.reasons)}}
     return replace(result, report=replace(result.report, extra=extra))
 

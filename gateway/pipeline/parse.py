@@ -166,6 +166,17 @@ def parse(untrusted: bytes, max_depth: int = 20, max_parts: int = 500) -> Parsed
     return ParsedMessage(headers, leaves, tuple(walk.defects), reason, raw_headers, carrier)
 
 
+def top_field_values(untrusted: bytes, name: str) -> list[str]:
+    """The values of the top-level `name` fields exactly as `parse` reads them (raw text,
+    encoded words kept), from the whole message or any prefix of it that ends after its
+    header section. Sender authentication reads From: here, so the domain it checks and
+    the From: the rebuilt message shows come from one reading of the same bytes."""
+    data = _without_envelope_line(normalize_line_ends(untrusted, []), [])
+    wanted = name.lower()
+    return [text_of(v) for k, v in read_header_block(data, 0, len(data)).fields
+            if k.lower() == wanted]
+
+
 #: The domain of the last address in a From: field (carrier mail has exactly one).
 _FROM_DOMAIN = re.compile(rb"@([A-Za-z0-9.-]+)[>\s]*(?:\([^()]*\)\s*)?$")
 

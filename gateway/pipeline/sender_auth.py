@@ -17,8 +17,6 @@ record `permerror` (or `fail`).
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import functools
 import ipaddress
 import logging
@@ -33,17 +31,19 @@ import authres
 import authres.arc
 import authres.dmarc
 import dkim
-import dkim.crypto
 import dkim.util
 import spf
 from publicsuffixlist import PublicSuffixList
 
+from gateway.pipeline import dkimpy_speed
+
 # Resolver and TempError are part of this module's interface (the worker builds one
 # Resolver from the settings); they live with the rest of the DNS.
 from gateway.pipeline.auth_dns import Lookups, Resolver, TempError, serving_pyspf
+from gateway.pipeline.parse import top_field_values
 
-__all__ = ["AuthResults", "Resolver", "TempError", "authenticate", "normalized_domain",
-           "organisational_domain"]
+__all__ = ["AuthResults", "Resolver", "TempError", "authenticate", "authenticate_cached",
+           "normalized_domain", "organisational_domain"]
 
 #: DKIM signatures verified per message (each costs a lookup and a body hash). Up to
 #: MAX_SIGNATURES_READ are read first (cheap) and those whose d= aligns with the From
@@ -54,6 +54,10 @@ MAX_SIGNATURES_READ = 200
 #: ARC sets validated; a longer chain is `arc=fail` unread (RFC 8617 allows 50, real ones
 #: have a few, and each set costs two lookups and a body hash).
 MAX_ARC_SETS = 10
+#: DKIM signatures the event loop verifies (`authenticate_cached`); a message with more,
+#: or with an ARC chain, is checked in a sanitize thread: each verification hashes the
+#: body again, and the loop's SMTP sessions wait meanwhile.
+LOOP_MAX_SIGNATURES = 2
 #: A header section above either limit is not handed to the parsers (dkimpy joins folded
 #: lines by repeated concatenation: quadratic in a long field): signatures in it are
 #: `permerror`, DMARC without a readable From is `permerror`.
@@ -77,28 +81,11 @@ _LABEL = r"(?!-)[a-z0-9_-]{1,63}(?<!-)"
 _DOMAIN = re.compile(rf"(?=[a-z0-9_.-]{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\Z")
 _DMARC1 = re.compile(rb"v[ \t]*=[ \t]*DMARC1[ \t]*(;|\Z)")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SIGNATURE_FIELD = re.compile(rb"(?im)^dkim-signature[ \t]*:")
+_ARC_SEAL_FIELD = re.compile(rb"(?im)^arc-seal[ \t]*:")
 #: dkimpy logs untrusted header text at error level; our verdict says it all.
-def _int2str(n: int, length: int = -1) -> bytes:
-    """dkimpy's `crypto.int2str` (big-endian, at least one byte, exactly `length` when
-    given), by `int.to_bytes` instead of a Python loop per byte."""
-    size = (n.bit_length() + 7) // 8 or 1
-    return n.to_bytes(length if length >= 0 else size, "big")
-
-
-def _str2int(data: bytes) -> int:
-    return int.from_bytes(data, "big")
-
-
-# dkimpy's RSA turns its 256-byte integers into bytes and back one byte at a time in
-# Python: a fifth of a signed message's checks (bench/bench_auth.py). Same results
-# (tests/test_sender_auth.py checks them against dkimpy's own).
-dkim.crypto.int2str, dkim.crypto.str2int = _int2str, _str2int
-# Its ASN.1 parse of a public key, once per key instead of once per message (a tenth of
-# a signed message's checks; the key record itself is cached with its DNS TTL).
-dkim.parse_public_key = functools.lru_cache(maxsize=256)(dkim.parse_public_key)
-
-_HAS_SIGNATURE = re.compile(rb"(?im)^dkim-signature[ \t]*:")
 _QUIET = logging.Logger("mugaika.sender_auth.dkimpy", logging.CRITICAL + 1)
+dkimpy_speed.install()  # dkimpy's hot spots, by equivalents (same results)
 
 
 @dataclass(frozen=True)
@@ -117,15 +104,20 @@ class AuthResults:
     def header_value(self, authserv_id: str) -> str:
         """One RFC 8601 Authentication-Results value: no CR/LF, at most MAX_HEADER_VALUE
         characters (fewer DKIM results, then no domains, when it would be longer)."""
-        serv = re.sub(r"[^A-Za-z0-9._-]", "", authserv_id)[:253] or "unknown"
-        value = ""
-        for keep_dkim, with_domains in _shrinking(len(self.dkim)):
-            results = _clauses(self, keep_dkim, with_domains)
-            value = str(authres.all_features().header(authserv_id=serv, results=results)
-                        .header_value())
-            if len(value) <= MAX_HEADER_VALUE:
-                break
-        return value
+        return _header_value(self, authserv_id)
+
+
+@functools.lru_cache(maxsize=1024)  # a sender's mail gets the same results, message after message
+def _header_value(r: AuthResults, authserv_id: str) -> str:
+    serv = re.sub(r"[^A-Za-z0-9._-]", "", authserv_id)[:253] or "unknown"
+    value = ""
+    for keep_dkim, with_domains in _shrinking(len(r.dkim)):
+        results = _clauses(r, keep_dkim, with_domains)
+        value = str(authres.all_features().header(authserv_id=serv, results=results)
+                    .header_value())
+        if len(value) <= MAX_HEADER_VALUE:
+            break
+    return value
 
 
 def _shrinking(dkim_count: int) -> Iterator[tuple[int, bool]]:
@@ -173,13 +165,33 @@ def authenticate(raw: bytes, mail_from: str, helo: str, client_ip: str,
     Never raises and never waits on DNS longer than DNS_BUDGET_TIMEOUTS lookup timeouts.
     """
     lookups = Lookups(resolver, time.monotonic() + DNS_BUDGET_TIMEOUTS * resolver.timeout)
+    return _checks(raw, mail_from, helo, client_ip, lookups)
+
+
+def authenticate_cached(raw: bytes, mail_from: str, helo: str, client_ip: str,
+                        resolver: Resolver) -> AuthResults | None:
+    """`authenticate` from the resolver's cache alone, never waiting on the network (for
+    the event loop); None when any record it needed was not cached, or when the message
+    carries more than the loop should spend on it (`LOOP_MAX_SIGNATURES`, an ARC chain)."""
+    head = _whole_header_section(raw)
+    if (len(_SIGNATURE_FIELD.findall(head)) > LOOP_MAX_SIGNATURES
+            or _ARC_SEAL_FIELD.search(head)):
+        return None
+    lookups = Lookups(resolver, time.monotonic() + DNS_BUDGET_TIMEOUTS * resolver.timeout,
+                      cache_only=True)
+    found = _checks(raw, mail_from, helo, client_ip, lookups)
+    return None if lookups.missed else found
+
+
+def _checks(raw: bytes, mail_from: str, helo: str, client_ip: str,
+            lookups: Lookups) -> AuthResults:
     spf_result, spf_domain, scope = _spf(mail_from, helo, client_ip, lookups)
     head = _header_section(raw)
     from_domain = _from_domain(head) if head is not None else ""
     if head is None:  # too large to parse: a signature or chain in it cannot pass
         whole = _whole_header_section(raw)
         signatures = _unread_signatures(whole)
-        arc = "fail" if re.search(rb"(?im)^arc-seal[ \t]*:", whole) else "none"
+        arc = "fail" if _ARC_SEAL_FIELD.search(whole) else "none"
     else:
         signatures = _dkim(raw, head, from_domain, lookups)
         arc = _arc(raw, head, lookups)
@@ -198,7 +210,7 @@ def _spf(mail_from: str, helo: str, client_ip: str,
     if cached is not None:
         return cached
     found = _spf_checked(mail_from, helo, client_ip, lookups)
-    if found[0] != "temperror":
+    if found[0] != "temperror" and not lookups.missed:
         lookups.resolver.spf_results.put(key, found)
     return found
 
@@ -253,13 +265,12 @@ def _whole_header_section(raw: bytes) -> bytes:
 
 def _from_domain(head: bytes) -> str:
     """The one RFC5322.From domain; "" for no From, several From fields or domains, or
-    one that is not a domain (RFC 7489 6.6.1: DMARC cannot be applied then)."""
+    one that is not a domain (RFC 7489 6.6.1: DMARC cannot be applied then). Read by the
+    pipeline's own header reader, as the rebuild and the spoofing rule read it."""
     try:
-        parsed = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(
-            head.decode("utf-8", "surrogateescape"), headersonly=True)
-        fields = [str(v) for v in parsed.get_all("From") or ()]
+        fields = top_field_values(head + b"\n\n", "from")
         addresses = [addr for _, addr in getaddresses(fields)]
-    except Exception:  # the stdlib parser on hostile input: no readable From
+    except Exception:  # the stdlib address parser on hostile input: no readable From
         return ""
     if len(fields) != 1 or not addresses or any("@" not in a for a in addresses):
         return ""
@@ -286,7 +297,7 @@ def _dkim(raw: bytes, head: bytes, from_domain: str,
     signature"), as is a malformed signature or key; a signature that does not verify
     (changed body or headers, another key) is `fail`.
     """
-    if not _HAS_SIGNATURE.search(head):
+    if not _SIGNATURE_FIELD.search(head):
         return ()  # dkimpy would split the whole message first (0.15 ms a message)
     try:
         signer = dkim.DKIM(raw, logger=_QUIET, minkey=MIN_RSA_BITS, timeout=lookups.resolver.timeout)
@@ -299,7 +310,7 @@ def _dkim(raw: bytes, head: bytes, from_domain: str,
 
 
 def _unread_signatures(head: bytes) -> tuple[tuple[str, str], ...]:
-    return (("permerror", ""),) if re.search(rb"(?im)^dkim-signature[ \t]*:", head) else ()
+    return (("permerror", ""),) if _SIGNATURE_FIELD.search(head) else ()
 
 
 def _read_signature(signer: Any, index: int) -> _Signature:
@@ -345,6 +356,7 @@ def _suffixes() -> PublicSuffixList:
     return PublicSuffixList()
 
 
+@functools.lru_cache(maxsize=4096)  # 5 calls a message, for a handful of domains
 def organisational_domain(domain: str) -> str:
     """RFC 7489 3.2: the public suffix plus one label (the domain itself when it is one)."""
     return str(_suffixes().privatesuffix(domain) or domain)
@@ -407,9 +419,14 @@ def _record(lookups: Lookups, domain: str) -> dict[bytes, bytes] | None:
     if len(found) != 1:
         return None  # none, or several: DMARC is not applied (RFC 7489 6.6.3)
     try:
-        return dict(dkim.util.parse_tag_value(found[0]))
+        return dict(_tag_list(found[0]))
     except Exception as e:
         raise ValueError("DMARC record is not a tag list") from e
+
+
+@functools.lru_cache(maxsize=256)  # records repeat; a bad one raises every time
+def _tag_list(record: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(dkim.util.parse_tag_value(record).items())
 
 
 def _mode(tags: dict[bytes, bytes], name: bytes) -> str:
@@ -422,7 +439,7 @@ def _mode(tags: dict[bytes, bytes], name: bytes) -> str:
 def _arc(raw: bytes, head: bytes, lookups: Lookups) -> str:
     """RFC 8617 validation of the chain the message arrived with: pass, fail or none.
     DNS trouble fails the set it hit (RFC 8617 has no temperror for arc=)."""
-    sets = len(re.findall(rb"(?im)^arc-seal[ \t]*:", head))
+    sets = len(_ARC_SEAL_FIELD.findall(head))
     if sets == 0:
         return "none"
     if sets > MAX_ARC_SETS:

@@ -38,7 +38,12 @@ from gateway.pipeline.parse import ParsedMessage
 from gateway.pipeline.rebuild import rebuild
 from gateway.pipeline.report import Report, Verdict
 from gateway.pipeline.sanitize import finish
-from gateway.pipeline.sender_auth import AuthResults, Resolver, authenticate
+from gateway.pipeline.sender_auth import (
+    AuthResults,
+    Resolver,
+    authenticate,
+    authenticate_cached,
+)
 from gateway.queue.durable import out_of_space
 from gateway.queue.envelope import Envelope
 from gateway.queue.outlets import (
@@ -122,6 +127,14 @@ class Processed:
     held: tuple[HeldOriginal, ...]
 
 
+@dataclass(frozen=True)
+class Checked:
+    """Sender authentication done for an entry; `auth` None where it does not apply
+    (switched off, or not mail as it came from the Internet)."""
+
+    auth: AuthResults | None
+
+
 def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentContext | None,
                    templates: NoticeTemplates | None = None,
                    opened: Opened | None = None, auth: AuthResults | None = None) -> Processed:
@@ -134,19 +147,13 @@ def sanitize_stage(entry: Entry, settings: Settings, attachments: AttachmentCont
     """
     try:
         opened = opened or open_message(entry.data, entry.queue_id, settings)
-        judgement = judge(auth, opened.parsed.header("From"), settings) if auth else Judgement()
-        result = (held_whole(opened, judgement.reasons[0]) if judgement.action == "quarantine"
-                  else finish(opened, settings, attachments))
-        if auth is not None:
-            result = with_results(result, auth, judgement, settings)
-            settings = tagged(settings, judgement)
-        return _rebuilt(entry, result, settings, templates)
+        return _rebuilt(entry, *_judged(opened, settings, attachments, auth), templates)
     except Exception:  # the stage boundary: any bug becomes a verdict, never a loss
         return _pipeline_error(entry, settings, templates)
 
 
-def begin_here(entry: Entry, settings: Settings,
-               templates: NoticeTemplates) -> Processed | Opened:
+def begin_here(entry: Entry, settings: Settings, templates: NoticeTemplates,
+               auth: AuthResults | None = None) -> Processed | Opened:
     """`sanitize_stage` as far as it goes without a converter: the whole stage for a
     message with no attachment, else the message opened, for a sanitize thread to finish.
     For the event loop (`INLINE_MAX_BYTES`)."""
@@ -154,9 +161,22 @@ def begin_here(entry: Entry, settings: Settings,
         opened = open_message(entry.data, entry.queue_id, settings)
         if opened.needs_sandbox:
             return opened
-        return _rebuilt(entry, finish(opened, settings, None), settings, templates)
+        return _rebuilt(entry, *_judged(opened, settings, None, auth), templates)
     except Exception:  # the stage boundary, as in sanitize_stage
         return _pipeline_error(entry, settings, templates)
+
+
+def _judged(opened: Opened, settings: Settings, attachments: AttachmentContext | None,
+            auth: AuthResults | None) -> tuple[Sanitized, Settings]:
+    """The message sanitized under the authentication policy (`auth_policy.judge`): held
+    whole, or converted and carrying the results; with the settings to rebuild it under
+    (a tagged message's subject tag)."""
+    judgement = judge(auth, opened.parsed.header("From"), settings) if auth else Judgement()
+    result = (held_whole(opened, judgement.reasons[0]) if judgement.action == "quarantine"
+              else finish(opened, settings, attachments))
+    if auth is None:
+        return result, settings
+    return with_results(result, auth, judgement, settings), tagged(settings, judgement)
 
 
 def _rebuilt(entry: Entry, result: Sanitized, settings: Settings,
@@ -230,6 +250,12 @@ def sanitize_claimed(entry: Entry, settings: Settings, attachments: AttachmentCo
         processed = sanitize_stage(entry, settings, attachments, templates, begun, auth)
     record_stage(entry, processed, stores)
     return HandedOn(output_entry(entry, processed.output), processed.report)
+
+
+def _checks_apply(entry: Entry, settings: Settings) -> bool:
+    env = entry.envelope
+    return (settings.auth_checks and env.kind == "inbound"
+            and "ppap_release_of" not in env.extra)
 
 
 #: What the first-contact rule does (m-FILTER's 90-day rule): every attachment held, the
@@ -500,28 +526,32 @@ class Worker:
             await self._deliver(entry)
 
     async def _sanitize_fresh(self, entry: Entry) -> None:
-        """A message ingress journaled and handed over: small and simple, it is sanitized
-        here on the loop (`INLINE_MAX_BYTES`), else in a sanitize thread."""
+        """A message ingress journaled and handed over: small and simple, and its sender
+        checks answered from the DNS cache, it is sanitized here on the loop
+        (`INLINE_MAX_BYTES`), else in a sanitize thread."""
         if len(entry.data) > INLINE_MAX_BYTES:
             await self._sanitize(entry)
             return
         settings, templates = self._policy(entry)
-        if settings.first_contact_days or settings.auth_checks:  # DNS, database: not here
+        checked = None if settings.first_contact_days else self._authenticate_cached(entry,
+                                                                                  settings)
+        if checked is None:  # the database, or DNS: not here
             await self._sanitize(entry)
             return
-        begun = begin_here(entry, settings, templates)
+        begun = begin_here(entry, settings, templates, checked.auth)
         if isinstance(begun, Processed) and not keeps_original(begun):
             handed = sanitize_claimed(entry, settings, self.attachments, templates,
                                       self.stores, begun)  # only queues log rows
             await self._handed_on(entry, handed)
         else:
-            await self._sanitize(entry, begun)
+            await self._sanitize(entry, begun, checked)
 
-    async def _sanitize(self, entry: Entry, begun: Processed | Opened | None = None) -> None:
+    async def _sanitize(self, entry: Entry, begun: Processed | Opened | None = None,
+                        checked: Checked | None = None) -> None:
         """Sanitize `entry` in a sanitize thread, then deliver its output."""
         settings, templates = self._policy(entry)
         handed = await self._in_thread(self._sanitize_claimed, entry, settings, templates,
-                                       begun)
+                                       begun, checked)
         await self._handed_on(entry, handed)
 
     def use(self, tenancy: Tenancy, routes: Mapping[str, Forwarder]) -> None:
@@ -532,26 +562,39 @@ class Worker:
         self._tenant_templates = {}
 
     def _sanitize_claimed(self, entry: Entry, settings: Settings, templates: NoticeTemplates,
-                          begun: Processed | Opened | None) -> HandedOn:
+                          begun: Processed | Opened | None,
+                          checked: Checked | None) -> HandedOn:
         """`sanitize_claimed` in a sanitize thread, under the first-contact rule and sender
-        authentication."""
+        authentication (unless the loop did it: `checked`)."""
         if first_contact(entry, settings, self.stores):
             settings = settings.model_copy(update=FIRST_CONTACT)
             begun = None  # begun under the ordinary policy
-        auth = self._authenticate(entry, settings)
+        checked = checked or self._authenticate(entry, settings)
         return sanitize_claimed(entry, settings, self.attachments, templates, self.stores,
-                                begun, auth)
+                                begun, checked.auth)
 
-    def _authenticate(self, entry: Entry, settings: Settings) -> AuthResults | None:
+    def _authenticate(self, entry: Entry, settings: Settings) -> Checked:
         """SPF, DKIM, DMARC and ARC on the original as it came from the Internet; not for
         mail the gateway made or re-injected itself (a PPAP release's decrypted copy)."""
+        if not _checks_apply(entry, settings):
+            return Checked(None)
         env = entry.envelope
-        if not settings.auth_checks or env.kind != "inbound" or "ppap_release_of" in env.extra:
-            return None
-        auth = authenticate(entry.data, env.mail_from, env.helo, env.client_addr,
-                            self.resolver)
+        return self._counted(authenticate(entry.data, env.mail_from, env.helo,
+                                          env.client_addr, self.resolver))
+
+    def _authenticate_cached(self, entry: Entry, settings: Settings) -> Checked | None:
+        """`_authenticate` from the DNS cache alone (on the event loop, which must never
+        wait on DNS); None when a record was not cached."""
+        if not _checks_apply(entry, settings):
+            return Checked(None)
+        env = entry.envelope
+        auth = authenticate_cached(entry.data, env.mail_from, env.helo, env.client_addr,
+                                   self.resolver)
+        return None if auth is None else self._counted(auth)
+
+    def _counted(self, auth: AuthResults) -> Checked:
         self.metrics.authentication(auth.spf, auth.dkim, auth.dmarc, auth.arc)
-        return auth
+        return Checked(auth)
 
     def _policy(self, entry: Entry) -> tuple[Settings, NoticeTemplates]:
         """The settings and notice wording of the entry's tenant (`gateway.tenancy`)."""
