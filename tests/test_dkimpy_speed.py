@@ -58,6 +58,23 @@ def test_odd_shapes_get_dkimpys_own_answer() -> None:
         dkimpy_speed.rsa_verify(hashlib.sha256(b"x"), b"\x01" * 32, tiny)
 
 
+@pytest.mark.parametrize("bits", [1024, 2048])
+@pytest.mark.parametrize("name", ["sha256", "sha1"])
+def test_rsa_sign_gives_dkimpys_bytes(bits: int, name: str) -> None:
+    """PKCS #1 v1.5 signatures are deterministic: OpenSSL's must be dkimpy's, byte for
+    byte, from the key dict dkimpy parses out of the PEM the seal is configured with."""
+    pem = _KEYS[bits].private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+    private = dkimpy_speed.parse_pem_private_key(pem)
+    assert dkimpy_speed.parse_pem_private_key(pem) is private  # parsed once
+    assert private == dkimpy_speed.DKIMPY_PEM(pem)
+    for data in (b"", b"signed headers", "本文".encode() * 100):
+        fast = dkimpy_speed.rsa_sign(hashlib.new(name, data), private)
+        assert fast == bytes(dkimpy_speed.DKIMPY_SIGN(hashlib.new(name, data), private))
+        assert _both(name, data, fast, _public(_KEYS[bits])) is True
+
+
 _LINE = st.sampled_from([
     b"From: a@example.jp", b"Subject: =?utf-8?b?5Lya6K2w?=", b" folded", b"\tfolded",
     b"", b"From a@b Mon Jan 1", b"not a field", b"X-\x80: 8bit", b"body text", b"a\rb",
@@ -102,5 +119,7 @@ def test_installed_where_dkimpy_calls_them() -> None:
     import gateway.pipeline.sender_auth  # noqa: F401  (installs them)
 
     assert dkim.RSASSA_PKCS1_v1_5_verify is dkimpy_speed.rsa_verify
+    assert dkim.RSASSA_PKCS1_v1_5_sign is dkimpy_speed.rsa_sign
+    assert dkim.parse_pem_private_key is dkimpy_speed.parse_pem_private_key
     assert dkim.rfc822_parse is dkimpy_speed.rfc822_parse
     assert dkim.evaluate_pk is dkimpy_speed.evaluate_pk

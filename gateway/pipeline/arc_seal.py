@@ -19,7 +19,10 @@ from pathlib import Path
 
 import dkim
 
+from gateway.pipeline import dkimpy_speed
 from gateway.settings import Settings
+
+dkimpy_speed.install()  # dkimpy's RSA signing by OpenSSL: the same bytes, ~6 ms less a seal
 
 #: The `arc=` clause of our Authentication-Results header (maybe after a fold).
 _ARC_CLAUSE = re.compile(rb";(?:\r\n)?[ \t]+arc=[a-z]+")
