@@ -408,8 +408,9 @@ def test_cache_only_checks_never_ask_the_network(dns_server: ZoneServer, resolve
 
 def test_the_loop_leaves_costly_messages_to_a_thread(dns_server: ZoneServer,
                                                       resolver: Resolver, rsa_key: Key) -> None:
-    """An ARC chain, or more than LOOP_MAX_SIGNATURES signatures (each hashes the body
-    again): `authenticate_cached` declines even with every record cached."""
+    """An ARC chain, more than LOOP_MAX_SIGNATURES signatures (each hashes the body
+    again) or a long header section: `authenticate_cached` declines even with every
+    record cached."""
     publish(dns_server, rsa_key)
     sealed = _arc_sealed(dns_server, rsa_key)
     assert check(sealed, resolver).arc == "pass"
@@ -422,6 +423,10 @@ def test_the_loop_leaves_costly_messages_to_a_thread(dns_server: ZoneServer,
                                resolver) is None
     assert authenticate_cached(two, "alice@example.jp", "mx.example.jp", CLIENT,
                                resolver) == check(two, resolver)
+    long_head = signed(mail(headers="X-Long: a\r\n" + " folded line\r\n" * 1500), rsa_key)
+    assert check(long_head, resolver).dkim == (("pass", "example.jp"),)
+    assert authenticate_cached(long_head, "alice@example.jp", "mx.example.jp", CLIENT,
+                               resolver) is None
 
 
 def test_from_read_as_the_rebuild_reads_it(dns_server: ZoneServer, resolver: Resolver,

@@ -58,6 +58,9 @@ MAX_ARC_SETS = 10
 #: or with an ARC chain, is checked in a sanitize thread: each verification hashes the
 #: body again, and the loop's SMTP sessions wait meanwhile.
 LOOP_MAX_SIGNATURES = 2
+#: Nor a header section above this: dkimpy's reading of a long folded field is quadratic
+#: (a 60 KB signature field took 5 ms), and real headers are a few KB.
+LOOP_MAX_HEADER_BYTES = 16 * 1024
 #: A header section above either limit is not handed to the parsers (dkimpy joins folded
 #: lines by repeated concatenation: quadratic in a long field): signatures in it are
 #: `permerror`, DMARC without a readable From is `permerror`.
@@ -174,9 +177,11 @@ def authenticate_cached(raw: bytes, mail_from: str, helo: str, client_ip: str,
                         resolver: Resolver) -> AuthResults | None:
     """`authenticate` from the resolver's cache alone, never waiting on the network (for
     the event loop); None when any record it needed was not cached, or when the message
-    carries more than the loop should spend on it (`LOOP_MAX_SIGNATURES`, an ARC chain)."""
+    carries more than the loop should spend on it (`LOOP_MAX_SIGNATURES`, an ARC chain,
+    a header section over `LOOP_MAX_HEADER_BYTES`)."""
     head = _whole_header_section(raw)
-    if (len(_SIGNATURE_FIELD.findall(head)) > LOOP_MAX_SIGNATURES
+    if (len(head) > LOOP_MAX_HEADER_BYTES
+            or len(_SIGNATURE_FIELD.findall(head)) > LOOP_MAX_SIGNATURES
             or _ARC_SEAL_FIELD.search(head)):
         return None
     lookups = Lookups(resolver, time.monotonic() + DNS_BUDGET_TIMEOUTS * resolver.timeout,
