@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from bench.bench_gateway import MIX
 from bench.bench_text import corpus
 from bench.common import corpus as sample_corpus
 from bench.common import free_port, gateway, load, quick, result
@@ -58,8 +59,7 @@ def _cpu_per_message(step: Callable[[bytes], Any], mails: list[bytes], rounds: i
     return (time.process_time() - start) * 1000 / (rounds * len(mails))
 
 
-#: The load test's mix (bench/bench_gateway.py) and its envelope sender's domain.
-MIX = {"plain-5kb", "html-newsletter"}
+#: The load test's envelope sender's domain (`gateway.loadtest.run`).
 ENVELOPE_DOMAIN = "sender.example"
 
 
@@ -155,7 +155,7 @@ def run() -> dict[str, Any]:
                 with_checks.append(_cpu_per_message(lambda r: stage(r, True), batch, rounds))
                 without.append(_cpu_per_message(lambda r: stage(r, False), batch, rounds))
             figures[kind] = (statistics.median(with_checks), statistics.median(without))
-            turns, count = (2, 200) if quick() else (16, 500)
+        turns, count = (2, 200) if quick() else (16, 500)
         relay = {kind: _relay_figures(zone, kind == "signed", turns, count)
                  for kind in ("unsigned", "signed")}
     ratios = {kind: round(w / wo, 2) for kind, (w, wo) in figures.items()}

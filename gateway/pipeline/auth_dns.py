@@ -169,9 +169,9 @@ class Lookups:
     missed: bool = False
 
     def records(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
-        key = (name.lower().rstrip("."), rdtype)
         if self.cache_only:
             return self._from_cache(name, rdtype)
+        key = (name.lower().rstrip("."), rdtype)
         remaining = self.deadline - time.monotonic()
         if key in self.failed or remaining <= 0:
             raise TempError(f"{rdtype} lookup skipped: budget spent or the name failed before")

@@ -17,13 +17,12 @@ is delivered with `auth_fail_subject_tag` before its subject and a line in the n
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, replace
 from email.utils import getaddresses
 
 from gateway.pipeline.message import Sanitized
-from gateway.pipeline.sender_auth import MAX_CACHED_FROM, AuthResults
+from gateway.pipeline.sender_auth import AuthResults, field_cache
 from gateway.settings import Settings
 
 #: Report reason codes (the notice words them; `[reasons]` in the templates).
@@ -68,22 +67,14 @@ def own_domains(settings: Settings) -> frozenset[str]:
 
 def _claims_own_domain(from_header: str, own: frozenset[str]) -> bool:
     """The From: address, or an address written in its display name, is ours."""
-    if not own:
-        return False
-    if len(from_header) > MAX_CACHED_FROM:
-        return _claims(from_header, own)
-    return _cached_claims(from_header, own)
+    return bool(own) and _claims(from_header, own)
 
 
+@field_cache  # the stdlib's address parser is the cost
 def _claims(from_header: str, own: frozenset[str]) -> bool:
     claimed = {addr.rpartition("@")[2] for _, addr in getaddresses([from_header]) if "@" in addr}
     claimed.update(m[1] for m in _ADDRESS.finditer(from_header))  # "部長 <boss@city…>" shown
     return any(_within(domain.lower().rstrip("."), own) for domain in claimed)
-
-
-#: A sender's From: repeats message after message (the stdlib's address parser is the
-#: cost); longer fields are read every time.
-_cached_claims = functools.lru_cache(maxsize=4096)(_claims)
 
 
 def _within(domain: str, own: frozenset[str]) -> bool:

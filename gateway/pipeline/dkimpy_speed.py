@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import dkim
@@ -36,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
 #: The originals, for everything the fast paths do not take and for the tests.
 DKIMPY_VERIFY = dkim.RSASSA_PKCS1_v1_5_verify
-DKIMPY_PARSE = dkim.rfc822_parse
+DKIMPY_PARSE: Callable[[bytes], tuple[list[list[bytes]], bytes]] = dkim.rfc822_parse
 DKIMPY_EVALUATE_PK = dkim.evaluate_pk
 DKIMPY_SIGN = dkim.RSASSA_PKCS1_v1_5_sign
 DKIMPY_PEM = dkim.parse_pem_private_key
@@ -101,7 +102,7 @@ def rfc822_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
     with CRLF line ends). Same fields, same body, same MessageFormatError."""
     blank = _BLANK_LINE.search(message)
     if blank is None:  # no body: dkimpy's own, on the header alone anyway
-        return DKIMPY_PARSE(message)  # type: ignore[no-any-return]
+        return DKIMPY_PARSE(message)
     headers, _ = DKIMPY_PARSE(message[:blank.start()] + b"\n\n")
     body = message[blank.end():]
     if body.count(b"\n") != body.count(b"\r\n"):

@@ -22,10 +22,10 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import getaddresses
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import authres
 import authres.arc
@@ -43,7 +43,10 @@ from gateway.pipeline.auth_dns import Lookups, Resolver, TempError, serving_pysp
 from gateway.pipeline.parse import top_field_values
 
 __all__ = ["AuthResults", "Resolver", "TempError", "authenticate", "authenticate_cached",
-           "normalized_domain", "organisational_domain"]
+           "field_cache", "normalized_domain", "organisational_domain"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: DKIM signatures verified per message (each costs a lookup and a body hash). Up to
 #: MAX_SIGNATURES_READ are read first (cheap) and those whose d= aligns with the From
@@ -72,7 +75,7 @@ DNS_BUDGET_TIMEOUTS = 4
 #: Authentication-Results stays one line under SMTP's 998 octets with its field name.
 MAX_HEADER_VALUE = 900
 MIN_RSA_BITS = 1024  # RFC 8301
-#: From: fields up to this many characters have their domain cached (`_from_domain`).
+#: From: fields up to this many characters have their readings cached (`field_cache`).
 MAX_CACHED_FROM = 512
 
 
@@ -170,7 +173,7 @@ def authenticate(raw: bytes, mail_from: str, helo: str, client_ip: str,
     Never raises and never waits on DNS longer than DNS_BUDGET_TIMEOUTS lookup timeouts.
     """
     lookups = Lookups(resolver, time.monotonic() + DNS_BUDGET_TIMEOUTS * resolver.timeout)
-    return _checks(raw, mail_from, helo, client_ip, lookups)
+    return _checks(raw, _header_section(raw), mail_from, helo, client_ip, lookups)
 
 
 def authenticate_cached(raw: bytes, mail_from: str, helo: str, client_ip: str,
@@ -179,27 +182,28 @@ def authenticate_cached(raw: bytes, mail_from: str, helo: str, client_ip: str,
     the event loop); None when any record it needed was not cached, or when the message
     carries more than the loop should spend on it (`LOOP_MAX_SIGNATURES`, an ARC chain,
     a header section over `LOOP_MAX_HEADER_BYTES`)."""
-    head = _whole_header_section(raw)
+    head = _header_section(raw)
     if (len(head) > LOOP_MAX_HEADER_BYTES
             or len(_SIGNATURE_FIELD.findall(head)) > LOOP_MAX_SIGNATURES
             or _ARC_SEAL_FIELD.search(head)):
         return None
     lookups = Lookups(resolver, time.monotonic() + DNS_BUDGET_TIMEOUTS * resolver.timeout,
                       cache_only=True)
-    found = _checks(raw, mail_from, helo, client_ip, lookups)
+    found = _checks(raw, head, mail_from, helo, client_ip, lookups)
     return None if lookups.missed else found
 
 
-def _checks(raw: bytes, mail_from: str, helo: str, client_ip: str,
+def _checks(raw: bytes, head: bytes, mail_from: str, helo: str, client_ip: str,
             lookups: Lookups) -> AuthResults:
+    """The checks on `raw`, whose header section is `head`."""
     spf_result, spf_domain, scope = _spf(mail_from, helo, client_ip, lookups)
-    head = _header_section(raw)
-    from_domain = _from_domain(head) if head is not None else ""
-    if head is None:  # too large to parse: a signature or chain in it cannot pass
-        whole = _whole_header_section(raw)
-        signatures = _unread_signatures(whole)
-        arc = "fail" if _ARC_SEAL_FIELD.search(whole) else "none"
+    if len(head) > MAX_HEADER_BYTES or head.count(b"\n") >= MAX_HEADER_LINES:
+        # too large to parse: a signature or chain in it cannot pass, From is unread
+        from_domain = ""
+        signatures = _unread_signatures(head)
+        arc = "fail" if _ARC_SEAL_FIELD.search(head) else "none"
     else:
+        from_domain = _from_domain(head)
         signatures = _dkim(raw, head, from_domain, lookups)
         arc = _arc(raw, head, lookups)
     dmarc, policy = _dmarc(from_domain, spf_result, spf_domain, signatures, lookups)
@@ -259,13 +263,8 @@ def normalized_domain(value: str) -> str | None:
     return domain if _DOMAIN.match(domain) else None
 
 
-def _header_section(raw: bytes) -> bytes | None:
-    """The original's header section, or None when it exceeds MAX_HEADER_BYTES/_LINES."""
-    head = _whole_header_section(raw)
-    return head if len(head) <= MAX_HEADER_BYTES and head.count(b"\n") < MAX_HEADER_LINES else None
-
-
-def _whole_header_section(raw: bytes) -> bytes:
+def _header_section(raw: bytes) -> bytes:
+    """The original's header section (the whole message when it has no blank line)."""
     end = _HEADER_END.search(raw)  # a regex scan: linear, whatever the size
     return raw[:end.start()] if end else raw
 
@@ -274,14 +273,27 @@ def _from_domain(head: bytes) -> str:
     """The one RFC5322.From domain; "" for no From, several From fields or domains, or
     one that is not a domain (RFC 7489 6.6.1: DMARC cannot be applied then). Read by the
     pipeline's own header reader, as the rebuild and the spoofing rule read it."""
-    fields = tuple(top_field_values(head + b"\n\n", "from"))
-    if len(fields) != 1:
-        return ""
-    if len(fields[0]) > MAX_CACHED_FROM:
-        return _domain_of(fields[0])
-    return _cached_domain_of(fields[0])
+    fields = top_field_values(head + b"\n\n", "from")
+    return _domain_of(fields[0]) if len(fields) == 1 else ""
 
 
+def field_cache(fn: Callable[Concatenate[str, P], T]) -> Callable[Concatenate[str, P], T]:
+    """`fn` cached per arguments (the last 4,096) when its first, a header field's text,
+    is at most MAX_CACHED_FROM characters: a sender's From: is the same message after
+    message. Longer fields are computed every time: the cache holds at most 4,096 of
+    512 characters."""
+    # (lru_cache's wrapper takes fn's arguments, which must be hashable: ours are)
+    cached = cast(Callable[Concatenate[str, P], T], functools.lru_cache(maxsize=4096)(fn))
+
+    @functools.wraps(fn)
+    def call(text: str, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if len(text) > MAX_CACHED_FROM:
+            return fn(text, *args, **kwargs)
+        return cached(text, *args, **kwargs)
+    return call
+
+
+@field_cache  # the stdlib's address parser was half of an unsigned message's checks
 def _domain_of(field: str) -> str:
     try:
         addresses = [addr for _, addr in getaddresses([field])]
@@ -292,11 +304,6 @@ def _domain_of(field: str) -> str:
     domains = {normalized_domain(a.rpartition("@")[2]) for a in addresses}
     only = domains.pop() if len(domains) == 1 else None
     return only or ""
-
-
-#: A sender's From: is the same message after message; the stdlib's address parser was
-#: half of an unsigned message's checks. Longer fields are parsed every time.
-_cached_domain_of = functools.lru_cache(maxsize=4096)(_domain_of)
 
 
 # --- DKIM ------------------------------------------------------------------------------
